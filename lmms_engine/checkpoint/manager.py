@@ -1,0 +1,86 @@
+"""Resumable checkpoints: sharded model + optimizer through torch.distributed.checkpoint (DCP),
+plus each rank's train state (step, data position, RNG) as a weights-only torch file.
+
+Atomicity: everything is written into `step_<N>.tmp/`; once every rank is done, rank 0 writes the
+`COMPLETE` marker and renames the folder to `step_<N>/`. A folder without the marker, or still named
+`.tmp`, is never resumed from, so a run killed mid-save resumes from the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+log = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "COMPLETE"
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    return root / f"step_{step}"
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The complete checkpoint with the highest step under `root`, or None."""
+    if not root.is_dir():
+        return None
+    complete = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / COMPLETE_MARKER).is_file()]
+    return max(complete, key=lambda p: int(STEP_DIR.match(p.name).group(1)), default=None)
+
+
+def save_checkpoint(root: Path, step: int, module: nn.Module, optimizer, train_state: dict, strategy) -> Path:
+    """Write checkpoint `step` atomically; every rank calls this."""
+    final, tmp = checkpoint_dir(root, step), root / f"step_{step}.tmp"
+    if strategy.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    strategy.barrier()
+    model_sd, optim_sd = get_state_dict(module, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+    torch.save(train_state, tmp / f"train_state_rank{strategy.rank}.pt")
+    strategy.barrier()
+    if strategy.is_main:
+        _seal(tmp, final)
+    strategy.barrier()
+    log.info("saved checkpoint %s", final)
+    return final
+
+
+def _seal(tmp: Path, final: Path) -> None:
+    """Mark complete, then rename: the rename is the atomic commit point."""
+    marker = tmp / COMPLETE_MARKER
+    marker.write_text("ok\n")
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: Path, module: nn.Module, optimizer, rank: int) -> dict:
+    """Load model + optimizer in place; return this rank's train state (rank 0's if it has none)."""
+    if not (path / COMPLETE_MARKER).is_file():
+        raise ValueError(f"checkpoint {path} is incomplete (no {COMPLETE_MARKER} marker); it cannot be resumed")
+    model_sd, optim_sd = get_state_dict(module, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    own = path / f"train_state_rank{rank}.pt"
+    return torch.load(own if own.is_file() else path / "train_state_rank0.pt", weights_only=True)

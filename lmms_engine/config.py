@@ -1,0 +1,113 @@
+"""Typed run configuration and validation with messages that name the offending key.
+
+Groups without a `_target_` (trainer, optim) are typed dataclasses; groups with one (model, data,
+kernels, parallel, logger) are checked against the signature of the callable they name, so an unknown
+key is reported before anything is built.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field, fields
+
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf
+
+TARGET_GROUPS = ("model", "data", "kernels", "parallel", "logger")
+# Arguments the entry point passes itself (objects built from other groups), not config keys.
+INJECTED = {
+    "data": {"tokenizer", "seed"},
+    "logger": {"run_dir", "run_config", "max_steps", "start_step", "is_main"},
+}
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 100  # optimizer steps
+    seed: int = 0  # model init, data order, RNG
+    grad_accum: int = 1  # micro-batches per optimizer step and rank
+    max_grad_norm: float = 1.0  # clip the global gradient norm (<= 0: no clipping, norm still logged)
+    save_every: int = 0  # checkpoint every N steps (0: only at the end)
+    resume: str | None = None  # null | auto (latest complete checkpoint of this run dir) | a checkpoint path
+    log_every: int = 1  # console / train.log line every N steps (metrics.jsonl gets every step)
+    export_hf: bool = True  # write <run_dir>/hf at the end
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4  # peak learning rate
+    weight_decay: float = 0.0  # on matrices only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    schedule: str = "cosine"  # constant | cosine | wsd
+    warmup_steps: int = 0  # linear warmup from 0
+    min_lr_ratio: float = 0.1  # floor of cosine / wsd decay, as a fraction of lr
+    decay_ratio: float = 0.2  # wsd: the last fraction of steps that decays
+
+
+@dataclass
+class RunConfig:
+    trainer: TrainerConfig
+    optim: OptimConfig
+    groups: dict[str, DictConfig]  # the _target_ groups, checked but not yet instantiated
+    name: str
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """Check the composed config; raise ValueError naming the key and the valid choices."""
+    _check_top_level(cfg)
+    trainer = _typed(cfg, "trainer", TrainerConfig)
+    optim = _typed(cfg, "optim", OptimConfig)
+    _check_values(trainer)
+    groups = {name: cfg[name] for name in TARGET_GROUPS}
+    for name, group in groups.items():
+        _check_target_keys(name, group)
+    return RunConfig(trainer=trainer, optim=optim, groups=groups, name=cfg.name)
+
+
+TOP_LEVEL_KEYS = ("name", "output_root", "trainer", "optim", *TARGET_GROUPS)
+
+
+def _check_top_level(cfg: DictConfig) -> None:
+    unknown = sorted(set(cfg.keys()) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ValueError(f"unknown top-level key(s) {', '.join(unknown)}; valid: {', '.join(TOP_LEVEL_KEYS)}")
+
+
+def _typed(cfg: DictConfig, group: str, schema: type):
+    valid = [f.name for f in fields(schema)]
+    unknown = sorted(set(cfg[group].keys()) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(f'{group}.{k}' for k in unknown)}; valid keys of {group}: {', '.join(valid)}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg[group])
+    except Exception as err:  # omegaconf's ValidationError names the key and the expected type
+        raise ValueError(f"invalid value in {group}: {err}") from None
+    return OmegaConf.to_object(merged)
+
+
+def _check_values(trainer: TrainerConfig) -> None:
+    if trainer.max_steps < 1:
+        raise ValueError(f"trainer.max_steps must be >= 1, got {trainer.max_steps}")
+    if trainer.grad_accum < 1:
+        raise ValueError(f"trainer.grad_accum must be >= 1, got {trainer.grad_accum}")
+
+
+def _check_target_keys(group: str, node: DictConfig) -> None:
+    if "_target_" not in node:
+        raise ValueError(f"config group {group!r} has no _target_; every {group}/ option must name what builds it")
+    try:
+        target = get_method(node._target_)
+    except Exception as err:
+        raise ValueError(f"{group}._target_={node._target_!r} cannot be imported: {err}") from None
+    params = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    keys = {k for k in node.keys() if not str(k).startswith("_")}
+    valid = set(params) - INJECTED.get(group, set())
+    unknown = sorted(keys - valid)
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {', '.join(f'{group}.{k}' for k in unknown)} for {node._target_}; "
+            f"valid keys: {', '.join(sorted(valid))}"
+        )

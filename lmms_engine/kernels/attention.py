@@ -1,0 +1,181 @@
+"""Attention over packed (padding-free) batches: one token stream, documents delimited by cu_seqlens.
+
+The model's attention layers receive `cu_seq_lens_q/k` and `max_length_q/k` as keyword arguments that
+the training step computes once per batch (see `varlen_kwargs`) and passes to the model's forward;
+transformers forwards them unchanged to every layer's attention function. Each backend registers
+under its own name in transformers' AttentionInterface, so no model code is rewritten.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import logging
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("flash_attn", "torch_varlen", "flex", "sdpa")
+# `auto` tries these in order and takes the first available on the device.
+AUTO_ORDER_CUDA = ("flash_attn", "torch_varlen", "flex", "sdpa")
+
+
+def impl_name(backend: str) -> str:
+    """The name a backend is registered under in transformers' AttentionInterface."""
+    return f"lmms_{backend}"
+
+
+def is_available(backend: str, device: torch.device) -> bool:
+    if backend == "sdpa":
+        return True
+    if device.type != "cuda":
+        return False
+    if backend == "flash_attn":
+        return importlib.util.find_spec("flash_attn") is not None
+    if backend == "torch_varlen":
+        return _torch_varlen() is not None
+    if backend == "flex":
+        return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+    raise ValueError(f"unknown attention backend {backend!r}; choose auto or one of {BACKENDS}")
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """`auto` -> the fastest backend available on `device`; a named one is checked for availability."""
+    if name == "auto":
+        order = AUTO_ORDER_CUDA if device.type == "cuda" else ("sdpa",)
+        return next(b for b in order if is_available(b, device))
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose auto or one of {BACKENDS}")
+    if not is_available(name, device):
+        raise ValueError(f"attention backend {name!r} is not available on {device.type}; try kernels.attn_backend=auto")
+    return name
+
+
+def register(backend: str) -> str:
+    """Register the backend's attention function (and a no-op mask builder) with transformers."""
+    name = impl_name(backend)
+    AttentionInterface.register(name, functools.partial(_packed_attention, backend=backend))
+    # Documents are delimited by cu_seqlens: the model must not build a (T x T) mask.
+    AttentionMaskInterface.register(name, _no_mask)
+    return name
+
+
+def varlen_kwargs(cu_seqlens: torch.Tensor, max_seqlen: int, backend: str) -> dict:
+    """Per-batch keyword arguments for the model's forward (computed once, used by every layer)."""
+    kwargs = {
+        "cu_seq_lens_q": cu_seqlens,
+        "cu_seq_lens_k": cu_seqlens,
+        "max_length_q": max_seqlen,
+        "max_length_k": max_seqlen,
+    }
+    if backend == "flex":
+        kwargs["lmms_block_mask"] = document_block_mask(cu_seqlens)
+    return kwargs
+
+
+def _no_mask(*args, **kwargs):
+    return None
+
+
+def _packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, backend, **kwargs):
+    """query (1, Hq, T, D), key/value (1, Hkv, T, D) -> output (1, T, Hq, D), None."""
+    if "cu_seq_lens_q" not in kwargs:
+        raise RuntimeError(
+            "packed attention was called without cu_seq_lens_q: batches must be packed or unpadded "
+            "(data.packing=true or kernels.use_rmpad=true) when a varlen backend is active"
+        )
+    assert query.shape[0] == 1, "packed batches have batch size 1"
+    if dropout and module.training:
+        raise ValueError("attention dropout is not supported by the packed attention backends")
+    cu, max_len = kwargs["cu_seq_lens_q"], kwargs["max_length_q"]
+    if backend == "flex":
+        out = _flex(query, key, value, kwargs["lmms_block_mask"], scaling)
+        return out.transpose(1, 2), None
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D)
+    if backend == "sdpa":
+        out = _sdpa_per_document(q, k, v, cu, scaling)
+    elif backend == "torch_varlen":
+        out = _torch_varlen_attention(q, k, v, cu, max_len, scaling)
+    else:
+        out = _flash_attn_varlen(q, k, v, cu, max_len, scaling)
+    return out.unsqueeze(0), None
+
+
+def _repeat_kv_heads(k: torch.Tensor, v: torch.Tensor, n_q_heads: int):
+    """(T, Hkv, D) -> (T, Hq, D): each kv head serves n_q_heads // Hkv consecutive query heads."""
+    groups = n_q_heads // k.shape[1]
+    if groups == 1:
+        return k, v
+    return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+
+
+def _sdpa_per_document(q, k, v, cu_seqlens, scaling):
+    """Correct everywhere (CPU included): causal SDPA on each document separately."""
+    k, v = _repeat_kv_heads(k, v, q.shape[1])
+    bounds = cu_seqlens.tolist()
+    outs = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))  # (H, n, D)
+        outs.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scaling).transpose(0, 1))
+    return torch.cat(outs, dim=0)
+
+
+@functools.cache
+def _torch_varlen():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+@functools.cache
+def _torch_varlen_takes_gqa() -> bool:
+    return "enable_gqa" in inspect.signature(_torch_varlen()).parameters
+
+
+def _torch_varlen_attention(q, k, v, cu_seqlens, max_len, scaling):
+    varlen_attn = _torch_varlen()
+    if _torch_varlen_takes_gqa() and k.shape[1] != q.shape[1]:
+        extra = {"enable_gqa": True}
+    else:
+        k, v = _repeat_kv_heads(k, v, q.shape[1])
+        extra = {}
+    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, scale=scaling, window_size=(-1, 0), **extra)
+
+
+def _flash_attn_varlen(q, k, v, cu_seqlens, max_len, scaling):
+    from flash_attn import flash_attn_varlen_func
+
+    return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, softmax_scale=scaling, causal=True)
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def document_block_mask(cu_seqlens: torch.Tensor):
+    """A FlexAttention block mask: causal within each document, nothing across documents."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    total = int(cu_seqlens[-1])
+    positions = torch.arange(total, device=cu_seqlens.device)
+    doc_ids = torch.searchsorted(cu_seqlens[1:].to(torch.long), positions, right=True)
+
+    def causal_same_document(b, h, q_idx, kv_idx):
+        return (doc_ids[q_idx] == doc_ids[kv_idx]) & (kv_idx <= q_idx)
+
+    return create_block_mask(causal_same_document, None, None, total, total, device=cu_seqlens.device)
+
+
+def _flex(query, key, value, block_mask, scaling):
+    enable_gqa = key.shape[1] != query.shape[1]
+    return _compiled_flex()(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=enable_gqa)

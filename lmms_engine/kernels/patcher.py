@@ -1,0 +1,63 @@
+"""The `kernels/` group's target: attention backend for packed batches, Liger ops, loss kernel."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from lmms_engine.kernels import attention
+from lmms_engine.kernels.loss import cross_entropy_sum, liger_fused_cross_entropy_sum
+
+log = logging.getLogger(__name__)
+
+
+class KernelPatcher:
+    """Chooses and applies the kernels of a run.
+
+    use_rmpad: unpadded micro-batches (no packing) are flattened into one padding-free stream;
+      packed batches are padding-free already.
+    attn_backend: auto | flash_attn | torch_varlen | flex | sdpa, used for every padding-free batch.
+    use_liger_kernel: Liger RMSNorm / RoPE / SwiGLU on the model and fused linear cross-entropy.
+    """
+
+    def __init__(self, use_rmpad: bool = False, attn_backend: str = "sdpa", use_liger_kernel: bool = False):
+        if attn_backend != "auto" and attn_backend not in attention.BACKENDS:
+            raise ValueError(f"kernels.attn_backend={attn_backend!r}; choose auto or one of {attention.BACKENDS}")
+        self.use_rmpad = use_rmpad
+        self.attn_backend = attn_backend
+        self.use_liger_kernel = use_liger_kernel
+        self.backend: str | None = None  # resolved by apply()
+
+    def apply(self, model: torch.nn.Module, device: torch.device, padding_free: bool) -> None:
+        """Patch `model` in place. padding_free: the run's batches are packed or unpadded streams."""
+        if padding_free:
+            self.backend = attention.resolve_backend(self.attn_backend, device)
+            model.set_attn_implementation(attention.register(self.backend))
+            log.info("attention: %s over padding-free batches", self.backend)
+        else:
+            model.set_attn_implementation("sdpa")
+            log.info("attention: sdpa over padded batches")
+        if self.use_liger_kernel:
+            from lmms_engine.kernels.liger import apply_liger
+
+            _require_cuda_for_liger(device)
+            patched = apply_liger(model)
+            log.info("liger: patched %s", ", ".join(patched))
+
+    def loss_fn(self):
+        return liger_fused_cross_entropy_sum() if self.use_liger_kernel else cross_entropy_sum
+
+    def attention_kwargs(self, batch: dict) -> dict:
+        """Per-batch kwargs for padding-free attention (empty for padded batches)."""
+        if "cu_seqlens" not in batch:
+            return {}
+        return attention.varlen_kwargs(batch["cu_seqlens"], batch["max_seqlen"], self.backend)
+
+
+def _require_cuda_for_liger(device: torch.device) -> None:
+    if device.type != "cuda":
+        raise ValueError(
+            "kernels.use_liger_kernel=true needs a CUDA device: Liger's Triton kernels do not run on "
+            f"{device.type}; use kernels=none or kernels=rmpad on CPU"
+        )

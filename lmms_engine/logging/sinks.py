@@ -1,0 +1,106 @@
+"""Where step metrics go: metrics.jsonl, the console (progress bar + log lines), and wandb.
+
+Only rank 0 writes; other ranks get a sink that drops everything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+log = logging.getLogger("lmms_engine.train")
+
+
+class JsonlSink:
+    """One JSON object per optimizer step, flushed at once so a killed run keeps every line."""
+
+    def __init__(self, path: Path, append: bool):
+        self._file = open(path, "a" if append else "w", encoding="utf-8")
+
+    def log(self, metrics: dict) -> None:
+        self._file.write(json.dumps(_json_safe(metrics)) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class ConsoleSink:
+    """A progress bar with loss, tokens/s and ETA, plus a log line every `log_every` steps."""
+
+    def __init__(self, max_steps: int, start_step: int, log_every: int):
+        self.log_every = log_every
+        self._progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+        )
+        self._task = self._progress.add_task("train", total=max_steps, completed=start_step, info="")
+        self._progress.start()
+
+    def log(self, metrics: dict) -> None:
+        info = f"loss {metrics['loss']:.4f}  {metrics['tokens_per_s']:,.0f} tok/s"
+        self._progress.update(self._task, completed=metrics["step"], info=info)
+        if metrics["step"] % self.log_every == 0:
+            log.info(_format_line(metrics))
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+class WandbSink:
+    def __init__(self, run_dir: Path, config: dict, project: str, name: str | None, entity: str | None, mode: str | None, tags: list[str]):
+        import wandb
+
+        self._wandb = wandb
+        self._run = wandb.init(project=project, name=name or run_dir.name, entity=entity, mode=mode, dir=str(run_dir), config=config, tags=list(tags))
+
+    def log(self, metrics: dict) -> None:
+        self._run.log({k: v for k, v in metrics.items() if v is not None and k != "step"}, step=metrics["step"])
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+class Sinks:
+    def __init__(self, sinks: list):
+        self._sinks = sinks
+
+    def log(self, metrics: dict) -> None:
+        for sink in self._sinks:
+            sink.log(metrics)
+
+    def close(self) -> None:
+        for sink in self._sinks:
+            sink.close()
+
+
+def build_loggers(run_dir: Path, run_config: dict, max_steps: int, start_step: int, is_main: bool,
+                  log_every: int = 1, wandb: dict | None = None) -> Sinks:
+    """The `logger/` group's target. wandb: None, or {project, name, entity, mode, tags}."""
+    if not is_main:
+        return Sinks([])
+    sinks = [JsonlSink(run_dir / "metrics.jsonl", append=start_step > 0), ConsoleSink(max_steps, start_step, log_every)]
+    if wandb is not None:
+        sinks.append(WandbSink(run_dir, run_config, **wandb))
+    return Sinks(sinks)
+
+
+def _format_line(m: dict) -> str:
+    mfu = "n/a" if m["mfu"] is None else f"{100 * m['mfu']:.1f}%"
+    return (f"step {m['step']}  loss {m['loss']:.4f}  lr {m['lr']:.2e}  grad_norm {m['grad_norm']:.3f}  "
+            f"tokens {m['tokens']}  {m['tokens_per_s']:,.0f} tok/s  mfu {mfu}  mem {m['peak_mem_gb']:.2f} GB")
+
+
+def _json_safe(metrics: dict) -> dict:
+    # JSON has no NaN/Infinity: a non-finite value is written as null (with the raw text beside it).
+    safe = {}
+    for key, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            safe[key], safe[key + "_raw"] = None, str(value)
+        else:
+            safe[key] = value
+    return safe

@@ -1,0 +1,121 @@
+"""Hydra entry point: compose -> validate -> build each component -> run the loop."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lmms_engine.checkpoint.export import export_hf
+from lmms_engine.checkpoint.manager import latest_checkpoint, load_checkpoint
+from lmms_engine.config import RunConfig, validate
+from lmms_engine.models.flops import peak_flops, train_flops
+from lmms_engine.train.data_iter import DataPosition, StepBatches
+from lmms_engine.train.loop import TrainContext, train
+from lmms_engine.train.module import CausalLMWithLoss
+from lmms_engine.train.optim import build_adamw
+from lmms_engine.train.resolvers import register_resolvers
+from lmms_engine.train.schedule import lr_at
+from lmms_engine.train.state import restore_rng, seed_everything
+
+log = logging.getLogger("lmms_engine.train")
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def run(cfg: DictConfig, run_dir: Path) -> Path:
+    """Train as `cfg` says, writing into `run_dir`. Returns the run directory."""
+    rc = validate(cfg)
+    strategy = instantiate(rc.groups["parallel"])
+    strategy.setup()
+    try:
+        _run(cfg, rc, strategy, run_dir)
+    finally:
+        strategy.teardown()
+    return run_dir
+
+
+def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
+    seed_everything(rc.trainer.seed)
+    bundle = instantiate(rc.groups["model"], _convert_="all")
+    patcher = instantiate(rc.groups["kernels"])
+    dataset = instantiate(rc.groups["data"], tokenizer=bundle.tokenizer, seed=rc.trainer.seed)
+    patcher.apply(bundle.model, strategy.device, padding_free=dataset.packing or patcher.use_rmpad)
+    module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn()), bundle.shard_units)
+    optimizer = strategy.build_optimizer(module, functools.partial(_make_optimizer, optim=rc.optim))
+    start_step, position = _maybe_resume(rc, run_dir, module, optimizer, strategy)
+    ctx = TrainContext(
+        module=module, optimizer=optimizer, strategy=strategy, patcher=patcher, dataset=dataset,
+        step_batches=StepBatches(dataset, rc.trainer.grad_accum, strategy.rank, strategy.world_size, position),
+        lr_at=functools.partial(_lr, rc=rc), flops_fn=functools.partial(train_flops, bundle.model.config),
+        peak_flops=_device_peak_flops(strategy.device),
+        sinks=_build_sinks(cfg, rc, run_dir, start_step, strategy.is_main),
+        checkpoint_root=run_dir / "checkpoints", max_steps=rc.trainer.max_steps,
+        max_grad_norm=rc.trainer.max_grad_norm if rc.trainer.max_grad_norm > 0 else float("inf"),
+        save_every=rc.trainer.save_every, unpad=patcher.use_rmpad and not dataset.packing,
+    )
+    try:
+        train(ctx, start_step)
+    finally:
+        ctx.sinks.close()
+    if rc.trainer.export_hf:
+        export_hf(module, bundle.tokenizer, run_dir / "hf", strategy)
+
+
+def _build_sinks(cfg: DictConfig, rc: RunConfig, run_dir: Path, start_step: int, is_main: bool):
+    # _partial_: the resolved run config holds _target_ entries that instantiate must not build.
+    build = instantiate(rc.groups["logger"], _partial_=True)
+    return build(run_dir=run_dir, run_config=OmegaConf.to_container(cfg, resolve=True), max_steps=rc.trainer.max_steps,
+                 start_step=start_step, is_main=is_main)
+
+
+def _make_optimizer(module, optim):
+    return build_adamw(module, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas, eps=optim.eps)
+
+
+def _lr(step: int, rc: RunConfig) -> float:
+    o = rc.optim
+    return lr_at(step, lr=o.lr, schedule=o.schedule, warmup_steps=o.warmup_steps, max_steps=rc.trainer.max_steps,
+                 min_lr_ratio=o.min_lr_ratio, decay_ratio=o.decay_ratio)
+
+
+def _maybe_resume(rc: RunConfig, run_dir: Path, module, optimizer, strategy) -> tuple[int, DataPosition | None]:
+    path = _resume_path(rc.trainer.resume, run_dir)
+    if path is None:
+        return 0, None
+    state = load_checkpoint(path, module, optimizer, strategy.rank)
+    restore_rng(state["rng"])
+    log.info("resumed from %s at step %d", path, state["step"])
+    return state["step"], DataPosition(**state["data"])
+
+
+def _resume_path(resume: str | None, run_dir: Path) -> Path | None:
+    """null: start fresh; auto: the latest complete checkpoint of this run dir (fresh if none); else a path."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        return latest_checkpoint(run_dir / "checkpoints")
+    path = Path(resume)
+    if not path.is_dir():
+        raise ValueError(f"trainer.resume={resume!r}: no such checkpoint directory")
+    return path
+
+
+def _device_peak_flops(device) -> float | None:
+    if device.type != "cuda":
+        return None
+    import torch
+
+    return peak_flops(torch.cuda.get_device_name(device))

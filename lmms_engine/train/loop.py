@@ -1,0 +1,138 @@
+"""The training loop: read it top to bottom. Everything it calls was built by the entry point."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmms_engine.checkpoint.manager import save_checkpoint
+from lmms_engine.kernels.rmpad import document_lengths, unpad_batch
+from lmms_engine.train.state import capture_rng
+
+log = logging.getLogger("lmms_engine.train")
+
+MODEL_INPUT_KEYS = ("input_ids", "position_ids", "attention_mask")
+
+
+@dataclass
+class TrainContext:
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    strategy: object  # parallel strategy (single / fsdp2 / ...)
+    patcher: object  # kernels.KernelPatcher
+    dataset: object  # data.SFTDataset
+    step_batches: object  # train.data_iter.StepBatches
+    lr_at: object  # step -> learning rate
+    flops_fn: object  # document lengths -> training FLOPs
+    peak_flops: float | None  # per device, for MFU
+    sinks: object  # logging sinks
+    checkpoint_root: Path
+    max_steps: int
+    max_grad_norm: float
+    save_every: int
+    unpad: bool  # kernels.use_rmpad on unpacked data
+
+
+def train(ctx: TrainContext, start_step: int) -> None:
+    run_start = time.perf_counter()
+    ctx.module.train()
+    for step in range(start_step + 1, ctx.max_steps + 1):
+        step_start = time.perf_counter()
+        _reset_peak_memory(ctx.strategy.device)
+        lr = ctx.lr_at(step)
+        for group in ctx.optimizer.param_groups:
+            group["lr"] = lr
+        stats = train_step(ctx, ctx.step_batches.next_step())
+        seconds = time.perf_counter() - step_start
+        ctx.sinks.log(_step_metrics(ctx, step, lr, stats, seconds, time.perf_counter() - run_start))
+        if ctx.save_every and step % ctx.save_every == 0 and step != ctx.max_steps:
+            save(ctx, step)
+    if start_step < ctx.max_steps:
+        save(ctx, ctx.max_steps)
+
+
+def train_step(ctx: TrainContext, micro_batch_indices: list[list[int]]) -> dict:
+    """Forward/backward over this rank's micro-batches, then one optimizer step.
+
+    The loss is the mean over every trained label token of the global step: each micro-batch's
+    token-summed loss is divided by the token count of all micro-batches on all ranks (and scaled
+    by the world size, since data parallelism averages gradients across ranks).
+    """
+    strategy = ctx.strategy
+    batches = [_prepare(ctx, ctx.dataset.collate(indices)) for indices in micro_batch_indices]
+    counts = torch.tensor([sum(b["num_label_tokens"] for b in batches), sum(sum(document_lengths(b)) for b in batches)], dtype=torch.float64)
+    label_tokens, real_tokens = strategy.all_reduce_sum(counts.to(strategy.device)).tolist()
+    scale = strategy.world_size / max(label_tokens, 1.0)
+    loss_sum = torch.zeros((), device=strategy.device, dtype=torch.float64)
+    flops = 0.0
+    for i, batch in enumerate(batches):
+        with strategy.gradient_sync(ctx.module, enabled=i == len(batches) - 1):
+            with strategy.autocast():
+                batch_loss = ctx.module(labels=batch["labels"], **_model_inputs(ctx, batch))
+            strategy.backward(batch_loss * scale, ctx.module)
+        loss_sum += batch_loss.detach().double()
+        flops += ctx.flops_fn(document_lengths(batch))
+    grad_norm = strategy.clip_grad_norm(ctx.module, ctx.max_grad_norm)
+    strategy.optimizer_step(ctx.optimizer, ctx.module)
+    totals = strategy.all_reduce_sum(torch.stack([loss_sum, torch.tensor(flops, dtype=torch.float64, device=strategy.device)]))
+    return {
+        "loss": totals[0].item() / max(label_tokens, 1.0),
+        "grad_norm": float(grad_norm),
+        "tokens": int(real_tokens),
+        "label_tokens": int(label_tokens),
+        "flops": totals[1].item(),
+    }
+
+
+def _prepare(ctx: TrainContext, batch: dict) -> dict:
+    if ctx.unpad and "attention_mask" in batch:
+        batch = unpad_batch(batch)
+    device = ctx.strategy.device
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _model_inputs(ctx: TrainContext, batch: dict) -> dict:
+    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+    inputs.update(ctx.patcher.attention_kwargs(batch))
+    return inputs
+
+
+def _step_metrics(ctx: TrainContext, step: int, lr: float, stats: dict, seconds: float, elapsed: float) -> dict:
+    world = ctx.strategy.world_size
+    mfu = stats["flops"] / (seconds * ctx.peak_flops * world) if ctx.peak_flops else None
+    return {
+        "step": step,
+        "loss": stats["loss"],
+        "lr": lr,
+        "grad_norm": stats["grad_norm"],
+        "tokens": stats["tokens"],
+        "label_tokens": stats["label_tokens"],
+        "tokens_per_s": stats["tokens"] / seconds,
+        "mfu": mfu,
+        "peak_mem_gb": _peak_memory_gb(ctx.strategy.device),
+        "step_s": seconds,
+        "elapsed_s": elapsed,
+    }
+
+
+def save(ctx: TrainContext, step: int) -> None:
+    state = {"step": step, "data": ctx.step_batches.state_dict(), "rng": capture_rng()}
+    save_checkpoint(ctx.checkpoint_root, step, ctx.module, ctx.optimizer, state, ctx.strategy)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    """Peak accelerator memory of the step; on CPU, the process's peak resident memory so far."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6

@@ -1,0 +1,55 @@
+"""OmegaConf resolvers used by conf/: `run_stamp` and `demo_data`.
+
+`run_stamp`: one run directory for all ranks of a torchrun job.
+
+Hydra names the run directory with a timestamp taken when each process composes its config, so
+ranks started a second apart would split the run. The `run_stamp` resolver gives every rank the
+same stamp: $LMMS_RUN_STAMP if set; else, under torchrun, the rendezvous id when one was given,
+or the start time of the torchrun agent (the parent of every local rank); else the current time.
+Multi-node jobs should pass --rdzv-id (or set LMMS_RUN_STAMP) so every node agrees.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
+
+
+def run_stamp() -> str:
+    if os.environ.get("LMMS_RUN_STAMP"):
+        return os.environ["LMMS_RUN_STAMP"]
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        rdzv_id = os.environ["TORCHELASTIC_RUN_ID"]
+        if rdzv_id and rdzv_id != "none":
+            return rdzv_id
+        return _format(_process_start_time(os.getppid()))
+    return datetime.datetime.now().strftime(STAMP_FORMAT)
+
+
+def _process_start_time(pid: int) -> float:
+    """Seconds since the epoch at which `pid` started (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[19])  # field 22 of stat: start time in clock ticks after boot
+    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _format(epoch_seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch_seconds).strftime(STAMP_FORMAT)
+
+
+def demo_data(name: str) -> str:
+    """Absolute path of a file of the bundled demo data (works from any working directory)."""
+    return str(Path(__file__).resolve().parents[1] / "data" / "demo" / name)
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("run_stamp"):
+        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
+    if not OmegaConf.has_resolver("demo_data"):
+        OmegaConf.register_new_resolver("demo_data", demo_data)

@@ -1,0 +1,239 @@
+"""Training throughput on one GPU: an HF-style padded baseline against the framework's kernel
+configurations, on the same samples with the same token budget, in one process.
+
+    python scripts/bench_train.py --model qwen2_5_1_5b --tokens-per-step 16384 --out docs/perf/bench_1.5b.json
+
+Every configuration runs through the framework's own training step (lmms_engine.train.loop.train_step):
+same model shape (random init), same synthetic documents, same steps. Document lengths follow a
+log-normal fitted to chat SFT data (median 600 tokens, sigma 0.9, clipped to 48..8192; the first 40%
+of each document is prompt, masked from the loss). Each step takes the documents of one best-fit
+pack of `--tokens-per-step` tokens: packed configurations see one stream, the padded baseline sees the
+same documents in shuffled micro-batches of `--baseline-micro-batch`, padded to the longest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from lmms_engine.data.collate import collate_packed, collate_padded
+from lmms_engine.data.packing import pack_best_fit_decreasing
+from lmms_engine.data.types import Sample
+from lmms_engine.kernels.patcher import KernelPatcher
+from lmms_engine.models.flops import peak_flops, train_flops
+from lmms_engine.models.qwen2 import build_qwen2
+from lmms_engine.parallel.single import SingleDevice
+from lmms_engine.train.loop import TrainContext, train_step
+from lmms_engine.train.module import CausalLMWithLoss
+from lmms_engine.train.optim import build_adamw
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class BenchConfig:
+    name: str
+    packing: bool
+    attn_backend: str = "sdpa"
+    liger: bool = False
+    activation_checkpointing: bool = True
+    compile: bool = False
+
+
+CONFIGS = {
+    c.name: c
+    for c in [
+        BenchConfig("hf_padded_sdpa", packing=False),  # the baseline: padded micro-batches, sdpa, no Liger
+        BenchConfig("packed_sdpa", packing=True, attn_backend="sdpa"),
+        BenchConfig("rmpad_varlen", packing=True, attn_backend="torch_varlen"),
+        BenchConfig("rmpad_flex", packing=True, attn_backend="flex"),
+        BenchConfig("liger_rmpad_varlen", packing=True, attn_backend="torch_varlen", liger=True),
+        BenchConfig("liger_rmpad_varlen_noac", packing=True, attn_backend="torch_varlen", liger=True, activation_checkpointing=False),
+        BenchConfig("liger_rmpad_flex_noac", packing=True, attn_backend="flex", liger=True, activation_checkpointing=False),
+        BenchConfig("liger_rmpad_varlen_noac_compile", packing=True, attn_backend="torch_varlen", liger=True, activation_checkpointing=False, compile=True),
+    ]
+}
+
+
+@dataclass
+class SyntheticSteps:
+    """Documents and, per step, the indices of the documents it trains on."""
+
+    samples: list[Sample]
+    steps: list[list[int]] = field(default_factory=list)
+
+
+def make_documents(n: int, seed: int, vocab: int) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.lognormal(mean=np.log(600), sigma=0.9, size=n), 48, 8192).astype(int)
+    samples = []
+    for i, length in enumerate(lengths):
+        ids = rng.integers(0, vocab, size=length, dtype=np.int32)
+        labels = ids.copy()
+        labels[: int(0.4 * length)] = -100
+        samples.append(Sample(input_ids=ids, labels=labels, sample_id=f"synthetic:{i}"))
+    return samples
+
+
+def make_steps(samples: list[Sample], tokens_per_step: int, n_steps: int) -> SyntheticSteps:
+    packs = pack_best_fit_decreasing(np.array([len(s) for s in samples]), tokens_per_step)
+    full = sorted(packs, key=lambda p: -sum(len(samples[i]) for i in p))[:n_steps]
+    if len(full) < n_steps:
+        raise ValueError(f"only {len(full)} packs; generate more documents")
+    return SyntheticSteps(samples=samples, steps=full)
+
+
+class StepData:
+    """The dataset interface train_step needs (collate), over the synthetic documents."""
+
+    def __init__(self, samples: list[Sample], packing: bool, pad_token_id: int):
+        self.samples, self.packing, self.pad_token_id = samples, packing, pad_token_id
+
+    def collate(self, indices: list[int]) -> dict:
+        chosen = [self.samples[i] for i in indices]
+        return collate_packed(chosen) if self.packing else collate_padded(chosen, self.pad_token_id)
+
+
+def micro_batches_for(step: list[int], packing: bool, micro_batch: int, seed: int) -> list[list[int]]:
+    if packing:
+        return [step]
+    order = np.random.default_rng(seed).permutation(step).tolist()
+    return [order[i : i + micro_batch] for i in range(0, len(order), micro_batch)]
+
+
+def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
+    torch.manual_seed(0)
+    strategy = SingleDevice(device="cuda", precision="bf16", activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile)
+    with torch.device("cuda"):
+        bundle = build_qwen2(name=args.model, config=OmegaConf.to_container(model_cfg.config))
+    patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend, use_liger_kernel=cfg.liger)
+    patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing)
+    module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn()), bundle.shard_units)
+    optimizer = build_adamw(module, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8)
+    ctx = TrainContext(
+        module=module, optimizer=optimizer, strategy=strategy, patcher=patcher,
+        dataset=StepData(data.samples, cfg.packing, bundle.tokenizer.pad_token_id), step_batches=None,
+        lr_at=None, flops_fn=lambda lengths: train_flops(bundle.model.config, lengths), peak_flops=None, sinks=None,
+        checkpoint_root=Path("/nonexistent"), max_steps=0, max_grad_norm=1.0, save_every=0, unpad=False,
+    )
+    times, tokens, flops, losses = [], [], [], []
+    torch.cuda.reset_peak_memory_stats()
+    for i, step in enumerate(data.steps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        stats = train_step(ctx, micro_batches_for(step, cfg.packing, args.baseline_micro_batch, seed=i))
+        torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+            tokens.append(stats["tokens"])
+            flops.append(stats["flops"])
+        losses.append(stats["loss"])
+    if args.profile == cfg.name:
+        profile_steps(ctx, data, cfg, args)
+    seconds = sum(times)
+    result = {
+        "config": cfg.name, **cfg.__dict__, "tokens_per_s": sum(tokens) / seconds,
+        "mfu": sum(flops) / seconds / peak_flops(torch.cuda.get_device_name()),
+        "step_s": seconds / len(times), "tokens_per_step": sum(tokens) / len(tokens),
+        "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9, "loss_first": losses[0], "loss_last": losses[-1],
+        "attn_backend_resolved": patcher.backend,
+    }
+    del ctx, module, optimizer, bundle
+    gc.collect()
+    torch.cuda.empty_cache()
+    return result
+
+
+def profile_steps(ctx, data: SyntheticSteps, cfg: BenchConfig, args) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for i, step in enumerate(data.steps[:2]):
+            train_step(ctx, micro_batches_for(step, cfg.packing, args.baseline_micro_batch, seed=i))
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40)
+    Path(args.profile_out).write_text(table)
+    print(table[:6000])
+
+
+def environment() -> dict:
+    import transformers
+
+    try:
+        import liger_kernel
+
+        liger_version = liger_kernel.__version__ if hasattr(liger_kernel, "__version__") else "installed"
+    except ImportError:
+        liger_version = None
+    return {
+        "card": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "liger_kernel": liger_version, "python": platform.python_version(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="qwen2_5_1_5b", help="a preset under conf/model/")
+    parser.add_argument("--tokens-per-step", type=int, default=16384)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--baseline-micro-batch", type=int, default=4)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated; the first is the baseline")
+    parser.add_argument("--profile", default=None, help="a config to profile for 2 extra steps")
+    parser.add_argument("--profile-out", default="profile.txt")
+    parser.add_argument("--out", default=None, help="JSON output path")
+    args = parser.parse_args()
+    model_cfg = OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml")
+    samples = make_documents(n=args.steps * args.tokens_per_step // 500, seed=0, vocab=model_cfg.config.vocab_size)
+    data = make_steps(samples, args.tokens_per_step, args.steps)
+    results = []
+    for name in args.configs.split(","):
+        try:
+            results.append(run_config(CONFIGS[name], model_cfg, data, args))
+        except torch.OutOfMemoryError as err:
+            results.append({"config": name, "error": f"OOM: {str(err)[:200]}"})
+            gc.collect()
+            torch.cuda.empty_cache()
+        print(json.dumps(results[-1]), flush=True)
+    report = {"model": args.model, "tokens_per_step": args.tokens_per_step, "steps": args.steps, "warmup": args.warmup,
+              **environment(), "results": with_ratios(results)}
+    print(markdown_table(report))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+def with_ratios(results: list[dict]) -> list[dict]:
+    base = results[0]
+    if "error" in base:
+        return results
+    for r in results:
+        if "error" not in r:
+            r["speedup_vs_baseline"] = r["tokens_per_s"] / base["tokens_per_s"]
+            r["mem_vs_baseline"] = r["peak_mem_gb"] / base["peak_mem_gb"]
+    return results
+
+
+def markdown_table(report: dict) -> str:
+    lines = [f"{report['model']} on {report['card']}, {report['tokens_per_step']} tokens/step",
+             "| config | tokens/s | MFU | peak GB | x baseline tok/s | x baseline mem |", "|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        if "error" in r:
+            lines.append(f"| {r['config']} | {r['error'][:40]} | | | | |")
+            continue
+        lines.append(f"| {r['config']} | {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | {r['peak_mem_gb']:.1f} | "
+                     f"{r.get('speedup_vs_baseline', 1):.2f} | {r.get('mem_vs_baseline', 1):.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
