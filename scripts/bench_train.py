@@ -31,6 +31,8 @@ from lmms_engine.data.types import Sample
 from lmms_engine.kernels.patcher import KernelPatcher
 from lmms_engine.models.flops import peak_flops, train_flops
 from lmms_engine.models.qwen2 import build_qwen2
+from lmms_engine.parallel.base import Strategy
+from lmms_engine.parallel.common import apply_activation_checkpointing
 from lmms_engine.parallel.single import SingleDevice
 from lmms_engine.train.loop import TrainContext, train_step
 from lmms_engine.train.module import CausalLMWithLoss
@@ -47,12 +49,13 @@ class BenchConfig:
     liger: bool = False
     activation_checkpointing: bool = True
     compile: bool = False
+    hf_style: bool = False  # fp32 weights + autocast, as HF Trainer with bf16=True
 
 
 CONFIGS = {
     c.name: c
     for c in [
-        BenchConfig("hf_padded_sdpa", packing=False),  # the baseline: padded micro-batches, sdpa, no Liger
+        BenchConfig("hf_padded_sdpa", packing=False, hf_style=True),  # the baseline: padded, sdpa, autocast, no Liger
         BenchConfig("packed_sdpa", packing=True, attn_backend="sdpa"),
         BenchConfig("rmpad_varlen", packing=True, attn_backend="torch_varlen"),
         BenchConfig("rmpad_flex", packing=True, attn_backend="flex"),
@@ -62,6 +65,25 @@ CONFIGS = {
         BenchConfig("liger_rmpad_varlen_noac_compile", packing=True, attn_backend="torch_varlen", liger=True, activation_checkpointing=False, compile=True),
     ]
 }
+
+
+class HFStyleAutocast(Strategy):
+    """What a plain Hugging Face loop does with bf16=True: fp32 weights, op-level bf16 autocast."""
+
+    def __init__(self, activation_checkpointing: bool):
+        super().__init__("cuda")
+        self.activation_checkpointing = activation_checkpointing
+
+    def setup(self) -> None:
+        pass
+
+    def prepare(self, module, shard_units):
+        if self.activation_checkpointing:
+            apply_activation_checkpointing(module, shard_units)
+        return module.to(self.device)
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 @dataclass
@@ -112,7 +134,11 @@ def micro_batches_for(step: list[int], packing: bool, micro_batch: int, seed: in
 
 def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
     torch.manual_seed(0)
-    strategy = SingleDevice(device="cuda", precision="bf16", activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile)
+    if cfg.hf_style:
+        strategy = HFStyleAutocast(cfg.activation_checkpointing)
+    else:
+        strategy = SingleDevice(device="cuda", precision="bf16", activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile)
+    strategy.setup()
     with torch.device("cuda"):
         bundle = build_qwen2(name=args.model, config=OmegaConf.to_container(model_cfg.config))
     patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend, use_liger_kernel=cfg.liger)
@@ -199,8 +225,8 @@ def main() -> None:
     for name in args.configs.split(","):
         try:
             results.append(run_config(CONFIGS[name], model_cfg, data, args))
-        except torch.OutOfMemoryError as err:
-            results.append({"config": name, "error": f"OOM: {str(err)[:200]}"})
+        except Exception as err:  # one failing configuration must not hide the others' figures
+            results.append({"config": name, "error": f"{type(err).__name__}: {str(err)[:300]}"})
             gc.collect()
             torch.cuda.empty_cache()
         print(json.dumps(results[-1]), flush=True)

@@ -93,6 +93,7 @@ def _packed_attention(module, query, key, value, attention_mask, scaling=None, d
     if dropout and module.training:
         raise ValueError("attention dropout is not supported by the packed attention backends")
     cu, max_len = kwargs["cu_seq_lens_q"], kwargs["max_length_q"]
+    query, key, value = _compute_dtype(query, key, value)
     if backend == "flex":
         out = _flex(query, key, value, kwargs["lmms_block_mask"], scaling)
         return out.transpose(1, 2), None
@@ -104,6 +105,14 @@ def _packed_attention(module, query, key, value, attention_mask, scaling=None, d
     else:
         out = _flash_attn_varlen(q, k, v, cu, max_len, scaling)
     return out.unsqueeze(0), None
+
+
+def _compute_dtype(*tensors: torch.Tensor):
+    """RoPE in fp32 (HF computes cos/sin in fp32) upcasts q/k; flash kernels take bf16/fp16 only."""
+    dtype = tensors[-1].dtype  # value comes straight from a projection: the compute dtype
+    if torch.is_autocast_enabled(tensors[0].device.type):
+        dtype = torch.get_autocast_dtype(tensors[0].device.type)
+    return tuple(t.to(dtype) for t in tensors)
 
 
 def _repeat_kv_heads(k: torch.Tensor, v: torch.Tensor, n_q_heads: int):

@@ -61,7 +61,11 @@ def _apply(model: nn.Module) -> list[str]:
 def _liger_public_patch(model_type: str):
     import liger_kernel.transformers as liger
 
-    return liger.__dict__.get(f"apply_liger_kernel_to_{model_type}")
+    # liger-kernel resolves its public names lazily (module __getattr__), so ask by attribute.
+    try:
+        return getattr(liger, f"apply_liger_kernel_to_{model_type}")
+    except AttributeError:
+        return None
 
 
 def _language_model(model: nn.Module) -> nn.Module | None:

@@ -4,9 +4,9 @@
 
 Hydra names the run directory with a timestamp taken when each process composes its config, so
 ranks started a second apart would split the run. The `run_stamp` resolver gives every rank the
-same stamp: $LMMS_RUN_STAMP if set; else, under torchrun, the rendezvous id when one was given,
-or the start time of the torchrun agent (the parent of every local rank); else the current time.
-Multi-node jobs should pass --rdzv-id (or set LMMS_RUN_STAMP) so every node agrees.
+same stamp: $LMMS_RUN_STAMP if set; else, under a one-node torchrun, the start time of the torchrun
+agent (the parent of every local rank); under a multi-node torchrun, the rendezvous id (pass the
+same --rdzv-id on every node, or set LMMS_RUN_STAMP); else the current time.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ def run_stamp() -> str:
     if os.environ.get("LMMS_RUN_STAMP"):
         return os.environ["LMMS_RUN_STAMP"]
     if "TORCHELASTIC_RUN_ID" in os.environ:
-        rdzv_id = os.environ["TORCHELASTIC_RUN_ID"]
-        if rdzv_id and rdzv_id != "none":
-            return rdzv_id
-        return _format(_process_start_time(os.getppid()))
+        if os.environ.get("LOCAL_WORLD_SIZE") == os.environ.get("WORLD_SIZE"):
+            # One node: every rank is a child of the same torchrun agent.
+            return _format(_process_start_time(os.getppid()))
+        return os.environ["TORCHELASTIC_RUN_ID"]  # several nodes: the rendezvous id (--rdzv-id)
     return datetime.datetime.now().strftime(STAMP_FORMAT)
 
 

@@ -1,0 +1,184 @@
+"""Chat templating and label masks: one record -> `input_ids` and (unshifted) `labels`.
+
+The tokenizer's own chat template renders the conversation to text, which is tokenized ONCE (so
+tokens are exactly what the model sees at inference). Trained tokens are then chosen by character
+spans of that text: for assistant message i the span runs from the end of
+`render(messages[:i], add_generation_prompt=True)` to the end of `render(messages[:i+1])`, trimmed
+to end right after the end-of-turn token. So the assistant content and its `<|im_end|>` are
+trained, while the role header, the newline after `<|im_end|>`, and all system / user turns are not.
+
+Character spans are mapped to tokens through the tokenization's offset mapping (the
+`tokenizers.Encoding`), queried only at span boundaries with `char_to_token` rather than turned
+into a per-token Python list: the same answer, 2-3x faster on large files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jinja2
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from .errors import DataError, TemplateError
+from .types import Message, Record
+
+IGNORE_INDEX = -100
+# ChatML closes every turn with <|im_end|>; tokenizers of other families close it with their eos.
+CHATML_END_OF_TURN = "<|im_end|>"
+
+_PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+
+
+def check_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Fail early, with advice, on a tokenizer the pipeline cannot use."""
+    if not tokenizer.is_fast:
+        raise ValueError(
+            f"{type(tokenizer).__name__} is a slow tokenizer; label masks need the offset mapping of "
+            "a fast tokenizer (load it with AutoTokenizer.from_pretrained(..., use_fast=True))"
+        )
+    if not tokenizer.chat_template:
+        raise ValueError("the tokenizer has no chat_template; set tokenizer.chat_template first")
+    full_text = _render(tokenizer, _PROBE, False, "chat template probe")
+    _assistant_spans(tokenizer, _PROBE, full_text, end_of_turn_markers(tokenizer), "chat template probe")
+
+
+def end_of_turn_markers(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
+    """Strings that may close an assistant turn: <|im_end|> if the vocabulary has it, and eos."""
+    markers = []
+    if tokenizer.backend_tokenizer.token_to_id(CHATML_END_OF_TURN) is not None:
+        markers.append(CHATML_END_OF_TURN)
+    if tokenizer.eos_token is not None and tokenizer.eos_token not in markers:
+        markers.append(tokenizer.eos_token)
+    return tuple(markers)
+
+
+def template_messages(record: Record) -> list[dict[str, str]]:
+    """The record as chat-template input for a text-only model (content flattened to a string)."""
+    if record.has_media:
+        raise DataError(
+            record.provenance.where,
+            "media_on_text_model",
+            "record has image/video/audio parts but the model takes text only",
+        )
+    return [_as_template_message(m) for m in record.messages]
+
+
+def _as_template_message(message: Message) -> dict[str, str]:
+    # Text templates (e.g. Qwen2.5's) print `content` as is, so a list of parts must become a str.
+    return {"role": message.role, "content": message.text}
+
+
+def tokenize_record(tokenizer: PreTrainedTokenizerBase, record: Record) -> tuple[np.ndarray, np.ndarray]:
+    """`input_ids` and unshifted `labels` (int32) of one record; raises DataError on a bad one."""
+    (result,) = tokenize_batch(tokenizer, [record])
+    if isinstance(result, DataError):
+        raise result
+    return result
+
+
+def tokenize_batch(
+    tokenizer: PreTrainedTokenizerBase, records: Sequence[Record]
+) -> list[tuple[np.ndarray, np.ndarray] | DataError]:
+    """Tokenize many records with one batched call of the Rust tokenizer.
+
+    Returns, per record, `(input_ids, labels)` or the DataError that rejects it, so the caller
+    applies its own on_error policy. A TemplateError (unusable template) is raised.
+    """
+    markers = end_of_turn_markers(tokenizer)
+    texts, spans, results = [], [], []
+    for record in records:
+        try:
+            messages = template_messages(record)
+            text = _render(tokenizer, messages, False, record.provenance.where)
+            spans.append(_assistant_spans(tokenizer, messages, text, markers, record.provenance.where))
+            texts.append(text)
+            results.append(None)
+        except DataError as error:
+            results.append(error)
+    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    done = iter(zip(texts, spans, encodings, strict=True))
+    for i, result in enumerate(results):
+        if result is None:
+            results[i] = _ids_and_labels(*next(done))
+    return results
+
+
+def _render(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool, where: str
+) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except jinja2.TemplateError as error:
+        # Templates reject some conversations on purpose (raise_exception), e.g. bad role order.
+        raise DataError(where, "template_rejected", f"chat template rejected the record: {error}") from error
+
+
+def _assistant_spans(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict],
+    full_text: str,
+    markers: tuple[str, ...],
+    where: str,
+) -> list[tuple[int, int]]:
+    """Character spans [start, end) of full_text that are trained (assistant content + end token)."""
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:i], True, where)
+        is_last = i == len(messages) - 1
+        through = full_text if is_last else _render(tokenizer, messages[: i + 1], False, where)
+        _check_prefix(prompt, full_text, i, "messages[:i] with add_generation_prompt=True")
+        _check_prefix(through, full_text, i, "messages[:i+1]")
+        spans.append((len(prompt), _end_after_marker(full_text, len(prompt), len(through), markers, i)))
+    return spans
+
+
+def _check_prefix(prefix: str, full_text: str, i: int, what: str) -> None:
+    if not full_text.startswith(prefix):
+        raise TemplateError(
+            f"the chat template is not prefix-stable: rendering {what} (i={i}) is not a prefix of the "
+            "full conversation, so assistant spans cannot be located. Templates that rewrite earlier "
+            "turns (e.g. strip <think> blocks of past turns) need a different template for training."
+        )
+
+
+def _end_after_marker(text: str, start: int, end: int, markers: tuple[str, ...], i: int) -> int:
+    """Move `end` back to just after the last end-of-turn marker inside text[start:end]."""
+    positions = [(text.rfind(m, start, end), m) for m in markers]
+    found = [position + len(m) for position, m in positions if position >= 0]
+    if not found:
+        raise TemplateError(
+            f"the chat template does not close assistant turn messages[{i}] with any of {markers}; "
+            "set the tokenizer's eos_token to the template's end-of-turn token"
+        )
+    return max(found)
+
+
+def _ids_and_labels(text: str, spans: list[tuple[int, int]], encoding) -> tuple[np.ndarray, np.ndarray]:
+    input_ids = np.asarray(encoding.ids, dtype=np.int32)
+    labels = np.full_like(input_ids, IGNORE_INDEX)
+    for start, end in spans:
+        first, stop = (
+            _first_token_from(encoding, start, len(text)),
+            _first_token_from(encoding, end, len(text)),
+        )
+        labels[first:stop] = input_ids[first:stop]
+    return input_ids, labels
+
+
+def _first_token_from(encoding, char_pos: int, text_len: int) -> int:
+    """Index of the first token whose start offset is >= char_pos (len(tokens) if none).
+
+    A token that starts before char_pos (one straddling a span start) is not in the span.
+    """
+    for pos in range(char_pos, text_len):
+        token = encoding.char_to_token(pos)
+        if token is None:  # character dropped by a normalizer: look at the next one
+            continue
+        start, _ = encoding.token_to_chars(token)
+        return token if start >= char_pos else token + 1
+    return len(encoding.ids)

@@ -1,0 +1,283 @@
+"""The SFT dataset: sources -> tokenized samples -> weighted sample list -> micro-batches.
+
+`build_sft_dataset` is the Hydra `_target_` of the data config group. The result is index based:
+`micro_batches(epoch)` lists the epoch's micro-batches as sample indices (the same on every rank,
+from (seed, epoch) only) and `collate(indices)` turns one into model inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from .cache import resolve_cache_dir, tokenizer_fingerprint
+from .chat import IGNORE_INDEX, check_tokenizer
+from .collate import collate_packed, collate_padded
+from .errors import DataSourceError
+from .packing import OVERLONG_POLICIES, apply_overlong, pack_best_fit_decreasing
+from .prepare import ON_ERROR_POLICIES, default_num_proc, prepare_file
+from .sources import DatasetEntry, SourceFile, resolve_sources
+from .types import Sample, TokenizedFile, format_location
+
+logger = logging.getLogger("lmms_engine.data")
+
+
+def build_sft_dataset(
+    tokenizer: PreTrainedTokenizerBase,
+    dataset_path: str | Path,
+    packing: bool = True,
+    packing_length: int = 2048,
+    micro_batch_size: int = 4,
+    on_error: str = "raise",
+    overlong: str = "drop",
+    num_proc: int | None = None,
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+) -> SFTDataset:
+    """Read, validate, tokenize (cached, in parallel) and index the data at `dataset_path`.
+
+    packing_length is the token budget of a pack, and the maximum sample length either way;
+    longer samples are dropped or truncated (`overlong`). micro_batch_size only applies without
+    packing (with packing, one pack is one micro-batch).
+    """
+    _check_settings(packing_length, micro_batch_size, on_error, overlong, num_proc)
+    check_tokenizer(tokenizer)
+    entries = resolve_sources(dataset_path)
+    tokenized = _tokenize_sources(tokenizer, entries, on_error, num_proc, cache_dir)
+    store = _SampleStore.from_files(tokenized)
+    overlong_counts = store.apply_overlong(packing_length, overlong)
+    sample_index = _weighted_sample_index(store, entries, seed)
+    if len(sample_index) == 0 or (not packing and len(sample_index) < micro_batch_size):
+        raise DataSourceError(
+            str(dataset_path),
+            f"only {len(sample_index)} usable samples (micro_batch_size={micro_batch_size}); "
+            f"skipped records: {_merged_skips(tokenized.values())}, overlong: {overlong_counts}",
+        )
+    dataset = SFTDataset(
+        store, sample_index, packing, packing_length, micro_batch_size, _pad_token_id(tokenizer), seed
+    )
+    dataset.stats.update(_source_stats(tokenized.values(), overlong_counts))
+    logger.info("dataset %s: %s", dataset_path, dataset.stats)
+    return dataset
+
+
+def _check_settings(
+    packing_length: int, micro_batch_size: int, on_error: str, overlong: str, num_proc: int | None
+) -> None:
+    if packing_length <= 0:
+        raise ValueError(f"packing_length must be a positive number of tokens, got {packing_length}")
+    if micro_batch_size <= 0:
+        raise ValueError(f"micro_batch_size must be positive, got {micro_batch_size}")
+    if on_error not in ON_ERROR_POLICIES:
+        raise ValueError(f"on_error must be one of {ON_ERROR_POLICIES}, got {on_error!r}")
+    if overlong not in OVERLONG_POLICIES:
+        raise ValueError(f"overlong must be one of {OVERLONG_POLICIES}, got {overlong!r}")
+    if num_proc is not None and num_proc <= 0:
+        raise ValueError(f"num_proc must be positive (or null for min(8, cpu_count)), got {num_proc}")
+
+
+def _tokenize_sources(
+    tokenizer: PreTrainedTokenizerBase,
+    entries: list[DatasetEntry],
+    on_error: str,
+    num_proc: int | None,
+    cache_dir: str | Path | None,
+) -> dict[SourceFile, TokenizedFile]:
+    """Every distinct file once (an entry listed twice is not tokenized twice)."""
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    procs = num_proc if num_proc is not None else default_num_proc()
+    cache = resolve_cache_dir(cache_dir)
+    tokenized: dict[SourceFile, TokenizedFile] = {}
+    for entry in entries:
+        for source in entry.files:
+            if source not in tokenized:
+                tokenized[source] = prepare_file(source, tokenizer, fingerprint, on_error, procs, cache)
+    return tokenized
+
+
+def _pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    # Pads are masked out (attention 0, label -100), so any valid id works; prefer the real pad.
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token")
+
+
+def _merged_skips(files) -> dict[str, int]:
+    merged = Counter()
+    for tokenized in files:
+        merged.update(tokenized.skipped_by_reason)
+    return dict(merged)
+
+
+def _source_stats(files, overlong_counts: dict[str, int]) -> dict:
+    files = list(files)
+    skipped = _merged_skips(files)
+    return {
+        "records": sum(f.records for f in files),
+        "skipped": sum(skipped.values()),
+        "skipped_by_reason": skipped,
+        **overlong_counts,
+    }
+
+
+# ---------------------------------------------------------------- samples
+
+
+@dataclass
+class _SampleStore:
+    """Every distinct sample ("base sample") of every file, flat; sample k is
+    input_ids[starts[k] : starts[k] + lengths[k]] (lengths shrink when truncated)."""
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
+    usable: np.ndarray  # bool: False once dropped by the overlong policy
+    file_ids: np.ndarray  # which file each sample came from (index into `files`)
+    locations: np.ndarray  # line or record index in that file
+    files: list[SourceFile]
+
+    @classmethod
+    def from_files(cls, tokenized: dict[SourceFile, TokenizedFile]) -> _SampleStore:
+        files = list(tokenized)
+        parts = [tokenized[f] for f in files]
+        token_bases = np.cumsum([0] + [len(p.input_ids) for p in parts])[:-1]  # first token of each file
+        return cls(
+            input_ids=np.concatenate([p.input_ids for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]),
+            starts=np.concatenate(
+                [p.offsets[:-1] + base for p, base in zip(parts, token_bases, strict=True)]
+            ),
+            lengths=np.concatenate([np.diff(p.offsets) for p in parts]),
+            usable=np.ones(sum(p.num_samples for p in parts), dtype=bool),
+            file_ids=np.concatenate([np.full(p.num_samples, i, dtype=np.int32) for i, p in enumerate(parts)]),
+            locations=np.concatenate([p.locations for p in parts]),
+            files=files,
+        )
+
+    def samples_of(self, files: tuple[SourceFile, ...]) -> np.ndarray:
+        """Indices of the usable samples of `files`, in file and record order."""
+        ids = [self.files.index(f) for f in files]
+        return np.flatnonzero(np.isin(self.file_ids, ids) & self.usable)
+
+    def apply_overlong(self, max_length: int, policy: str) -> dict[str, int]:
+        long_ones = np.flatnonzero(self.lengths > max_length)
+        # Shifted labels never use position 0, so a truncated sample is trained iff labels[1:max_length] are.
+        trained = np.ones(len(self.lengths), dtype=bool)
+        for k in long_ones:
+            start = self.starts[k]
+            trained[k] = bool((self.labels[start + 1 : start + max_length] != IGNORE_INDEX).any())
+        result = apply_overlong(self.lengths, trained, max_length, policy)
+        self.usable[:] = False
+        self.usable[result.keep] = True
+        self.lengths[result.keep] = result.lengths
+        return {"truncated": result.truncated, "dropped_overlong": result.dropped}
+
+    def sample(self, k: int) -> Sample:
+        start, stop = self.starts[k], self.starts[k] + self.lengths[k]
+        source = self.files[self.file_ids[k]]
+        sample_id = format_location(str(source.path), source.is_line_based, int(self.locations[k]))
+        return Sample(
+            input_ids=self.input_ids[start:stop], labels=self.labels[start:stop], sample_id=sample_id
+        )
+
+
+def _weighted_sample_index(store: _SampleStore, entries: list[DatasetEntry], seed: int) -> np.ndarray:
+    """The flat sample list: each entry's samples repeated / subsampled per weight or num_samples."""
+    selected = []
+    for i, entry in enumerate(entries):
+        base = store.samples_of(entry.files)
+        if len(base) == 0:
+            logger.warning("%s: no usable samples", entry.origin)
+            continue
+        target = _target_count(len(base), entry)
+        selected.append(base[expand_indices(len(base), target, np.random.default_rng([seed, i]))])
+    return np.concatenate(selected) if selected else np.zeros(0, dtype=np.int64)
+
+
+def _target_count(n: int, entry: DatasetEntry) -> int:
+    if entry.num_samples is not None:
+        return entry.num_samples
+    if entry.weight is not None:
+        return max(1, round(entry.weight * n))
+    return n
+
+
+def expand_indices(n: int, target: int, rng: np.random.Generator) -> np.ndarray:
+    """`target` indices into range(n): every index target // n times, then target % n distinct
+    indices drawn with `rng` (the fractional part of a weight), in order."""
+    assert n > 0 and target > 0
+    full, rest = divmod(target, n)
+    extra = np.sort(rng.choice(n, size=rest, replace=False))
+    return np.concatenate([np.tile(np.arange(n), full), extra]).astype(np.int64)
+
+
+# ---------------------------------------------------------------- the dataset
+
+
+class SFTDataset:
+    """Index-based SFT data: `micro_batches(epoch)` then `collate(indices)` for each one.
+
+    Sample indices refer to the flattened, weight-expanded sample list (`num_samples` long).
+    """
+
+    def __init__(
+        self,
+        store: _SampleStore,
+        sample_index: np.ndarray,
+        packing: bool,
+        packing_length: int,
+        micro_batch_size: int,
+        pad_token_id: int,
+        seed: int,
+    ):
+        self.packing = packing
+        self.packing_length = packing_length
+        self.micro_batch_size = micro_batch_size
+        self.pad_token_id = pad_token_id
+        self.seed = seed
+        self.num_samples = len(sample_index)
+        self._store = store
+        self._sample_index = sample_index
+        self._lengths = store.lengths[sample_index]
+        # Packs are computed once; only their order changes between epochs.
+        self.packs = pack_best_fit_decreasing(self._lengths, packing_length) if packing else None
+        self.stats = self._sample_stats()
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> Sample:
+        return self._store.sample(int(self._sample_index[index]))
+
+    def micro_batches(self, epoch: int) -> list[list[int]]:
+        """This epoch's micro-batches (sample indices); a pure function of (seed, epoch)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.packing:
+            return [list(self.packs[i]) for i in rng.permutation(len(self.packs))]
+        order = rng.permutation(self.num_samples)
+        full = self.num_samples // self.micro_batch_size * self.micro_batch_size
+        return [order[i : i + self.micro_batch_size].tolist() for i in range(0, full, self.micro_batch_size)]
+
+    def collate(self, indices: list[int]) -> dict:
+        samples = [self[i] for i in indices]
+        return collate_packed(samples) if self.packing else collate_padded(samples, self.pad_token_id)
+
+    def _sample_stats(self) -> dict:
+        tokens = int(self._lengths.sum())
+        stats = {
+            "samples": self.num_samples,
+            "unique_samples": len(np.unique(self._sample_index)),
+            "tokens": tokens,
+        }
+        if self.packing:
+            stats["packs"] = len(self.packs)
+            stats["pack_fill"] = round(tokens / (len(self.packs) * self.packing_length), 4)
+        return stats

@@ -1,0 +1,45 @@
+"""Errors raised while reading and tokenizing training data.
+
+Every user-facing error is a `ValueError` subclass whose message starts with where the problem is,
+so a user can open the file at the right line:
+
+    data/foo.jsonl:17: record has no 'messages' key
+"""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """A bad record: `where` is `file:line` (jsonl, 1-based) or `file#index` (0-based record).
+
+    `reason` is a short stable key (like `no_messages`) used to count skipped records by kind.
+    """
+
+    def __init__(self, where: str, reason: str, problem: str):
+        super().__init__(f"{where}: {problem}")
+        self.where = where
+        self.reason = reason
+        self.problem = problem
+
+    def __reduce__(self):
+        # Keeps the error picklable (worker processes) despite the three-argument constructor.
+        return (type(self), (self.where, self.reason, self.problem))
+
+
+class DataSourceError(DataError):
+    """A configuration mistake (missing file, unknown data_type, bad dataset yaml).
+
+    Never skipped by `on_error=skip`: a missing source is not a bad record, it is a wrong config.
+    """
+
+    def __init__(self, where: str, problem: str):
+        super().__init__(where, "source", problem)
+
+    def __reduce__(self):
+        return (type(self), (self.where, self.problem))
+
+
+class TemplateError(ValueError):
+    """The tokenizer's chat template cannot be used for label masking (not prefix-stable, or it
+    does not close assistant turns with an end-of-turn token). Never skipped: it affects every
+    record, so skipping would silently drop the whole data set."""

@@ -1,0 +1,104 @@
+"""Validation of one raw record (OpenAI chat messages) into a `Record`.
+
+A record is `{"messages": [{"role": ..., "content": ...}, ...]}`. `content` is a string or a list
+of parts: `{"type": "text", "text": ...}`, `{"type": "image_url", "image_url": "x.jpg" | {"url":
+"x.jpg"}}` and the same for `video_url` / `audio_url`. The aliases `image`, `video`, `audio` are
+accepted as type (their payload under the alias key or the `*_url` key). Keys whose value is None
+are ignored: arrow / parquet tables store every struct field on every row, unused ones as null.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import DataError
+from .types import MEDIA_TYPES, ROLES, ContentPart, Message, Provenance, Record
+
+PART_TYPE_ALIASES = {"image": "image_url", "video": "video_url", "audio": "audio_url"}
+
+
+def parse_record(raw: Any, provenance: Provenance) -> Record:
+    """Validate a decoded record; raise DataError naming the record and the problem."""
+    where = provenance.where
+    if not isinstance(raw, dict):
+        raise DataError(where, "not_a_dict", f"record must be a JSON object, got {type(raw).__name__}")
+    if raw.get("messages") is None:
+        raise DataError(where, "no_messages", "record has no 'messages' key")
+    raw_messages = raw["messages"]
+    if not isinstance(raw_messages, list):
+        raise DataError(
+            where, "bad_messages", f"'messages' must be a list, got {type(raw_messages).__name__}"
+        )
+    if not raw_messages:
+        raise DataError(where, "empty_conversation", "'messages' is an empty list")
+    messages = tuple(_parse_message(m, i, where) for i, m in enumerate(raw_messages))
+    if messages[0].role == "assistant":
+        # Its prompt would be an empty conversation, which chat templates cannot render.
+        raise DataError(
+            where, "assistant_first", "messages[0] is an assistant turn; start with a system or user turn"
+        )
+    if not any(m.role == "assistant" and _is_non_empty(m) for m in messages):
+        raise DataError(where, "no_assistant", "conversation has no assistant turn with non-empty content")
+    return Record(messages=messages, provenance=provenance)
+
+
+def _is_non_empty(message: Message) -> bool:
+    if isinstance(message.content, str):
+        return bool(message.content)
+    return any(p.value for p in message.content)
+
+
+def _parse_message(raw: Any, i: int, where: str) -> Message:
+    if not isinstance(raw, dict):
+        raise DataError(where, "bad_message", f"messages[{i}] must be an object, got {type(raw).__name__}")
+    role = raw.get("role")
+    if role not in ROLES:
+        raise DataError(
+            where,
+            "unknown_role",
+            f"messages[{i}] has unknown role {role!r} (expected one of {', '.join(ROLES)})",
+        )
+    content = raw.get("content")
+    if isinstance(content, str):
+        return Message(role=role, content=content)
+    if isinstance(content, list):
+        parts = tuple(_parse_part(p, i, j, where) for j, p in enumerate(content))
+        return Message(role=role, content=parts)
+    raise DataError(
+        where,
+        "bad_content",
+        f"messages[{i}] ({role}) 'content' must be a string or a list of parts, got {type(content).__name__}",
+    )
+
+
+def _parse_part(raw: Any, i: int, j: int, where: str) -> ContentPart:
+    at = f"messages[{i}].content[{j}]"
+    if not isinstance(raw, dict):
+        raise DataError(where, "bad_part", f"{at} must be an object, got {type(raw).__name__}")
+    kind = raw.get("type")
+    if kind == "text":
+        text = raw.get("text")
+        if not isinstance(text, str):
+            raise DataError(where, "bad_part", f"{at} of type 'text' needs a string 'text'")
+        return ContentPart(type="text", value=text)
+    canonical = PART_TYPE_ALIASES.get(kind, kind)
+    if canonical not in MEDIA_TYPES:
+        allowed = ", ".join(("text", *MEDIA_TYPES, *PART_TYPE_ALIASES))
+        raise DataError(where, "bad_part", f"{at} has unknown type {kind!r} (expected one of {allowed})")
+    return ContentPart(type=canonical, value=_media_url(raw, kind, canonical, at, where))
+
+
+def _media_url(raw: dict, kind: str, canonical: str, at: str, where: str) -> str:
+    """The url of a media part: under the `*_url` key or the alias key, as a str or {"url": str}."""
+    payload = raw.get(canonical)
+    if payload is None:
+        payload = raw.get(kind)
+    if isinstance(payload, dict):
+        payload = payload.get("url")
+    if not isinstance(payload, str) or not payload:
+        raise DataError(
+            where,
+            "bad_part",
+            f"{at} of type {kind!r} needs '{canonical}' as a non-empty string or {{\"url\": string}}",
+        )
+    return payload

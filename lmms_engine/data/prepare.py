@@ -1,0 +1,237 @@
+"""Tokenize one source file in parallel, with an on-disk cache.
+
+Records are read in chunks in the parent and tokenized by `num_proc` forked workers (each one
+runs the fast tokenizer single-threaded; the chat template rendering is Python and needs
+processes, not threads). The result is a few flat numpy arrays, cached as an uncompressed `.npz`
+(loaded with allow_pickle=False) keyed by the file's identity and the tokenizer's fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from .cache import cache_file_for, load_tokenized, locked, save_tokenized
+from .chat import tokenize_batch
+from .errors import DataError
+from .messages import parse_record
+from .sources import SourceFile, read_chunks
+from .types import Provenance, TokenizedFile, format_location
+
+logger = logging.getLogger("lmms_engine.data")
+
+ON_ERROR_POLICIES = ("raise", "skip")
+CHUNK_SIZE = 1000
+MAX_LOGGED_SKIPS = 5  # the first few skipped records are logged in full; the rest only counted
+
+
+@dataclass
+class _ChunkResult:
+    input_ids: np.ndarray
+    labels: np.ndarray
+    lengths: np.ndarray
+    locations: np.ndarray
+    errors: list[DataError]
+
+
+def default_num_proc() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def prepare_file(
+    source: SourceFile,
+    tokenizer: PreTrainedTokenizerBase,
+    tokenizer_fingerprint: str,
+    on_error: str,
+    num_proc: int,
+    cache_dir: Path,
+) -> TokenizedFile:
+    """Tokens and labels of every valid record of `source`, from the cache when it is fresh."""
+    assert on_error in ON_ERROR_POLICIES, on_error
+    cache_file = cache_file_for(cache_dir, source, tokenizer_fingerprint, on_error)
+    # The lock makes concurrent ranks on one host tokenize once: the others wait, then load.
+    with locked(cache_file):
+        cached = load_tokenized(cache_file)
+        if cached is not None:
+            logger.info("%s: %d samples from cache %s", source.path, cached.num_samples, cache_file)
+            _log_skips(source, cached)
+            return cached
+        started = time.perf_counter()
+        tokenized = tokenize_file(source, tokenizer, on_error, num_proc)
+        save_tokenized(cache_file, tokenized)
+    logger.info(
+        "%s: %d records -> %d samples in %.1fs (%d procs), cached at %s",
+        source.path,
+        tokenized.records,
+        tokenized.num_samples,
+        time.perf_counter() - started,
+        num_proc,
+        cache_file,
+    )
+    _log_skips(source, tokenized)
+    return tokenized
+
+
+def tokenize_file(
+    source: SourceFile, tokenizer: PreTrainedTokenizerBase, on_error: str, num_proc: int
+) -> TokenizedFile:
+    """Tokenize a whole source (no cache); raise the first DataError unless on_error == 'skip'."""
+    chunks = list(read_chunks(source, CHUNK_SIZE))
+    results, skipped, examples = [], Counter(), []
+    # closing(): on an error, stop the worker pool now rather than when the generator is collected.
+    with closing(_map_chunks(chunks, source, tokenizer, num_proc)) as chunk_results:
+        for result in chunk_results:
+            if result.errors and on_error == "raise":
+                raise result.errors[0]
+            for error in result.errors:
+                skipped[error.reason] += 1
+                if len(examples) < MAX_LOGGED_SKIPS:
+                    examples.append(str(error))
+            results.append(result)
+    records = sum(len(items) for items in chunks)
+    return _merge(results, records, dict(skipped), examples)
+
+
+def _map_chunks(
+    chunks: list[list[tuple[int, Any]]], source: SourceFile, tokenizer: PreTrainedTokenizerBase, num_proc: int
+) -> Iterator[_ChunkResult]:
+    """Chunk results in file order; in-process when one process would do (starting workers costs)."""
+    if num_proc <= 1 or len(chunks) <= 1:
+        for items in chunks:
+            yield _tokenize_items(tokenizer, source, items)
+        return
+    with _worker_pool(tokenizer, min(num_proc, len(chunks))) as pool:
+        yield from pool.imap(_tokenize_in_worker, ((source, items) for items in chunks))
+
+
+# ---------------------------------------------------------------- workers
+
+_WORKER_TOKENIZER: PreTrainedTokenizerBase | None = None
+
+
+def _init_worker(tokenizer: PreTrainedTokenizerBase) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer
+
+
+def _tokenize_in_worker(job: tuple[SourceFile, list]) -> _ChunkResult:
+    assert _WORKER_TOKENIZER is not None, "worker not initialised"
+    source, items = job
+    return _tokenize_items(_WORKER_TOKENIZER, source, items)
+
+
+@contextmanager
+def _worker_pool(tokenizer: PreTrainedTokenizerBase, num_proc: int):
+    # fork shares the loaded tokenizer for free; spawn (other platforms) pickles it once per worker.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    # Workers run the Rust tokenizer single-threaded: the processes already use every core, and a
+    # forked Rust thread pool can deadlock. Setting the variable also silences the fork warning.
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        context = multiprocessing.get_context(method)
+        with context.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer,)) as pool:
+            _restore_env("TOKENIZERS_PARALLELISM", previous)
+            yield pool
+    finally:
+        _restore_env("TOKENIZERS_PARALLELISM", previous)
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+# ---------------------------------------------------------------- one chunk
+
+
+def _tokenize_items(
+    tokenizer: PreTrainedTokenizerBase, source: SourceFile, items: list[tuple[int, Any]]
+) -> _ChunkResult:
+    """Decode, validate and tokenize a chunk; bad records come back as errors, in order."""
+    records, errors = [], []  # errors as (location, DataError)
+    for location, payload in items:
+        try:
+            records.append(parse_record(_decode(payload, source, location), _provenance(source, location)))
+        except DataError as error:
+            errors.append((location, error))
+    ids, labels, lengths, locations = [], [], [], []
+    for record, result in zip(records, tokenize_batch(tokenizer, records), strict=True):
+        if isinstance(result, DataError):
+            errors.append((record.provenance.location, result))
+            continue
+        ids.append(result[0])
+        labels.append(result[1])
+        lengths.append(len(result[0]))
+        locations.append(record.provenance.location)
+    errors.sort(key=lambda pair: pair[0])  # so on_error=raise reports the first bad record of the file
+    return _ChunkResult(
+        input_ids=_concat(ids),
+        labels=_concat(labels),
+        lengths=np.asarray(lengths, dtype=np.int64),
+        locations=np.asarray(locations, dtype=np.int64),
+        errors=[error for _, error in errors],
+    )
+
+
+def _decode(payload: Any, source: SourceFile, location: int) -> Any:
+    if not source.is_line_based:
+        return payload
+    where = format_location(str(source.path), True, location)
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise DataError(where, "not_utf8", f"line is not valid UTF-8: {error}") from error
+    except json.JSONDecodeError as error:
+        raise DataError(where, "malformed_json", f"invalid JSON: {error}") from error
+
+
+def _provenance(source: SourceFile, location: int) -> Provenance:
+    line, index = (location, None) if source.is_line_based else (None, location)
+    return Provenance(source=str(source.path), line=line, index=index, data_folder=source.data_folder)
+
+
+def _concat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int32)
+
+
+def _merge(
+    results: list[_ChunkResult], records: int, skipped: dict[str, int], examples: list[str]
+) -> TokenizedFile:
+    lengths = np.concatenate([r.lengths for r in results]) if results else np.zeros(0, dtype=np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return TokenizedFile(
+        input_ids=_concat([r.input_ids for r in results]),
+        labels=_concat([r.labels for r in results]),
+        offsets=offsets,
+        locations=np.concatenate([r.locations for r in results]) if results else np.zeros(0, dtype=np.int64),
+        records=records,
+        skipped_by_reason=skipped,
+        skip_examples=examples,
+    )
+
+
+def _log_skips(source: SourceFile, tokenized: TokenizedFile) -> None:
+    if not tokenized.skipped_by_reason:
+        return
+    for message in tokenized.skip_examples:
+        logger.warning("skipped %s", message)
+    total = sum(tokenized.skipped_by_reason.values())
+    logger.warning(
+        "%s: skipped %d of %d records %s", source.path, total, tokenized.records, tokenized.skipped_by_reason
+    )

@@ -1,0 +1,72 @@
+"""What every parallel strategy shares; subclasses override how the model is wrapped and synced."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from lmms_engine.parallel import dist as pdist
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """'auto' -> bf16 compute on CUDA, fp32 on CPU. Master weights and optimizer state stay fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"parallel.precision={precision!r}; choose one of {PRECISIONS}")
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if precision == "bf16" and device.type != "cuda":
+        raise ValueError("parallel.precision=bf16 needs CUDA; use fp32 (or auto) on CPU")
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+class Strategy:
+    """Single-process defaults; rank / world_size / device are set by subclasses' setup()."""
+
+    name = "base"
+
+    def __init__(self, device: str = "auto"):
+        self.device = pdist.pick_device(device)
+        self.rank, self.world_size = 0, 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
+        raise NotImplementedError
+
+    def build_optimizer(self, module: nn.Module, make_optimizer) -> torch.optim.Optimizer:
+        return make_optimizer(module)
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def gradient_sync(self, module: nn.Module, enabled: bool):
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, module: nn.Module) -> None:
+        loss.backward()
+
+    def clip_grad_norm(self, module: nn.Module, max_norm: float) -> float:
+        norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> None:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
+        return pdist.all_reduce_sum(value)
+
+    def barrier(self) -> None:
+        pdist.barrier()
+
+    def teardown(self) -> None:
+        pdist.destroy()
