@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 import re
 import shutil
 from pathlib import Path
@@ -20,6 +21,9 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 log = logging.getLogger(__name__)
+
+# A one-process run has no process group; DCP then saves/loads locally, as intended.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 COMPLETE_MARKER = "COMPLETE"
 STEP_DIR = re.compile(r"^step_(\d+)$")

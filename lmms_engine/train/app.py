@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import json
+import sys
 import logging
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmms_engine.checkpoint.export import export_hf
@@ -32,7 +35,11 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
-    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    try:
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except ValueError as err:  # a user mistake (config, data): its message says what and where
+        log.error("%s", err)
+        sys.exit(1)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
@@ -52,6 +59,8 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     bundle = instantiate(rc.groups["model"], _convert_="all")
     patcher = instantiate(rc.groups["kernels"])
     dataset = instantiate(rc.groups["data"], tokenizer=bundle.tokenizer, seed=rc.trainer.seed)
+    if strategy.is_main:
+        _write_json(run_dir / "data_stats.json", dataset.stats)
     patcher.apply(bundle.model, strategy.device, padding_free=dataset.packing or patcher.use_rmpad)
     module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn()), bundle.shard_units)
     optimizer = strategy.build_optimizer(module, functools.partial(_make_optimizer, optim=rc.optim))
@@ -72,6 +81,21 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
         ctx.sinks.close()
     if rc.trainer.export_hf:
         export_hf(module, bundle.tokenizer, run_dir / "hf", strategy)
+
+
+def instantiate(node, *args, **kwargs):
+    """hydra.utils.instantiate, re-raising a user mistake (ValueError) as itself, not wrapped."""
+    try:
+        return hydra_instantiate(node, *args, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ValueError):
+            raise err.__cause__ from None
+        raise
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def _build_sinks(cfg: DictConfig, rc: RunConfig, run_dir: Path, start_step: int, is_main: bool):

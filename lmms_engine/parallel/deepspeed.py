@@ -1,0 +1,229 @@
+"""DeepSpeed ZeRO 1/2/3: optimizer state (1), + gradients (2), + parameters (3) partitioned over the
+data-parallel ranks, optionally offloaded to CPU memory. The DeepSpeed config is generated from our
+few keys; the optimizer is the loop's torch AdamW (no DeepSpeed JIT op builds).
+
+How the loop's calls map onto DeepSpeed:
+- accumulation is ours: DeepSpeed sees gradient_accumulation_steps=1 (so it never divides the loss)
+  and gradient_sync() marks the last micro-batch with engine.set_gradient_accumulation_boundary();
+  DeepSpeed averages gradients over ranks, as the loop's loss scale (world_size / tokens) expects.
+- norm, clip and update are one call in DeepSpeed (engine.step(): the partitioned gradients' global
+  norm is computed there). clip_grad_norm() sets the threshold, runs engine.step() and returns the
+  pre-clip global norm DeepSpeed computed; optimizer_step() then has nothing left to do.
+- checkpoints use DeepSpeed's own format (save_model_optimizer / load_model_optimizer) and the HF
+  export gathers full fp32 weights with deepspeed.utils.safe_get_full_fp32_param (full_state_dict).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmms_engine.parallel import dist as pdist
+from lmms_engine.parallel.base import Strategy, compute_dtype
+from lmms_engine.parallel.common import apply_activation_checkpointing
+
+log = logging.getLogger(__name__)
+
+ZERO_STAGES = (1, 2, 3)
+CHECKPOINT_TAG = "deepspeed"  # DeepSpeed writes its files under <checkpoint dir>/deepspeed/
+# checkpoint_wrapper puts this in parameter names; state dicts (and HF export) must not have it.
+CHECKPOINT_WRAPPER_PREFIX = "_checkpoint_wrapped_module."
+
+
+def import_deepspeed():
+    try:
+        import deepspeed
+    except ImportError:
+        raise ValueError("parallel=zero1/zero2/zero3 needs DeepSpeed: install it with `uv sync --extra deepspeed`") from None
+    return deepspeed
+
+
+def deepspeed_config(stage: int, bf16: bool, offload_optimizer: bool, offload_params: bool, pin_memory: bool) -> dict:
+    """The DeepSpeed config dict for our settings (https://www.deepspeed.ai/docs/config-json/)."""
+    zero = {"stage": stage}
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin_memory}
+    if offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": pin_memory}
+    config = {
+        # One micro-batch is one pack, and accumulation is driven by the loop (see module docstring).
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        # Set per step from the loop's max_norm by clip_grad_norm().
+        "gradient_clipping": 0.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        # Offload with the loop's torch AdamW instead of DeepSpeedCPUAdam (which needs a JIT build).
+        "zero_force_ds_cpu_optimizer": False,
+    }
+    if bf16:
+        # bf16 params for compute, but accumulate and reduce gradients in fp32 (as FSDP2 does).
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+        config["communication_data_type"] = "fp32"
+    return config
+
+
+class DeepSpeedModule(nn.Module):
+    """What prepare() returns: the model, whose forward runs through the DeepSpeed engine.
+
+    deepspeed.initialize needs the optimizer, which build_optimizer() makes after prepare(); this
+    holder lets the loop keep one module object across both calls. The engine is kept out of the
+    module tree (it contains the model itself) so parameters are not listed twice.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self.__dict__["engine"] = None
+
+    def attach(self, engine) -> None:
+        assert engine.module is self.module, "the engine must wrap the prepared module"
+        self.__dict__["engine"] = engine
+
+    def forward(self, *args, **kwargs):
+        if self.engine is None:
+            raise RuntimeError("DeepSpeedModule called before DeepSpeedZero.build_optimizer() created the engine")
+        return self.engine(*args, **kwargs)
+
+
+class DeepSpeedZero(Strategy):
+    """ZeRO data parallelism through DeepSpeed (torchrun; gloo on CPU, nccl on GPU)."""
+
+    name = "deepspeed"
+
+    def __init__(self, stage: int, device: str = "auto", precision: str = "auto", offload_optimizer: bool = False,
+                 offload_params: bool = False, activation_checkpointing: bool = False):
+        super().__init__(device)
+        if stage not in ZERO_STAGES:
+            raise ValueError(f"parallel.stage={stage!r}; DeepSpeed ZeRO stages are {ZERO_STAGES} (use parallel=zero1|zero2|zero3)")
+        if offload_params and stage != 3:
+            raise ValueError(f"parallel.offload_params=true needs ZeRO stage 3 (only it partitions parameters); got stage {stage}")
+        self.stage = stage
+        self.dtype = compute_dtype(precision, self.device)
+        self.offload_optimizer = offload_optimizer
+        self.offload_params = offload_params
+        self.activation_checkpointing = activation_checkpointing
+        self.name = f"zero{stage}"
+        self.engine = None
+        self._stepped = False  # clip_grad_norm() already ran this step's engine.step()
+
+    def setup(self) -> None:
+        import_deepspeed()  # fail before any work if the extra is missing
+        pdist.init_process_group(self.device)
+        self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+    def config(self) -> dict:
+        return deepspeed_config(self.stage, bf16=self.dtype == torch.bfloat16, offload_optimizer=self.offload_optimizer,
+                                offload_params=self.offload_params, pin_memory=self.device.type == "cuda")
+
+    def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
+        if self.activation_checkpointing:
+            apply_activation_checkpointing(module, shard_units)
+        # Not moved to the device here: deepspeed.initialize places it (ZeRO-3 partitions straight
+        # from CPU, so the whole model never sits on one GPU).
+        return DeepSpeedModule(module)
+
+    def build_optimizer(self, module: nn.Module, make_optimizer) -> torch.optim.Optimizer:
+        deepspeed = import_deepspeed()
+        optimizer = make_optimizer(module)
+        engine, ds_optimizer, _, _ = deepspeed.initialize(model=module.module, optimizer=optimizer, config=self.config())
+        module.attach(engine)
+        self.engine = engine
+        log.info("deepspeed: ZeRO-%d over %d ranks, %s params%s%s", self.stage, self.world_size, self.dtype,
+                 ", optimizer offloaded" if self.offload_optimizer else "", ", params offloaded" if self.offload_params else "")
+        # Its param_groups are the ones DeepSpeed steps with: the loop sets the learning rate there.
+        return ds_optimizer
+
+    def unwrap(self, module: nn.Module) -> nn.Module:
+        """The module given to prepare() (under ZeRO-3 its parameters are partitioned placeholders)."""
+        return module.module
+
+    def gradient_sync(self, module: nn.Module, enabled: bool):
+        # Set before the backward it applies to: DeepSpeed reduces (ZeRO-1) or finalises its
+        # reduce-scatter buffers (ZeRO-2/3) on the boundary micro-batch only.
+        self.engine.set_gradient_accumulation_boundary(enabled)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, module: nn.Module) -> None:
+        # scale_wrt_gas=False: the loop's loss is already normalised over all micro-batches.
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def clip_grad_norm(self, module: nn.Module, max_norm: float) -> float:
+        """Clip to max_norm and update (one DeepSpeed call); return the global norm before clipping."""
+        self._set_clip_threshold(max_norm)
+        self.engine.step()
+        self._stepped = True
+        return float(self.engine.get_global_grad_norm())
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> None:
+        if not self._stepped:  # a caller that did not clip: the update has not happened yet
+            self._set_clip_threshold(float("inf"))
+            self.engine.step()
+        self._stepped = False  # engine.step() has also zeroed the gradients
+
+    def _set_clip_threshold(self, max_norm: float) -> None:
+        # DeepSpeed's ZeRO optimizers clip by their `clip_grad` (0 = off), taken from the config at
+        # initialize; the loop only passes max_norm now. inf (clipping off) -> 0.
+        assert hasattr(self.engine.optimizer, "clip_grad"), f"{type(self.engine.optimizer).__name__} has no clip_grad"
+        self.engine.optimizer.clip_grad = 0.0 if math.isinf(max_norm) else float(max_norm)
+
+    def save_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
+        """Write model + optimizer state into the existing directory `path`. Every rank calls this."""
+        self.engine.save_checkpoint(str(path), tag=CHECKPOINT_TAG, save_latest=False)
+
+    def load_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
+        """Load what save_model_optimizer wrote into `path` (same world size and ZeRO stage)."""
+        if not (path / CHECKPOINT_TAG).is_dir():
+            raise ValueError(f"{path} holds no DeepSpeed checkpoint (no {CHECKPOINT_TAG}/ folder): "
+                             "resume a parallel=zero* run with the same parallel option")
+        loaded, _ = self.engine.load_checkpoint(str(path), tag=CHECKPOINT_TAG, load_optimizer_states=True,
+                                                load_lr_scheduler_states=False)
+        if loaded is None:
+            raise ValueError(f"DeepSpeed could not load the checkpoint in {path}")
+
+    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """Full fp32 weights in CPU memory on rank 0 (empty elsewhere), named as the module's
+        state_dict. Every rank calls this: gathering partitioned parameters is collective."""
+        return gather_full_state_dict(self.unwrap(module), keep=self.is_main)
+
+
+def gather_full_state_dict(module: nn.Module, keep: bool) -> dict[str, torch.Tensor]:
+    """Each parameter (and persistent buffer) whole, in fp32 on CPU where `keep`, else dropped.
+
+    Parameters are gathered one at a time, in the same order on every rank, so peak memory is one
+    full parameter beyond the CPU copy. Tied parameters are gathered once and listed under each name.
+    """
+    tensors = _named_tensors(module)
+    names = list(module.state_dict(keep_vars=True).keys())  # checkpoint_wrapper's hook strips its prefix here
+    gathered: dict[int, torch.Tensor] = {}
+    state = {}
+    for name in names:
+        tensor = tensors[name]
+        if id(tensor) not in gathered:
+            full = _full_fp32(tensor) if isinstance(tensor, nn.Parameter) else tensor.detach()
+            gathered[id(tensor)] = full.cpu() if keep else None
+        if keep:
+            state[name] = gathered[id(tensor)]
+    return state
+
+
+def _named_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    named = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
+    return {name.replace(CHECKPOINT_WRAPPER_PREFIX, ""): tensor for name, tensor in named}
+
+
+def _full_fp32(param: nn.Parameter) -> torch.Tensor:
+    """The whole fp32 master copy of a trainable parameter; frozen ones from the module itself."""
+    deepspeed = import_deepspeed()
+    full = deepspeed.utils.safe_get_full_fp32_param(param)  # collective; None for frozen params
+    if full is not None:
+        return full
+    if hasattr(param, "ds_id"):  # a frozen ZeRO-3 parameter: only partitioned in the module
+        with deepspeed.zero.GatheredParameters([param]):
+            return param.detach().float().clone()
+    return param.detach().float()
