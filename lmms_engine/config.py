@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 TARGET_GROUPS = ("model", "data", "kernels", "parallel", "logger")
 # Arguments the entry point passes itself (objects built from other groups), not config keys.
 INJECTED = {
+    "model": {"structure_only"},
     "data": {"tokenizer", "seed"},
     "logger": {"run_dir", "run_config", "max_steps", "start_step", "is_main"},
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from omegaconf import OmegaConf
 from lmms_engine.data.collate import collate_packed, collate_padded
 from lmms_engine.data.packing import pack_best_fit_decreasing
 from lmms_engine.data.types import Sample
+from lmms_engine.kernels.loss import liger_fused_cross_entropy_sum
 from lmms_engine.kernels.patcher import KernelPatcher
 from lmms_engine.models.flops import peak_flops, train_flops
 from lmms_engine.models.qwen2 import build_qwen2
@@ -47,8 +49,10 @@ class BenchConfig:
     packing: bool
     attn_backend: str = "sdpa"
     liger: bool = False
-    activation_checkpointing: bool = True
+    activation_checkpointing: bool | int = True  # true = every layer, N = every N-th layer
     compile: bool = False
+    grad_accum: int = 1  # packs per optimizer step
+    liger_loss_only: bool = False  # Liger fused linear cross-entropy, but no Liger ops in the layers
     hf_style: bool = False  # fp32 weights + autocast, as HF Trainer with bf16=True
 
 
@@ -60,9 +64,14 @@ CONFIGS = {
         BenchConfig("rmpad_varlen", packing=True, attn_backend="torch_varlen"),
         BenchConfig("rmpad_flex", packing=True, attn_backend="flex"),
         BenchConfig("liger_rmpad_varlen", packing=True, attn_backend="torch_varlen", liger=True),
+        BenchConfig("liger_rmpad_varlen_ac2", packing=True, attn_backend="torch_varlen", liger=True, activation_checkpointing=2),
         BenchConfig("liger_rmpad_varlen_noac", packing=True, attn_backend="torch_varlen", liger=True, activation_checkpointing=False),
+        BenchConfig("liger_rmpad_varlen_noac_accum2", packing=True, attn_backend="torch_varlen", liger=True,
+                    activation_checkpointing=False, grad_accum=2),
+        BenchConfig("liger_rmpad_varlen_ac_accum2", packing=True, attn_backend="torch_varlen", liger=True, grad_accum=2),
+        BenchConfig("flce_rmpad_varlen_noac_compile", packing=True, attn_backend="torch_varlen", liger=True,
+                    liger_loss_only=True, activation_checkpointing=False, compile=True),
         BenchConfig("liger_rmpad_flex_noac", packing=True, attn_backend="flex", liger=True, activation_checkpointing=False),
-        BenchConfig("liger_rmpad_varlen_noac_compile", packing=True, attn_backend="torch_varlen", liger=True, activation_checkpointing=False, compile=True),
     ]
 }
 
@@ -141,9 +150,10 @@ def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
     strategy.setup()
     with torch.device("cuda"):
         bundle = build_qwen2(name=args.model, config=OmegaConf.to_container(model_cfg.config))
-    patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend, use_liger_kernel=cfg.liger)
+    patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend, use_liger_kernel=cfg.liger and not cfg.liger_loss_only)
     patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing)
-    module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn()), bundle.shard_units)
+    loss_fn = liger_fused_cross_entropy_sum() if cfg.liger_loss_only else patcher.loss_fn()
+    module = strategy.prepare(CausalLMWithLoss(bundle.model, loss_fn), bundle.shard_units)
     optimizer = build_adamw(module, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8)
     ctx = TrainContext(
         module=module, optimizer=optimizer, strategy=strategy, patcher=patcher,
@@ -153,12 +163,15 @@ def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
     )
     times, tokens, flops, losses = [], [], [], []
     torch.cuda.reset_peak_memory_stats()
-    for i, step in enumerate(data.steps):
+    steps = [sum(data.steps[i : i + cfg.grad_accum], []) for i in range(0, len(data.steps), cfg.grad_accum)]
+    for i, step in enumerate(steps):  # a step = the documents of grad_accum packs
         torch.cuda.synchronize()
         start = time.perf_counter()
-        stats = train_step(ctx, micro_batches_for(step, cfg.packing, args.baseline_micro_batch, seed=i))
+        packs = data.steps[i * cfg.grad_accum : (i + 1) * cfg.grad_accum]
+        batches = packs if cfg.packing else micro_batches_for(step, False, args.baseline_micro_batch, seed=i)
+        stats = train_step(ctx, batches)
         torch.cuda.synchronize()
-        if i >= args.warmup:
+        if i >= math.ceil(args.warmup / cfg.grad_accum):
             times.append(time.perf_counter() - start)
             tokens.append(stats["tokens"])
             flops.append(stats["flops"])
@@ -210,7 +223,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2_5_1_5b", help="a preset under conf/model/")
     parser.add_argument("--tokens-per-step", type=int, default=16384)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=16, help="packs (a step takes grad_accum of them)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--baseline-micro-batch", type=int, default=4)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated; the first is the baseline")

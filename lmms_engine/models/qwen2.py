@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
 from lmms_engine.models.base import ModelBundle
@@ -24,6 +24,7 @@ def build_qwen2(
     tokenizer: str | None = None,
     config: dict[str, Any] | None = None,
     trust_remote_code: bool = False,
+    structure_only: bool = False,
 ) -> ModelBundle:
     """Build a Qwen2-family causal LM.
 
@@ -33,7 +34,12 @@ def build_qwen2(
     """
     if pretrained is None and not config:
         raise ValueError(f"model {name!r}: set model.pretrained or give a preset config to initialise from")
-    model = _load_pretrained(pretrained, trust_remote_code) if pretrained else _init_random(config)
+    if structure_only:  # ranks that receive weights from rank 0: no weight reading, no init cost
+        model = Qwen2ForCausalLM(_hf_config(pretrained, config, trust_remote_code))
+    elif pretrained:
+        model = _load_pretrained(pretrained, trust_remote_code)
+    else:
+        model = _init_random(config)
     tok = _load_tokenizer(tokenizer or pretrained, trust_remote_code)
     _check_vocab_fits(model, tok, name)
     return ModelBundle(model=model, tokenizer=tok, name=name, shard_units=(Qwen2DecoderLayer,))
@@ -50,10 +56,14 @@ def _load_pretrained(path: str, trust_remote_code: bool) -> Qwen2ForCausalLM:
     return model
 
 
+def _hf_config(pretrained: str | None, config: dict[str, Any] | None, trust_remote_code: bool) -> Qwen2Config:
+    if pretrained:
+        return AutoConfig.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+    return Qwen2Config(**dict(config))
+
+
 def _init_random(config: dict[str, Any]) -> Qwen2ForCausalLM:
-    hf_config = Qwen2Config(**dict(config))
-    model = Qwen2ForCausalLM(hf_config)
-    return model.float()
+    return Qwen2ForCausalLM(_hf_config(None, config, False)).float()
 
 
 def _load_tokenizer(path: str | None, trust_remote_code: bool):

@@ -36,6 +36,9 @@ class Strategy:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    # True where this rank should build the model on the meta device (rank 0 holds the weights).
+    build_on_meta = False
+
     def setup(self) -> None:
         raise NotImplementedError
 

@@ -20,11 +20,20 @@ def units_of(module: nn.Module, unit_types: tuple[type[nn.Module], ...]) -> list
     return found
 
 
-def apply_activation_checkpointing(module: nn.Module, unit_types: tuple[type[nn.Module], ...]) -> int:
-    """Recompute each unit's activations in backward instead of storing them. Returns units wrapped."""
+def checkpoint_every(setting: bool | int) -> int:
+    """parallel.activation_checkpointing: false/0 = off, true/1 = every unit, N = every N-th unit."""
+    if isinstance(setting, bool):
+        return int(setting)
+    if not isinstance(setting, int) or setting < 0:
+        raise ValueError(f"parallel.activation_checkpointing={setting!r}; use false, true or a positive integer N (every N-th layer)")
+    return setting
+
+
+def apply_activation_checkpointing(module: nn.Module, unit_types: tuple[type[nn.Module], ...], every: int = 1) -> int:
+    """Recompute the activations of every `every`-th unit in backward instead of storing them."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    units = units_of(module, unit_types)
+    units = units_of(module, unit_types)[::every]
     for parent, name, child in units:
         parent.register_module(name, checkpoint_wrapper(child, preserve_rng_state=False))
     log.info("activation checkpointing on %d %s units", len(units), "/".join(t.__name__ for t in unit_types))

@@ -8,12 +8,15 @@ import logging
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
-from lmms_engine.parallel.common import apply_activation_checkpointing, apply_compile, units_of
+from lmms_engine.parallel.common import apply_activation_checkpointing, apply_compile, checkpoint_every, units_of
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +34,52 @@ def shard_with_fsdp2(module: nn.Module, unit_types: tuple[type[nn.Module], ...],
     return module
 
 
+def capture_full_state(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Rank 0's full weights and its non-persistent buffers (e.g. RoPE inv_freq), before sharding."""
+    state = module.state_dict()
+    buffers = {name: buf.clone() for name, buf in module.named_buffers() if name not in state}
+    return state, buffers
+
+
+def materialize_from_rank0(module: nn.Module, device: torch.device, state: dict, buffers: dict, is_main: bool) -> None:
+    """Allocate this rank's shards, then receive the weights rank 0 read (one copy in host memory)."""
+    module.to_empty(device=device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(module, state if is_main else {}, options=options)
+    for name, buf in module.named_buffers():
+        if name in buffers or not is_main and _is_non_persistent(module, name):
+            if is_main:
+                buf.copy_(buffers[name])
+            dist.broadcast(buf, src=0)
+
+
+def _retie_weights(module: nn.Module) -> None:
+    """Moving to meta makes new Parameters per module, untying e.g. embed_tokens / lm_head: tie again."""
+    for sub in module.modules():
+        if isinstance(sub, PreTrainedModel):
+            sub.tie_weights()
+
+
+def _is_non_persistent(module: nn.Module, name: str) -> bool:
+    owner_name, _, attr = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    return attr in owner._non_persistent_buffers_set
+
+
 class FSDP2(Strategy):
     """Data parallel with sharded params, grads and optimizer state (torchrun; gloo on CPU)."""
 
     name = "fsdp2"
 
     def __init__(self, device: str = "auto", precision: str = "auto", reshard_after_forward: bool = True,
-                 cpu_offload: bool = False, activation_checkpointing: bool = False, compile: bool = False):
+                 cpu_offload: bool = False, activation_checkpointing: bool | int = False, compile: bool = False,
+                 meta_init: bool = True):
         super().__init__(device)
+        self.meta_init = meta_init
         self.param_dtype = compute_dtype(precision, self.device)
         self.reshard_after_forward = reshard_after_forward
         self.cpu_offload = cpu_offload
-        self.activation_checkpointing = activation_checkpointing
+        self.checkpoint_every = checkpoint_every(activation_checkpointing)
         self.compile = compile
         self.mesh = None
 
@@ -51,15 +88,26 @@ class FSDP2(Strategy):
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         self.mesh = init_device_mesh(self.device.type, (self.world_size,))
 
+    @property
+    def build_on_meta(self) -> bool:
+        """Ranks other than 0 build the model's structure only; rank 0 reads the weights once."""
+        return self.meta_init and self.world_size > 1 and not self.is_main
+
     def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
-        if self.activation_checkpointing:
-            apply_activation_checkpointing(module, shard_units)
+        if self.checkpoint_every:
+            apply_activation_checkpointing(module, shard_units, self.checkpoint_every)
         if self.compile:
             apply_compile(module, shard_units)
-        if not self.cpu_offload:
-            module.to(self.device)
         policy = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=torch.float32)
-        return shard_with_fsdp2(module, shard_units, self.mesh, policy, self.reshard_after_forward, self.cpu_offload)
+        if not (self.meta_init and self.world_size > 1):
+            module.to("cpu" if self.cpu_offload else self.device)
+            return shard_with_fsdp2(module, shard_units, self.mesh, policy, self.reshard_after_forward, self.cpu_offload)
+        state, buffers = capture_full_state(module) if self.is_main else ({}, {})
+        module.to("meta")
+        _retie_weights(module)
+        shard_with_fsdp2(module, shard_units, self.mesh, policy, self.reshard_after_forward, self.cpu_offload)
+        materialize_from_rank0(module, torch.device("cpu") if self.cpu_offload else self.device, state, buffers, self.is_main)
+        return module
 
     def gradient_sync(self, module: nn.Module, enabled: bool):
         # No reduce-scatter on accumulation micro-steps: gradients accumulate unsharded locally.

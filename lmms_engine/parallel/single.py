@@ -17,17 +17,17 @@ from torch import nn
 
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
-from lmms_engine.parallel.common import apply_activation_checkpointing, apply_compile
+from lmms_engine.parallel.common import apply_activation_checkpointing, apply_compile, checkpoint_every
 from lmms_engine.parallel.fsdp2 import FSDP2
 
 
 class SingleDevice(Strategy):
     name = "single"
 
-    def __init__(self, device: str = "auto", precision: str = "auto", activation_checkpointing: bool = False, compile: bool = False):
+    def __init__(self, device: str = "auto", precision: str = "auto", activation_checkpointing: bool | int = False, compile: bool = False):
         super().__init__(device)
         self.dtype = compute_dtype(precision, self.device)
-        self.activation_checkpointing = activation_checkpointing
+        self.checkpoint_every = checkpoint_every(activation_checkpointing)
         self.compile = compile
         self._fsdp = None
         if self.dtype != torch.float32:
@@ -44,8 +44,8 @@ class SingleDevice(Strategy):
     def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
         if self._fsdp is not None:
             return self._fsdp.prepare(module, shard_units)
-        if self.activation_checkpointing:
-            apply_activation_checkpointing(module, shard_units)
+        if self.checkpoint_every:
+            apply_activation_checkpointing(module, shard_units, self.checkpoint_every)
         if self.compile:
             apply_compile(module, shard_units)
         return module.to(self.device)

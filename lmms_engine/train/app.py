@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
@@ -56,7 +57,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
 def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     seed_everything(rc.trainer.seed)
-    bundle = instantiate(rc.groups["model"], _convert_="all")
+    bundle = _build_model(rc, strategy)
     patcher = instantiate(rc.groups["kernels"])
     dataset = instantiate(rc.groups["data"], tokenizer=bundle.tokenizer, seed=rc.trainer.seed)
     if strategy.is_main:
@@ -91,6 +92,14 @@ def instantiate(node, *args, **kwargs):
         if isinstance(err.__cause__, ValueError):
             raise err.__cause__ from None
         raise
+
+
+def _build_model(rc: RunConfig, strategy):
+    if not strategy.build_on_meta:
+        return instantiate(rc.groups["model"], _convert_="all")
+    # Structure only: the weights come from rank 0 after sharding (see parallel/fsdp2.py).
+    with torch.device("meta"):
+        return instantiate(rc.groups["model"], _convert_="all", structure_only=True)
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -1,0 +1,152 @@
+"""Data-parallel strategies against the single-process reference, through the real entry point.
+
+Each distributed run is `torchrun --nproc_per_node=2 train.py parallel=X` on CPU (gloo); the
+reference is one process with twice the gradient accumulation, so both see the same micro-batches
+in each step (StepBatches: step n takes grad_accum * world_size micro-batches, rank r every
+world_size-th). Token-normalised losses must then agree to floating-point tolerance.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmms_engine.config import validate
+from lmms_engine.parallel.deepspeed import DeepSpeedZero, deepspeed_config
+from tests.conftest import REPO, compose_config
+
+STEPS = 5
+# Small, CPU-only, and a checkpoint mid-run so resuming can be tested from it.
+COMMON = [f"trainer.max_steps={STEPS}", "trainer.save_every=3", "trainer.export_hf=false", "data.packing_length=512",
+          "parallel.device=cpu"]
+RUN_TIMEOUT_S = 540  # a first DeepSpeed run on a fresh machine also builds its CPU comm op (~1-2 min)
+
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="DeepSpeed not installed (uv sync --extra deepspeed)")
+
+
+# ---- launching the real entry point ----
+
+def _env(token_cache: Path) -> dict:
+    env = dict(os.environ, LMMS_ENGINE_CACHE=str(token_cache))
+    env.pop("LMMS_RUN_STAMP", None)  # the run-directory test checks what torchrun alone gives
+    return env
+
+
+def _launch(args: list[str], token_cache: Path) -> None:
+    proc = subprocess.run(args, cwd=REPO, env=_env(token_cache), capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-6000:]
+        pytest.fail(f"`{' '.join(args[1:])}` exited {proc.returncode}:\n{tail}")
+
+
+def train_single(run_dir: Path, token_cache: Path, *overrides: str) -> Path:
+    _launch([sys.executable, "train.py", "parallel=single", *COMMON, f"hydra.run.dir={run_dir}", *overrides], token_cache)
+    return run_dir
+
+
+def torchrun(output_root: Path, token_cache: Path, *overrides: str) -> Path:
+    """Two ranks, run directory chosen by the app itself (no hydra.run.dir); returns it."""
+    _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py", *COMMON,
+             f"output_root={output_root}", *overrides], token_cache)
+    return only_run_dir(output_root)
+
+
+def only_run_dir(output_root: Path) -> Path:
+    """The one run directory `${output_root}/${name}/<stamp>`; fails if the ranks made more."""
+    run_dirs = [p for p in output_root.glob("*/*") if p.is_dir()]
+    assert len(run_dirs) == 1, f"expected one run directory under {output_root}, found {run_dirs}"
+    return run_dirs[0]
+
+
+def losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(rows[0]["step"], rows[0]["step"] + len(rows)))
+    return [r["loss"] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def token_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("token_cache")
+
+
+@pytest.fixture(scope="module")
+def reference_losses(tmp_path_factory, token_cache) -> list[float]:
+    # grad_accum=2 in one process = grad_accum=1 on each of two ranks.
+    run_dir = train_single(tmp_path_factory.mktemp("single") / "run", token_cache, "trainer.grad_accum=2")
+    return losses(run_dir)
+
+
+@pytest.fixture(scope="module")
+def distributed_runs(tmp_path_factory, token_cache):
+    """parallel option -> its torchrun run directory, launched once per module."""
+    runs: dict[str, Path] = {}
+
+    def get(parallel: str) -> Path:
+        if parallel not in runs:
+            runs[parallel] = torchrun(tmp_path_factory.mktemp(parallel), token_cache, f"parallel={parallel}")
+        return runs[parallel]
+
+    return get
+
+
+# ---- torchrun tests ----
+
+@pytest.mark.parametrize("parallel", ["fsdp2", "ddp", pytest.param("zero2", marks=needs_deepspeed),
+                                      pytest.param("zero3", marks=needs_deepspeed)])
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_ranks_match_single_process(parallel, reference_losses, distributed_runs):
+    got = losses(distributed_runs(parallel))
+    assert len(got) == STEPS
+    assert got[0] == pytest.approx(reference_losses[0], abs=1e-5), "step 1: same weights, same data"
+    assert got == pytest.approx(reference_losses, abs=1e-4), f"{parallel} diverges from the single-process run"
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_torchrun_ranks_share_one_run_directory(distributed_runs):
+    run_dir = distributed_runs("ddp")  # asserts the output root holds exactly one run directory
+    assert {".hydra", "metrics.jsonl", "checkpoints"} <= {p.name for p in run_dir.iterdir()}
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_3", f"step_{STEPS}"]
+
+
+@needs_deepspeed
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_zero3_resumes_from_its_own_checkpoint(tmp_path, token_cache, distributed_runs):
+    """DeepSpeed writes and reads its own checkpoint format; steps after the resume are unchanged."""
+    reference_dir = distributed_runs("zero3")
+    resumed_dir = torchrun(tmp_path, token_cache, "parallel=zero3",
+                           f"trainer.resume={reference_dir / 'checkpoints' / 'step_3'}")
+    assert losses(resumed_dir) == pytest.approx(losses(reference_dir)[3:], abs=1e-6)
+
+
+# ---- quick checks (no processes launched) ----
+
+@pytest.mark.parametrize("parallel", ["ddp", "zero1", "zero2", "zero3"])
+def test_strategy_configs_validate(parallel):
+    rc = validate(compose_config(f"parallel={parallel}"))
+    assert rc.groups["parallel"]._target_.startswith("lmms_engine.parallel.")
+
+
+def test_deepspeed_options_are_checked():
+    with pytest.raises(ValueError, match="stages are"):
+        DeepSpeedZero(stage=4, device="cpu")
+    with pytest.raises(ValueError, match="offload_params=true needs ZeRO stage 3"):
+        DeepSpeedZero(stage=2, device="cpu", offload_params=True)
+
+
+def test_deepspeed_config_leaves_accumulation_and_clipping_to_the_loop():
+    config = deepspeed_config(stage=2, bf16=True, offload_optimizer=True, offload_params=False, pin_memory=False)
+    assert config["gradient_accumulation_steps"] == 1 and config["train_micro_batch_size_per_gpu"] == 1
+    assert config["gradient_clipping"] == 0.0
+    assert config["bf16"] == {"enabled": True} and config["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert "offload_param" not in config["zero_optimization"]
