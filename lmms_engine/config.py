@@ -66,7 +66,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     return RunConfig(trainer=trainer, optim=optim, groups=groups, name=cfg.name)
 
 
-TOP_LEVEL_KEYS = ("name", "output_root", "trainer", "optim", *TARGET_GROUPS)
+TOP_LEVEL_KEYS = ("name", "output_root", "nproc_per_node", "trainer", "optim", *TARGET_GROUPS)
 
 
 def _check_top_level(cfg: DictConfig) -> None:

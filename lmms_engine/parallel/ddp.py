@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
-from lmms_engine.parallel.common import apply_activation_checkpointing, apply_compile
+from lmms_engine.parallel.common import apply_activation_checkpointing, apply_compile, checkpoint_every
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,11 @@ class DDP(Strategy):
 
     name = "ddp"
 
-    def __init__(self, device: str = "auto", precision: str = "auto", activation_checkpointing: bool = False,
+    def __init__(self, device: str = "auto", precision: str = "auto", activation_checkpointing: bool | int = False,
                  compile: bool = False, find_unused_parameters: bool = False):
         super().__init__(device)
         self.dtype = compute_dtype(precision, self.device)
-        self.activation_checkpointing = activation_checkpointing
+        self.checkpoint_every = checkpoint_every(activation_checkpointing)
         self.compile = compile
         self.find_unused_parameters = find_unused_parameters
 
@@ -45,8 +45,8 @@ class DDP(Strategy):
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
 
     def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
-        if self.activation_checkpointing:
-            apply_activation_checkpointing(module, shard_units)
+        if self.checkpoint_every:
+            apply_activation_checkpointing(module, shard_units, self.checkpoint_every)
         if self.compile:
             apply_compile(module, shard_units)
         wrapped = wrap_with_ddp(module.to(self.device), self.device, self.find_unused_parameters)

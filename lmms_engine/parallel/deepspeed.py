@@ -25,7 +25,7 @@ from torch import nn
 
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
-from lmms_engine.parallel.common import apply_activation_checkpointing
+from lmms_engine.parallel.common import apply_activation_checkpointing, checkpoint_every
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class DeepSpeedZero(Strategy):
     name = "deepspeed"
 
     def __init__(self, stage: int, device: str = "auto", precision: str = "auto", offload_optimizer: bool = False,
-                 offload_params: bool = False, activation_checkpointing: bool = False):
+                 offload_params: bool = False, activation_checkpointing: bool | int = False):
         super().__init__(device)
         if stage not in ZERO_STAGES:
             raise ValueError(f"parallel.stage={stage!r}; DeepSpeed ZeRO stages are {ZERO_STAGES} (use parallel=zero1|zero2|zero3)")
@@ -107,7 +107,7 @@ class DeepSpeedZero(Strategy):
         self.dtype = compute_dtype(precision, self.device)
         self.offload_optimizer = offload_optimizer
         self.offload_params = offload_params
-        self.activation_checkpointing = activation_checkpointing
+        self.checkpoint_every = checkpoint_every(activation_checkpointing)
         self.name = f"zero{stage}"
         self.engine = None
         self._stepped = False  # clip_grad_norm() already ran this step's engine.step()
@@ -122,8 +122,8 @@ class DeepSpeedZero(Strategy):
                                 offload_params=self.offload_params, pin_memory=self.device.type == "cuda")
 
     def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
-        if self.activation_checkpointing:
-            apply_activation_checkpointing(module, shard_units)
+        if self.checkpoint_every:
+            apply_activation_checkpointing(module, shard_units, self.checkpoint_every)
         # Not moved to the device here: deepspeed.initialize places it (ZeRO-3 partitions straight
         # from CPU, so the whole model never sits on one GPU).
         return DeepSpeedModule(module)

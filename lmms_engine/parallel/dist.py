@@ -21,6 +21,21 @@ def env_local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def under_launcher() -> bool:
+    """True inside a torchrun / Slurm task, where this process is already one rank of a job."""
+    return "LOCAL_RANK" in os.environ or "SLURM_PROCID" in os.environ
+
+
+def export_submitit_env() -> None:
+    """Inside a Slurm task started by hydra's submitit launcher: set RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR and MASTER_PORT from Slurm's variables, as torchrun would."""
+    if "SUBMITIT_EXECUTOR" not in os.environ or "RANK" in os.environ:
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export()
+
+
 def pick_device(device: str) -> torch.device:
     """'auto' -> this rank's GPU if CUDA is present, else CPU."""
     if device == "auto":

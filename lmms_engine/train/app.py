@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
 import sys
 import logging
 from pathlib import Path
@@ -19,6 +20,7 @@ from lmms_engine.checkpoint.export import export_hf
 from lmms_engine.checkpoint.manager import latest_checkpoint, load_checkpoint
 from lmms_engine.config import RunConfig, validate
 from lmms_engine.models.flops import peak_flops, train_flops
+from lmms_engine.parallel import dist as pdist
 from lmms_engine.train.data_iter import DataPosition, StepBatches
 from lmms_engine.train.loop import TrainContext, train
 from lmms_engine.train.module import CausalLMWithLoss
@@ -36,8 +38,15 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.nproc_per_node > 1 and not pdist.under_launcher():
+        relaunch_under_torchrun(cfg.nproc_per_node, HydraConfig.get().overrides.task, run_dir)
+        return
+    pdist.export_submitit_env()
+    if pdist.env_rank() != 0:  # one console and train.log voice: rank 0; others report problems only
+        logging.getLogger().setLevel(logging.WARNING)
     try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        run(cfg, run_dir)
     except ValueError as err:  # a user mistake (config, data): its message says what and where
         log.error("%s", err)
         sys.exit(1)
@@ -82,6 +91,17 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
         ctx.sinks.close()
     if rc.trainer.export_hf:
         export_hf(module, bundle.tokenizer, run_dir / "hf", strategy)
+
+
+def relaunch_under_torchrun(nproc: int, overrides: list[str], run_dir: Path) -> None:
+    """This job (one of a multirun sweep, say) as its own `torchrun --standalone`, in the same run dir."""
+    script = Path(__file__).resolve().parents[2] / "train.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script),
+           *overrides, f"hydra.run.dir='{run_dir}'"]  # quoted: sweep dirs hold '=' and ','
+    log.info("launching %d processes: %s", nproc, " ".join(cmd))
+    result = subprocess.run(cmd)
+    if result.returncode != 0:
+        raise SystemExit(f"torchrun job in {run_dir} failed with exit code {result.returncode}")
 
 
 def instantiate(node, *args, **kwargs):

@@ -27,7 +27,11 @@ def run_stamp() -> str:
         if os.environ.get("LOCAL_WORLD_SIZE") == os.environ.get("WORLD_SIZE"):
             # One node: every rank is a child of the same torchrun agent.
             return _format(_process_start_time(os.getppid()))
-        return os.environ["TORCHELASTIC_RUN_ID"]  # several nodes: the rendezvous id (--rdzv-id)
+        rdzv_id = os.environ["TORCHELASTIC_RUN_ID"]  # several nodes: the rendezvous id (--rdzv-id)
+        if rdzv_id in ("", "none"):
+            raise ValueError("a multi-node torchrun needs a run id shared by every node: pass the same --rdzv-id "
+                             "on each node, or set LMMS_RUN_STAMP (or hydra.run.dir) to the same value everywhere")
+        return rdzv_id
     return datetime.datetime.now().strftime(STAMP_FORMAT)
 
 

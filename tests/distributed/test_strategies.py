@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from lmms_engine.config import validate
 from lmms_engine.parallel.deepspeed import DeepSpeedZero, deepspeed_config
@@ -23,8 +25,7 @@ from tests.conftest import REPO, compose_config
 
 STEPS = 5
 # Small, CPU-only, and a checkpoint mid-run so resuming can be tested from it.
-COMMON = [f"trainer.max_steps={STEPS}", "trainer.save_every=3", "trainer.export_hf=false", "data.packing_length=512",
-          "parallel.device=cpu"]
+COMMON = [f"trainer.max_steps={STEPS}", "trainer.save_every=3", "data.packing_length=512", "parallel.device=cpu"]
 RUN_TIMEOUT_S = 540  # a first DeepSpeed run on a fresh machine also builds its CPU comm op (~1-2 min)
 
 needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
@@ -47,14 +48,15 @@ def _launch(args: list[str], token_cache: Path) -> None:
 
 
 def train_single(run_dir: Path, token_cache: Path, *overrides: str) -> Path:
-    _launch([sys.executable, "train.py", "parallel=single", *COMMON, f"hydra.run.dir={run_dir}", *overrides], token_cache)
+    _launch([sys.executable, "train.py", "parallel=single", *COMMON, "trainer.export_hf=false", f"hydra.run.dir={run_dir}",
+             *overrides], token_cache)
     return run_dir
 
 
 def torchrun(output_root: Path, token_cache: Path, *overrides: str) -> Path:
-    """Two ranks, run directory chosen by the app itself (no hydra.run.dir); returns it."""
+    """Two ranks, run directory chosen by the app itself (no hydra.run.dir); returns it. Exports to hf/."""
     _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py", *COMMON,
-             f"output_root={output_root}", *overrides], token_cache)
+             "trainer.export_hf=true", f"output_root={output_root}", *overrides], token_cache)
     return only_run_dir(output_root)
 
 
@@ -113,7 +115,7 @@ def test_two_ranks_match_single_process(parallel, reference_losses, distributed_
 @pytest.mark.slow
 def test_torchrun_ranks_share_one_run_directory(distributed_runs):
     run_dir = distributed_runs("ddp")  # asserts the output root holds exactly one run directory
-    assert {".hydra", "metrics.jsonl", "checkpoints"} <= {p.name for p in run_dir.iterdir()}
+    assert {".hydra", "metrics.jsonl", "checkpoints", "hf"} <= {p.name for p in run_dir.iterdir()}
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_3", f"step_{STEPS}"]
 
 
@@ -126,6 +128,19 @@ def test_zero3_resumes_from_its_own_checkpoint(tmp_path, token_cache, distribute
     resumed_dir = torchrun(tmp_path, token_cache, "parallel=zero3",
                            f"trainer.resume={reference_dir / 'checkpoints' / 'step_3'}")
     assert losses(resumed_dir) == pytest.approx(losses(reference_dir)[3:], abs=1e-6)
+
+
+@needs_deepspeed
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_zero3_export_gathers_the_same_weights_as_ddp(distributed_runs):
+    """ZeRO-3 export gathers partitioned fp32 masters; DDP's is a plain state dict of its inner module."""
+    zero3 = load_file(distributed_runs("zero3") / "hf" / "model.safetensors")
+    ddp = load_file(distributed_runs("ddp") / "hf" / "model.safetensors")
+    assert sorted(zero3) == sorted(ddp)
+    for name, tensor in ddp.items():
+        assert zero3[name].dtype == torch.float32 and zero3[name].shape == tensor.shape, name
+        torch.testing.assert_close(zero3[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
 
 
 # ---- quick checks (no processes launched) ----
