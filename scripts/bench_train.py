@@ -17,6 +17,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -141,12 +142,27 @@ def micro_batches_for(step: list[int], packing: bool, micro_batch: int, seed: in
     return [order[i : i + micro_batch] for i in range(0, len(order), micro_batch)]
 
 
+def make_strategy(cfg: BenchConfig, parallel: str):
+    if cfg.hf_style:
+        return HFStyleAutocast(cfg.activation_checkpointing)
+    common = dict(device="cuda", precision="bf16", activation_checkpointing=cfg.activation_checkpointing)
+    if parallel == "single":
+        return SingleDevice(compile=cfg.compile, **common)
+    if parallel == "fsdp2":
+        from lmms_engine.parallel.fsdp2 import FSDP2
+
+        # Every rank builds the same random weights on its GPU (same seed): no rank-0 broadcast needed.
+        return FSDP2(compile=cfg.compile, meta_init=False, **common)
+    if parallel == "zero3":
+        from lmms_engine.parallel.deepspeed import DeepSpeedZero
+
+        return DeepSpeedZero(stage=3, **common)
+    raise ValueError(f"--parallel {parallel!r}: choose single, fsdp2 or zero3")
+
+
 def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
     torch.manual_seed(0)
-    if cfg.hf_style:
-        strategy = HFStyleAutocast(cfg.activation_checkpointing)
-    else:
-        strategy = SingleDevice(device="cuda", precision="bf16", activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile)
+    strategy = make_strategy(cfg, args.parallel)
     strategy.setup()
     with torch.device("cuda"):
         bundle = build_qwen2(name=args.model, config=OmegaConf.to_container(model_cfg.config))
@@ -154,7 +170,7 @@ def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
     patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing)
     loss_fn = liger_fused_cross_entropy_sum() if cfg.liger_loss_only else patcher.loss_fn()
     module = strategy.prepare(CausalLMWithLoss(bundle.model, loss_fn), bundle.shard_units)
-    optimizer = build_adamw(module, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8)
+    optimizer = strategy.build_optimizer(module, lambda m: build_adamw(m, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8))
     ctx = TrainContext(
         module=module, optimizer=optimizer, strategy=strategy, patcher=patcher,
         dataset=StepData(data.samples, cfg.packing, bundle.tokenizer.pad_token_id), step_batches=None,
@@ -163,11 +179,14 @@ def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
     )
     times, tokens, flops, losses = [], [], [], []
     torch.cuda.reset_peak_memory_stats()
-    steps = [sum(data.steps[i : i + cfg.grad_accum], []) for i in range(0, len(data.steps), cfg.grad_accum)]
-    for i, step in enumerate(steps):  # a step = the documents of grad_accum packs
+    # A step takes grad_accum packs per rank; rank r takes its own packs of the step.
+    per_step = cfg.grad_accum * strategy.world_size
+    n_steps = len(data.steps) // per_step
+    for i in range(n_steps):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        packs = data.steps[i * cfg.grad_accum : (i + 1) * cfg.grad_accum]
+        packs = data.steps[i * per_step : (i + 1) * per_step][strategy.rank :: strategy.world_size]
+        step = sum(packs, [])
         batches = packs if cfg.packing else micro_batches_for(step, False, args.baseline_micro_batch, seed=i)
         stats = train_step(ctx, batches)
         torch.cuda.synchronize()
@@ -181,7 +200,9 @@ def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
     seconds = sum(times)
     result = {
         "config": cfg.name, **cfg.__dict__, "tokens_per_s": sum(tokens) / seconds,
-        "mfu": sum(flops) / seconds / peak_flops(torch.cuda.get_device_name()),
+        "world_size": strategy.world_size, "parallel": args.parallel if not cfg.hf_style else "single",
+        "tokens_per_s_per_gpu": sum(tokens) / seconds / strategy.world_size,
+        "mfu": sum(flops) / seconds / peak_flops(torch.cuda.get_device_name()) / strategy.world_size,
         "step_s": seconds / len(times), "tokens_per_step": sum(tokens) / len(tokens),
         "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9, "loss_first": losses[0], "loss_last": losses[-1],
         "attn_backend_resolved": patcher.backend,
@@ -229,11 +250,15 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated; the first is the baseline")
     parser.add_argument("--profile", default=None, help="a config to profile for 2 extra steps")
     parser.add_argument("--profile-out", default="profile.txt")
+    parser.add_argument("--parallel", default="single", help="single | fsdp2 | zero3 (the last two under torchrun)")
     parser.add_argument("--out", default=None, help="JSON output path")
     args = parser.parse_args()
     model_cfg = OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml")
-    samples = make_documents(n=args.steps * args.tokens_per_step // 500, seed=0, vocab=model_cfg.config.vocab_size)
-    data = make_steps(samples, args.tokens_per_step, args.steps)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    n_packs = args.steps * world
+    samples = make_documents(n=n_packs * args.tokens_per_step // 500, seed=0, vocab=model_cfg.config.vocab_size)
+    data = make_steps(samples, args.tokens_per_step, n_packs)
+    is_main = int(os.environ.get("RANK", "0")) == 0
     results = []
     for name in args.configs.split(","):
         try:
@@ -242,7 +267,10 @@ def main() -> None:
             results.append({"config": name, "error": f"{type(err).__name__}: {str(err)[:300]}"})
             gc.collect()
             torch.cuda.empty_cache()
-        print(json.dumps(results[-1]), flush=True)
+        if is_main:
+            print(json.dumps(results[-1]), flush=True)
+    if not is_main:
+        return
     report = {"model": args.model, "tokens_per_step": args.tokens_per_step, "steps": args.steps, "warmup": args.warmup,
               **environment(), "results": with_ratios(results)}
     print(markdown_table(report))
@@ -263,13 +291,15 @@ def with_ratios(results: list[dict]) -> list[dict]:
 
 
 def markdown_table(report: dict) -> str:
-    lines = [f"{report['model']} on {report['card']}, {report['tokens_per_step']} tokens/step",
-             "| config | tokens/s | MFU | peak GB | x baseline tok/s | x baseline mem |", "|---|---|---|---|---|---|"]
+    lines = [f"{report['model']} on {report['card']}, {report['tokens_per_step']} tokens per pack",
+             "| config | GPUs | tokens/s | tokens/s/GPU | MFU | peak GB | x baseline tok/s | x baseline mem |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         if "error" in r:
-            lines.append(f"| {r['config']} | {r['error'][:40]} | | | | |")
+            lines.append(f"| {r['config']} | {r['error'][:60]} | | | | | | |")
             continue
-        lines.append(f"| {r['config']} | {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | {r['peak_mem_gb']:.1f} | "
+        lines.append(f"| {r['config']} | {r['world_size']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_gpu']:,.0f} | "
+                     f"{100 * r['mfu']:.1f}% | {r['peak_mem_gb']:.1f} | "
                      f"{r.get('speedup_vs_baseline', 1):.2f} | {r.get('mem_vs_baseline', 1):.2f} |")
     return "\n".join(lines)
 
