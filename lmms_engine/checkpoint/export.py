@@ -8,18 +8,16 @@ import shutil
 from pathlib import Path
 
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 log = logging.getLogger(__name__)
 
 
 def export_hf(module: nn.Module, tokenizer, out_dir: Path, strategy) -> None:
     """Gather full weights (on rank 0, in CPU memory) and save them with the tokenizer, atomically."""
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = get_model_state_dict(module, options=options)
+    state = strategy.full_state_dict(module)
     if strategy.is_main:
         lm_state = {name.removeprefix("lm."): tensor for name, tensor in state.items()}
-        _write(module.lm, lm_state, tokenizer, out_dir)
+        _write(strategy.unwrap(module).lm, lm_state, tokenizer, out_dir)
     strategy.barrier()
 
 

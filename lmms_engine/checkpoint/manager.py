@@ -1,5 +1,6 @@
-"""Resumable checkpoints: sharded model + optimizer through torch.distributed.checkpoint (DCP),
-plus each rank's train state (step, data position, RNG) as a weights-only torch file.
+"""Resumable checkpoints: model + optimizer in the strategy's format (torch.distributed.checkpoint,
+sharded and reshardable, by default; DeepSpeed's own for ZeRO), plus each rank's train state (step,
+data position, RNG) as a weights-only torch file.
 
 Atomicity: everything is written into `step_<N>.tmp/`; once every rank is done, rank 0 writes the
 `COMPLETE` marker and renames the folder to `step_<N>/`. A folder without the marker, or still named
@@ -16,9 +17,7 @@ import shutil
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +47,7 @@ def save_checkpoint(root: Path, step: int, module: nn.Module, optimizer, train_s
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     strategy.barrier()
-    model_sd, optim_sd = get_state_dict(module, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+    strategy.save_model_optimizer(tmp, module, optimizer)
     torch.save(train_state, tmp / f"train_state_rank{strategy.rank}.pt")
     strategy.barrier()
     if strategy.is_main:
@@ -78,13 +76,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: Path, module: nn.Module, optimizer, rank: int) -> dict:
+def load_checkpoint(path: Path, module: nn.Module, optimizer, strategy) -> dict:
     """Load model + optimizer in place; return this rank's train state (rank 0's if it has none)."""
     if not (path / COMPLETE_MARKER).is_file():
         raise ValueError(f"checkpoint {path} is incomplete (no {COMPLETE_MARKER} marker); it cannot be resumed")
-    model_sd, optim_sd = get_state_dict(module, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=path)
-    set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    own = path / f"train_state_rank{rank}.pt"
+    strategy.load_model_optimizer(path, module, optimizer)
+    own = path / f"train_state_rank{strategy.rank}.pt"
     return torch.load(own if own.is_file() else path / "train_state_rank0.pt", weights_only=True)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 
 from lmms_engine.parallel import dist as pdist
 
@@ -64,6 +72,26 @@ class Strategy:
     def optimizer_step(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    def unwrap(self, module: nn.Module) -> nn.Module:
+        """The module given to prepare() (strategies that wrap it in another object override this)."""
+        return module
+
+    def save_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
+        """Sharded model + optimizer state into the existing folder `path` (DCP; every rank calls this)."""
+        model_sd, optim_sd = get_state_dict(module, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+
+    def load_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
+        """Load what save_model_optimizer wrote, resharding to this run's ranks (DCP)."""
+        model_sd, optim_sd = get_state_dict(module, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=path)
+        set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """Full weights in CPU memory on rank 0 (every rank calls this: gathering is collective)."""
+        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
         return pdist.all_reduce_sum(value)

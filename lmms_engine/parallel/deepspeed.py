@@ -124,14 +124,17 @@ class DeepSpeedZero(Strategy):
     def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
         if self.checkpoint_every:
             apply_activation_checkpointing(module, shard_units, self.checkpoint_every)
-        # Not moved to the device here: deepspeed.initialize places it (ZeRO-3 partitions straight
-        # from CPU, so the whole model never sits on one GPU).
+        # Not moved to the device here: deepspeed.initialize casts it to bf16 first, then moves it
+        # (half the bytes through the device; ZeRO-3 partitions it right after).
         return DeepSpeedModule(module)
 
     def build_optimizer(self, module: nn.Module, make_optimizer) -> torch.optim.Optimizer:
         deepspeed = import_deepspeed()
         optimizer = make_optimizer(module)
+        fp32_weights = trainable_weights(module.module) if self.dtype == torch.bfloat16 else None
         engine, ds_optimizer, _, _ = deepspeed.initialize(model=module.module, optimizer=optimizer, config=self.config())
+        if fp32_weights is not None:
+            restore_fp32_masters(module.module, fp32_weights)
         module.attach(engine)
         self.engine = engine
         log.info("deepspeed: ZeRO-%d over %d ranks, %s params%s%s", self.stage, self.world_size, self.dtype,
@@ -190,6 +193,25 @@ class DeepSpeedZero(Strategy):
         """Full fp32 weights in CPU memory on rank 0 (empty elsewhere), named as the module's
         state_dict. Every rank calls this: gathering partitioned parameters is collective."""
         return gather_full_state_dict(self.unwrap(module), keep=self.is_main)
+
+
+def trainable_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    """References (not copies) to the trainable parameters' current tensors, by name."""
+    return {name: param.data for name, param in module.named_parameters() if param.requires_grad}
+
+
+def restore_fp32_masters(module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Set DeepSpeed's fp32 master weights to `weights` (the model before initialize cast it).
+
+    With bf16 on, DeepSpeed casts the module to bf16 and then copies its fp32 masters from those
+    bf16 values, so the masters start rounded to 8 mantissa bits: small early updates then round
+    away in every bf16 copy, and training drifts from FSDP2's (whose masters are the fp32 model).
+    Local copies only (each rank writes its own partition): no collectives.
+    """
+    deepspeed = import_deepspeed()
+    for name, param in module.named_parameters():
+        if name in weights:
+            deepspeed.utils.safe_set_full_fp32_param(param, weights[name].float())
 
 
 def gather_full_state_dict(module: nn.Module, keep: bool) -> dict[str, torch.Tensor]:

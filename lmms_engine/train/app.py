@@ -148,7 +148,7 @@ def _maybe_resume(rc: RunConfig, run_dir: Path, module, optimizer, strategy) -> 
     path = _resume_path(rc.trainer.resume, run_dir)
     if path is None:
         return 0, None
-    state = load_checkpoint(path, module, optimizer, strategy.rank)
+    state = load_checkpoint(path, module, optimizer, strategy)
     restore_rng(state["rng"])
     log.info("resumed from %s at step %d", path, state["step"])
     return state["step"], DataPosition(**state["data"])

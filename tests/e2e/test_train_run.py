@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmms_engine.checkpoint.manager import latest_checkpoint, load_checkpoint
+from lmms_engine.parallel.single import SingleDevice
 from lmms_engine.train.app import run
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw
@@ -67,7 +68,7 @@ def test_hf_export_loads_and_matches_trained_weights(twelve_step_run):
     bundle = instantiate(cfg.model, _convert_="all")
     module = CausalLMWithLoss(bundle.model, loss_fn=None)
     optimizer = build_adamw(module, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8)
-    load_checkpoint(latest_checkpoint(run_dir / "checkpoints"), module, optimizer, rank=0)
+    load_checkpoint(latest_checkpoint(run_dir / "checkpoints"), module, optimizer, SingleDevice(device="cpu"))
     exported = AutoModelForCausalLM.from_pretrained(run_dir / "hf")
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "hf")
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True,

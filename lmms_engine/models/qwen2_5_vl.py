@@ -1,0 +1,335 @@
+"""Qwen2.5-VL (vision tower + Qwen2.5 decoder): from a hub id or local path, or randomly initialised
+from a preset's config (conf/model/*qwen2_5_vl*.yaml).
+
+Random init builds its processor in code (no download): the byte-level ChatML tokenizer of
+models/tokenizer.py plus Qwen's vision specials, an image processor with small pixel bounds, and a
+chat template that renders image / video parts Qwen's way, so placeholder expansion, label masks and
+mrope positions behave as they do with the real Qwen2.5-VL processor.
+
+Packed training: the vision tower attends within each image (full or windowed, never causal) while
+the decoder attends causally within each sample. transformers' `Qwen2_5_VLModel.forward` hands its
+keyword arguments to both, so the decoder's `cu_seq_lens_*` would reach the vision attention.
+`packed_hidden_states` keeps them apart; `set_text_attention` gives the decoder alone a packed
+attention backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tokenizers import AddedToken
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    PreTrainedTokenizerBase,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+)
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLDecoderLayer, Qwen2_5_VLVisionBlock
+from transformers.utils import is_torchvision_available
+
+from lmms_engine.models.base import ModelBundle
+from lmms_engine.models.tokenizer import build_byte_tokenizer
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
+
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
+IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
+VISION_SPECIALS = (VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
+# Config fields that must name the tokenizer's ids of these specials.
+TOKEN_ID_FIELDS = {
+    "image_token_id": IMAGE_PAD,
+    "video_token_id": VIDEO_PAD,
+    "vision_start_token_id": VISION_START,
+    "vision_end_token_id": VISION_END,
+}
+
+# Built-in processor: images resized to 4..64 merged tokens (28x28 px each) so CPU runs stay small.
+BUILTIN_MIN_PIXELS = 4 * 28 * 28
+BUILTIN_MAX_PIXELS = 64 * 28 * 28
+
+# ChatML (no default system prompt), with media parts rendered as Qwen2.5-VL's template does:
+# one placeholder per image / video, expanded to its visual tokens by the processor.
+VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] in ('image', 'image_url') %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif part['type'] in ('video', 'video_url') %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass
+class VLModelBundle(ModelBundle):
+    """A ModelBundle whose `tokenizer` is the processor's tokenizer, plus the processor itself
+    (image / video preprocessing and placeholder expansion)."""
+
+    processor: Qwen2_5_VLProcessor | None = None
+
+
+def build_qwen2_5_vl(
+    name: str,
+    pretrained: str | None = None,
+    processor: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    trust_remote_code: bool = False,
+    structure_only: bool = False,
+) -> VLModelBundle:
+    """Build a Qwen2.5-VL model and its processor.
+
+    pretrained: hub id or local path; None = random init from `config` (a Qwen2_5_VLConfig dict
+      with `text_config` and `vision_config`; its special-token ids are taken from the processor).
+    processor: hub id or local path; None = the pretrained model's processor, or the built-in
+      byte-level processor when initialising randomly.
+    structure_only: build the module tree without reading or initialising weights from disk
+      (ranks that receive weights from rank 0).
+    """
+    if pretrained is None and not config:
+        raise ValueError(f"model {name!r}: set model.pretrained or give a preset config to initialise from")
+    vl_processor = _load_processor(processor or pretrained, trust_remote_code, config)
+    hf_config = _hf_config(pretrained, config, trust_remote_code, vl_processor.tokenizer, name)
+    # Checked on the config, before any weights are made or read.
+    _check_vocab_fits(hf_config, vl_processor.tokenizer, name)
+    _check_special_token_ids(hf_config, vl_processor.tokenizer, name)
+    _check_patch_geometry(hf_config.vision_config, vl_processor, name)
+    if structure_only:
+        model = Qwen2_5_VLForConditionalGeneration(hf_config)
+    elif pretrained:
+        model = _load_pretrained(pretrained, trust_remote_code)
+    else:
+        model = Qwen2_5_VLForConditionalGeneration(hf_config).float()
+    return VLModelBundle(
+        model=model,
+        tokenizer=vl_processor.tokenizer,
+        name=name,
+        shard_units=(Qwen2_5_VLDecoderLayer, Qwen2_5_VLVisionBlock),
+        processor=vl_processor,
+    )
+
+
+# ---------------------------------------------------------------- processor
+
+
+def build_builtin_processor(vision_config: Mapping[str, Any] | None = None) -> Qwen2_5_VLProcessor:
+    """The download-free processor: byte-level tokenizer + vision specials, small-image processors.
+
+    vision_config: the model's vision config (dict); its patch geometry is copied so placeholder
+    expansion matches the vision tower. None = Qwen2.5-VL's (patch 14, temporal 2, merge 2).
+    """
+    _require_torchvision()
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    geometry = _patch_geometry(vision_config or {})
+    size = {"shortest_edge": BUILTIN_MIN_PIXELS, "longest_edge": BUILTIN_MAX_PIXELS}
+    return Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=size, **geometry),
+        tokenizer=build_vl_tokenizer(),
+        video_processor=Qwen2VLVideoProcessor(size=size, **geometry),
+        chat_template=VL_CHAT_TEMPLATE,
+    )
+
+
+def build_vl_tokenizer() -> PreTrainedTokenizerBase:
+    """The built-in byte-level ChatML tokenizer with Qwen's vision specials and VL chat template."""
+    tokenizer = build_byte_tokenizer()
+    specials = [AddedToken(token, special=True, normalized=False) for token in VISION_SPECIALS]
+    tokenizer.add_tokens(specials, special_tokens=True)
+    tokenizer.chat_template = VL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _patch_geometry(vision_config: Mapping[str, Any]) -> dict[str, int]:
+    """Processor settings that must agree with the vision tower, from its config (or defaults)."""
+    return {
+        "patch_size": int(vision_config.get("patch_size", 14)),
+        "temporal_patch_size": int(vision_config.get("temporal_patch_size", 2)),
+        "merge_size": int(vision_config.get("spatial_merge_size", 2)),
+    }
+
+
+def _load_processor(path: str | None, trust_remote_code: bool, config: Mapping[str, Any] | None):
+    if path is None:
+        return build_builtin_processor(_plain(config or {}).get("vision_config"))
+    _require_torchvision()
+    loaded = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if not hasattr(loaded, "image_processor") or not hasattr(loaded, "tokenizer"):
+        raise ValueError(
+            f"model.processor={path!r} loaded a {type(loaded).__name__}, not a vision-language processor "
+            "with an image_processor and a tokenizer; point it at a Qwen2.5-VL checkpoint or processor folder"
+        )
+    return loaded
+
+
+def _require_torchvision() -> None:
+    # transformers' Qwen2.5-VL processor needs its torchvision video processor to exist at all.
+    if not is_torchvision_available():
+        raise ValueError(
+            "Qwen2.5-VL needs torchvision for its image / video processors; install it "
+            "(uv add torchvision, matching the installed torch)"
+        )
+
+
+# ---------------------------------------------------------------- model and config
+
+
+def _hf_config(
+    pretrained: str | None,
+    config: Mapping[str, Any] | None,
+    trust_remote_code: bool,
+    tokenizer: PreTrainedTokenizerBase,
+    name: str,
+) -> Qwen2_5_VLConfig:
+    if pretrained:
+        hf_config = AutoConfig.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+        _check_model_type(hf_config.model_type, pretrained)
+        return hf_config
+    values = _plain(config)
+    for field, token in TOKEN_ID_FIELDS.items():
+        values[field] = _token_id_from_preset(values, field, token, tokenizer, name)
+    values["text_config"] = _with_tokenizer_ids(values.get("text_config") or {}, tokenizer)
+    return Qwen2_5_VLConfig(**values)
+
+
+def _with_tokenizer_ids(text_config: dict, tokenizer: PreTrainedTokenizerBase) -> dict:
+    """bos / eos / pad ids from the tokenizer unless the preset names them (transformers' defaults
+    are Qwen's ids, outside a small vocabulary)."""
+    defaults = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    return {**defaults, **text_config}
+
+
+def _token_id_from_preset(
+    values: dict, field: str, token: str, tokenizer: PreTrainedTokenizerBase, name: str
+) -> int:
+    """The tokenizer's id of `token`; a preset may name it too, but then it must agree."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"model {name!r}: the tokenizer has no {token} token, which Qwen2.5-VL needs")
+    if field in values and values[field] != token_id:
+        raise ValueError(
+            f"model {name!r}: config.{field}={values[field]} but the tokenizer's {token} is id {token_id}; "
+            f"drop {field} from the preset (it is taken from the tokenizer) or use the matching tokenizer"
+        )
+    return token_id
+
+
+def _load_pretrained(path: str, trust_remote_code: bool) -> Qwen2_5_VLForConditionalGeneration:
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        path, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
+    _check_model_type(model.config.model_type, path)
+    log.info("loaded pretrained %s (%s)", path, model.config.model_type)
+    return model
+
+
+def _check_model_type(model_type: str, path: str) -> None:
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"model.pretrained={path!r} is a {model_type!r} model; this builder supports {SUPPORTED_MODEL_TYPES}"
+        )
+
+
+def _plain(value):
+    """Nested mappings / sequences (e.g. Hydra's DictConfig) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(item) for item in value]
+    return value
+
+
+# ---------------------------------------------------------------- consistency checks
+
+
+def _check_vocab_fits(config: Qwen2_5_VLConfig, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+    vocab_size = config.text_config.vocab_size
+    if len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"model {name!r}: tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}; "
+            "use a matching tokenizer or raise model.config.text_config.vocab_size"
+        )
+
+
+def _check_special_token_ids(config: Qwen2_5_VLConfig, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+    """The model finds visual tokens by these ids: they must be the tokenizer's."""
+    for field, token in TOKEN_ID_FIELDS.items():
+        expected = tokenizer.convert_tokens_to_ids(token)
+        if getattr(config, field) != expected:
+            raise ValueError(
+                f"model {name!r}: config.{field}={getattr(config, field)} but the processor's tokenizer maps "
+                f"{token} to {expected}; load the processor that belongs to this checkpoint"
+            )
+
+
+def _check_patch_geometry(vision_config, processor: Qwen2_5_VLProcessor, name: str) -> None:
+    """Placeholder counts come from the processor's geometry, features from the tower's."""
+    expected = _patch_geometry(vision_config.to_dict())
+    actual = {key: int(getattr(processor.image_processor, key)) for key in expected}
+    if actual != expected:
+        raise ValueError(
+            f"model {name!r}: the image processor uses {actual} but the vision tower expects {expected}; "
+            "the number of visual tokens per image would not match"
+        )
+
+
+# ---------------------------------------------------------------- packed forward
+
+
+def set_text_attention(model: Qwen2_5_VLForConditionalGeneration, text_impl: str, vision_impl: str = "sdpa") -> None:
+    """Give the decoder `text_impl` (e.g. a registered packed backend) and the vision tower
+    `vision_impl`: the decoder's packed backends are causal, the vision tower must not be."""
+    model.model.language_model.set_attn_implementation(text_impl)
+    model.model.visual.set_attn_implementation(vision_impl)
+
+
+def packed_hidden_states(
+    model: Qwen2_5_VLForConditionalGeneration,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    pixel_values: torch.Tensor | None = None,
+    image_grid_thw: torch.Tensor | None = None,
+    pixel_values_videos: torch.Tensor | None = None,
+    video_grid_thw: torch.Tensor | None = None,
+    **text_attention_kwargs,
+) -> torch.Tensor:
+    """Decoder output (1, T, hidden) of a packed row: vision features scattered into the token
+    embeddings, then the decoder with the given mrope positions (3, 1, T) and attention kwargs
+    (cu_seq_lens_* ...), which never reach the vision tower."""
+    embeds = model.model.get_input_embeddings()(input_ids)
+    embeds = _scatter_visual(model, input_ids, embeds, pixel_values, image_grid_thw, "image")
+    embeds = _scatter_visual(model, input_ids, embeds, pixel_values_videos, video_grid_thw, "video")
+    outputs = model.model.language_model(
+        inputs_embeds=embeds, position_ids=position_ids, use_cache=False, **text_attention_kwargs
+    )
+    return outputs.last_hidden_state
+
+
+def _scatter_visual(model, input_ids, embeds, pixels, grid_thw, kind: str) -> torch.Tensor:
+    if pixels is None:
+        return embeds
+    token_id = model.config.image_token_id if kind == "image" else model.config.video_token_id
+    # The tower returns merged features as pooler_output (transformers 5.x), one row per token.
+    features = model.model.visual(pixels.type(model.model.visual.dtype), grid_thw=grid_thw).pooler_output
+    mask = input_ids == token_id
+    if int(mask.sum()) != features.shape[0]:
+        raise ValueError(
+            f"{int(mask.sum())} {kind} placeholder tokens but the vision tower made {features.shape[0]} "
+            f"{kind} features; input_ids and {kind}_grid_thw do not belong together"
+        )
+    return embeds.masked_scatter(mask.unsqueeze(-1), features.to(embeds.dtype))
