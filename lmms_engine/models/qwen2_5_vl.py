@@ -94,8 +94,8 @@ def build_qwen2_5_vl(
       with `text_config` and `vision_config`; its special-token ids are taken from the processor).
     processor: hub id or local path; None = the pretrained model's processor, or the built-in
       byte-level processor when initialising randomly.
-    structure_only: build the module tree without reading or initialising weights from disk
-      (ranks that receive weights from rank 0).
+    structure_only: build the module tree from the config without reading any weights (ranks that
+      receive weights from rank 0; build under the meta device to skip initialisation too).
     """
     if pretrained is None and not config:
         raise ValueError(f"model {name!r}: set model.pretrained or give a preset config to initialise from")

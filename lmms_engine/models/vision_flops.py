@@ -32,10 +32,9 @@ def vision_forward_flops(vision_config, grid_thw) -> float:
     patches = t * h * w
     blocks = vision_config.depth
     full_blocks = len([i for i in vision_config.fullatt_block_indexes if i < blocks])
-    attention = 4.0 * vision_config.hidden_size * (
-        full_blocks * _full_attention_squares(t, h, w)
-        + (blocks - full_blocks) * _window_attention_squares(vision_config, t, h, w)
-    )
+    squares = full_blocks * _full_attention_squares(t, h, w)
+    squares += (blocks - full_blocks) * _window_attention_squares(vision_config, t, h, w)
+    attention = 4.0 * vision_config.hidden_size * squares
     return (
         2.0 * patches * _patch_embed_params(vision_config)
         + 2.0 * patches * blocks * _block_params(vision_config)

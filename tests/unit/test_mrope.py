@@ -3,6 +3,7 @@ positions are the per-sample ones side by side."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 from pathlib import Path
 
@@ -85,7 +86,7 @@ class _SampleWriter:
 
 
 def _samples(tokenizer) -> dict[str, MropeSample]:
-    w = lambda: _SampleWriter(tokenizer)  # noqa: E731
+    w = functools.partial(_SampleWriter, tokenizer)
     return {
         "text_only": w().text(23).sample(),
         "one_image": w().text(5).image(1, 4, 6).text(7).sample(),
@@ -94,12 +95,17 @@ def _samples(tokenizer) -> dict[str, MropeSample]:
         "image_and_video": w().text(4).image(1, 6, 4).text(3).video(4, 4, 4, seconds=1.0).text(5).sample(),
         "video_two_seconds_per_grid": w().text(2).video(3, 4, 6, seconds=2.0).text(3).sample(),
         "starts_with_image": w().image(1, 4, 4).text(6).sample(),
-        "multi_turn": (
-            w().text(10).image(1, 4, 6).text(9).text(12)  # system, user turn with image, assistant
-            .text(6).video(2, 4, 4).image(1, 4, 4).text(4).text(8)  # user turn with video + image
-            .sample()
-        ),
+        "multi_turn": _multi_turn(w()),
     }
+
+
+def _multi_turn(writer: _SampleWriter) -> MropeSample:
+    writer.text(10)  # system turn
+    writer.text(3).image(1, 4, 6).text(6)  # user turn with an image
+    writer.text(12)  # assistant turn
+    writer.text(6).video(2, 4, 4).image(1, 4, 4).text(4)  # user turn with a video and an image
+    writer.text(8)  # assistant turn
+    return writer.sample()
 
 
 # ---------------------------------------------------------------- transformers reference

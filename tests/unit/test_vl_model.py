@@ -14,26 +14,26 @@ import yaml
 pytest.importorskip("torchvision", reason="Qwen2.5-VL processors need torchvision")
 Image = pytest.importorskip("PIL.Image", reason="images are PIL images")
 
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (  # noqa: E402
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VLDecoderLayer,
     Qwen2_5_VLVisionBlock,
 )
 
-from lmms_engine.kernels import attention  # noqa: E402
-from lmms_engine.models.mrope import (  # noqa: E402
+from lmms_engine.kernels import attention
+from lmms_engine.models.mrope import (
     MropeSample,
     MropeSpec,
     mm_token_type_ids,
     mrope_position_ids,
     packed_mrope_position_ids,
 )
-from lmms_engine.models.qwen2_5_vl import (  # noqa: E402
+from lmms_engine.models.qwen2_5_vl import (
     VLModelBundle,
     build_qwen2_5_vl,
     packed_hidden_states,
     set_text_attention,
 )
-from lmms_engine.models.vision_flops import vision_forward_flops, vision_train_flops  # noqa: E402
+from lmms_engine.models.vision_flops import vision_forward_flops, vision_train_flops
 
 PRESETS = Path(__file__).resolve().parents[2] / "conf" / "model"
 
