@@ -155,14 +155,17 @@ def _maybe_resume(rc: RunConfig, run_dir: Path, module, optimizer, strategy) -> 
 
 
 def _resume_path(resume: str | None, run_dir: Path) -> Path | None:
-    """null: start fresh; auto: the latest complete checkpoint of this run dir (fresh if none); else a path."""
+    """null: start fresh; auto: the latest complete checkpoint of this run dir (fresh if none);
+    a checkpoint directory; or another run's directory (its latest complete checkpoint)."""
     if resume is None:
         return None
     if resume == "auto":
         return latest_checkpoint(run_dir / "checkpoints")
     path = Path(resume)
+    if (path / "checkpoints").is_dir():
+        path = latest_checkpoint(path / "checkpoints") or path / "checkpoints"
     if not path.is_dir():
-        raise ValueError(f"trainer.resume={resume!r}: no such checkpoint directory")
+        raise ValueError(f"trainer.resume={resume!r}: no such checkpoint or run directory")
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -23,8 +24,15 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture
+def twelve_step_run(_twelve_step_run):
+    """A private copy of the config (tests set trainer.resume etc.), and the shared run directory."""
+    cfg, run_dir = _twelve_step_run
+    return copy.deepcopy(cfg), run_dir
+
+
 @pytest.fixture(scope="module")
-def twelve_step_run(tmp_path_factory):
+def _twelve_step_run(tmp_path_factory):
     """One 12-step run with checkpoints every 6 steps, shared by the tests below."""
     run_dir = tmp_path_factory.mktemp("run12")
     cache = tmp_path_factory.mktemp("cache")
@@ -127,3 +135,20 @@ def test_overlong_samples_are_dropped_and_counted(tmp_path):
     run_dir = run(cfg, tmp_path / "run")
     stats = json.loads((run_dir / "data_stats.json").read_text())
     assert stats["dropped_overlong"] == 3 and stats["samples"] == 20
+
+
+def test_resume_into_a_new_run_directory_from_a_checkpoint_path(twelve_step_run, tmp_path):
+    cfg, reference_dir = twelve_step_run
+    cfg.trainer.resume = str(reference_dir / "checkpoints" / "step_6")
+    cfg.trainer.export_hf = False
+    run(cfg, tmp_path / "new")
+    resumed = _metrics(tmp_path / "new")
+    assert [r["step"] for r in resumed] == list(range(7, 13))
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in _metrics(reference_dir)[6:]]
+
+
+def test_resume_from_a_missing_path_is_a_clear_error(twelve_step_run, tmp_path):
+    cfg, _ = twelve_step_run
+    cfg.trainer.resume = str(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="no such checkpoint or run directory"):
+        run(cfg, tmp_path / "new")
