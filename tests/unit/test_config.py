@@ -65,3 +65,10 @@ def test_seed_switches_map_to_kernels():
     node = load_experiment(REPO / "examples" / "qwen2_5_1_5b_sft.yaml")
     assert "use_liger_kernel" not in node and node.kernels.use_liger_kernel is True and node.kernels.use_rmpad is True
     assert OmegaConf.to_container(node)["defaults"][0] == {"override /model": "qwen2_5_1_5b"}
+
+
+def test_shipped_experiment_composes_and_validates():
+    rc = validate(compose_config("experiment=qwen_1_5b_sft", shrink=False))
+    assert rc.groups["parallel"]._target_ == "lmms_engine.parallel.fsdp2.FSDP2"
+    assert rc.groups["kernels"].use_liger_kernel is True and rc.groups["data"].packing_length == 16384
+    assert rc.groups["model"].pretrained == "Qwen/Qwen2.5-1.5B-Instruct" and rc.optim.lr == 1e-5
