@@ -64,7 +64,7 @@ def train_step(ctx: TrainContext, micro_batch_indices: list[list[int]]) -> dict:
     """
     strategy = ctx.strategy
     batches = [_prepare(ctx, ctx.dataset.collate(indices)) for indices in micro_batch_indices]
-    counts = torch.tensor([sum(b["num_label_tokens"] for b in batches), sum(sum(document_lengths(b)) for b in batches)], dtype=torch.float64)
+    counts = torch.tensor([sum(b["num_label_tokens"] for b in batches), sum(sum(b["doc_lengths"]) for b in batches)], dtype=torch.float64)
     label_tokens, real_tokens = strategy.all_reduce_sum(counts.to(strategy.device)).tolist()
     scale = strategy.world_size / max(label_tokens, 1.0)
     loss_sum = torch.zeros((), device=strategy.device, dtype=torch.float64)
@@ -75,7 +75,7 @@ def train_step(ctx: TrainContext, micro_batch_indices: list[list[int]]) -> dict:
                 batch_loss = ctx.module(labels=batch["labels"], **_model_inputs(ctx, batch))
             strategy.backward(batch_loss * scale, ctx.module)
         loss_sum += batch_loss.detach().double()
-        flops += ctx.flops_fn(document_lengths(batch))
+        flops += ctx.flops_fn(batch["doc_lengths"])
     grad_norm = strategy.clip_grad_norm(ctx.module, ctx.max_grad_norm)
     strategy.optimizer_step(ctx.optimizer, ctx.module)
     totals = strategy.all_reduce_sum(torch.stack([loss_sum, torch.tensor(flops, dtype=torch.float64, device=strategy.device)]))
@@ -89,8 +89,11 @@ def train_step(ctx: TrainContext, micro_batch_indices: list[list[int]]) -> dict:
 
 
 def _prepare(ctx: TrainContext, batch: dict) -> dict:
+    """Unpad if asked, note the document lengths (for token counts and FLOPs, read on the CPU
+    so no device sync is needed), and move tensors to the device."""
     if ctx.unpad and "attention_mask" in batch:
         batch = unpad_batch(batch)
+    batch["doc_lengths"] = document_lengths(batch)
     device = ctx.strategy.device
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
