@@ -14,6 +14,7 @@ same documents in shuffled micro-batches of `--baseline-micro-batch`, padded to 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -174,7 +175,7 @@ def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
     ctx = TrainContext(
         module=module, optimizer=optimizer, strategy=strategy, patcher=patcher,
         dataset=StepData(data.samples, cfg.packing, bundle.tokenizer.pad_token_id), step_batches=None,
-        lr_at=None, flops_fn=lambda lengths: train_flops(bundle.model.config, lengths), peak_flops=None, sinks=None,
+        lr_at=None, flops_fn=functools.partial(train_flops, bundle.model.config), peak_flops=None, sinks=None,
         checkpoint_root=Path("/nonexistent"), max_steps=0, max_grad_norm=1.0, save_every=0, unpad=False,
     )
     times, tokens, flops, losses = [], [], [], []

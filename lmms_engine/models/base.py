@@ -17,13 +17,3 @@ class ModelBundle:
     name: str
     # Module classes that FSDP2 shards one by one (decoder layers, vision / audio blocks).
     shard_units: tuple[type[nn.Module], ...] = field(default_factory=tuple)
-
-
-def resolve_dtype(name: str):
-    """'float32' | 'bfloat16' | 'float16' -> torch dtype, with a clear error otherwise."""
-    import torch
-
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(dtypes)}")
-    return dtypes[name]
