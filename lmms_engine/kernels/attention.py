@@ -75,6 +75,9 @@ def varlen_kwargs(cu_seqlens: torch.Tensor, max_seqlen: int, backend: str) -> di
     }
     if backend == "flex":
         kwargs["lmms_block_mask"] = document_block_mask(cu_seqlens)
+    if backend == "sdpa":
+        # Python ints for the per-document loop: read from the device once per batch, not per layer.
+        kwargs["lmms_doc_bounds"] = cu_seqlens.tolist()
     return kwargs
 
 
@@ -99,7 +102,7 @@ def _packed_attention(module, query, key, value, attention_mask, scaling=None, d
         return out.transpose(1, 2), None
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D)
     if backend == "sdpa":
-        out = _sdpa_per_document(q, k, v, cu, scaling)
+        out = _sdpa_per_document(q, k, v, kwargs["lmms_doc_bounds"], scaling)
     elif backend == "torch_varlen":
         out = _torch_varlen_attention(q, k, v, cu, max_len, scaling)
     else:
@@ -123,10 +126,9 @@ def _repeat_kv_heads(k: torch.Tensor, v: torch.Tensor, n_q_heads: int):
     return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
 
 
-def _sdpa_per_document(q, k, v, cu_seqlens, scaling):
+def _sdpa_per_document(q, k, v, bounds: list[int], scaling):
     """Correct everywhere (CPU included): causal SDPA on each document separately."""
     k, v = _repeat_kv_heads(k, v, q.shape[1])
-    bounds = cu_seqlens.tolist()
     outs = []
     for start, end in zip(bounds[:-1], bounds[1:]):
         qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))  # (H, n, D)

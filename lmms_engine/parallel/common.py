@@ -47,3 +47,11 @@ def apply_compile(module: nn.Module, unit_types: tuple[type[nn.Module], ...]) ->
         child.compile(dynamic=True)  # in place: parameter names (checkpoints, export) do not change
     log.info("compiled %d units", len(units))
     return len(units)
+
+
+def apply_checkpointing_and_compile(module: nn.Module, unit_types: tuple[type[nn.Module], ...], every: int, compile: bool) -> None:
+    """The transformations every strategy applies before wrapping, in their fixed order."""
+    if every:
+        apply_activation_checkpointing(module, unit_types, every)
+    if compile:
+        apply_compile(module, unit_types)

@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
-from lmms_engine.parallel.common import apply_activation_checkpointing, apply_compile, checkpoint_every
+from lmms_engine.parallel.common import apply_checkpointing_and_compile, checkpoint_every
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,7 @@ class DDP(Strategy):
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
 
     def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
-        if self.checkpoint_every:
-            apply_activation_checkpointing(module, shard_units, self.checkpoint_every)
-        if self.compile:
-            apply_compile(module, shard_units)
+        apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, self.compile)
         wrapped = wrap_with_ddp(module.to(self.device), self.device, self.find_unused_parameters)
         log.info("ddp: replicated over %d ranks, compute dtype %s", self.world_size, self.dtype)
         return wrapped

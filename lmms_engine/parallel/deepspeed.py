@@ -25,7 +25,7 @@ from torch import nn
 
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
-from lmms_engine.parallel.common import apply_activation_checkpointing, checkpoint_every
+from lmms_engine.parallel.common import apply_checkpointing_and_compile, checkpoint_every
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,7 @@ class DeepSpeedZero(Strategy):
                                 offload_params=self.offload_params, pin_memory=self.device.type == "cuda")
 
     def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
-        if self.checkpoint_every:
-            apply_activation_checkpointing(module, shard_units, self.checkpoint_every)
+        apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, compile=False)
         # Not moved to the device here: deepspeed.initialize casts it to bf16 first, then moves it
         # (half the bytes through the device; ZeRO-3 partitions it right after).
         return DeepSpeedModule(module)

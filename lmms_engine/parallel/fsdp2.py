@@ -16,7 +16,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, Offlo
 
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
-from lmms_engine.parallel.common import apply_activation_checkpointing, apply_compile, checkpoint_every, units_of
+from lmms_engine.parallel.common import apply_checkpointing_and_compile, checkpoint_every, units_of
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +94,7 @@ class FSDP2(Strategy):
         return self.meta_init and self.world_size > 1 and not self.is_main
 
     def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
-        if self.checkpoint_every:
-            apply_activation_checkpointing(module, shard_units, self.checkpoint_every)
-        if self.compile:
-            apply_compile(module, shard_units)
+        apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, self.compile)
         policy = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=torch.float32)
         if not (self.meta_init and self.world_size > 1):
             module.to("cpu" if self.cpu_offload else self.device)

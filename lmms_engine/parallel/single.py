@@ -17,7 +17,7 @@ from torch import nn
 
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
-from lmms_engine.parallel.common import apply_activation_checkpointing, apply_compile, checkpoint_every
+from lmms_engine.parallel.common import apply_checkpointing_and_compile, checkpoint_every
 from lmms_engine.parallel.fsdp2 import FSDP2
 
 
@@ -44,10 +44,7 @@ class SingleDevice(Strategy):
     def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
         if self._fsdp is not None:
             return self._fsdp.prepare(module, shard_units)
-        if self.checkpoint_every:
-            apply_activation_checkpointing(module, shard_units, self.checkpoint_every)
-        if self.compile:
-            apply_compile(module, shard_units)
+        apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, self.compile)
         return module.to(self.device)
 
 
