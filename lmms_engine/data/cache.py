@@ -1,7 +1,9 @@
 """On-disk cache of tokenized source files.
 
 One uncompressed `.npz` per (source file, tokenizer, settings): flat int32 tokens and labels,
-int64 offsets and record locations, and the skip counters. No pickle anywhere (the file is loaded
+int64 offsets and record locations, the skip counters, and the media table (`media_*` arrays:
+kinds and paths as numpy unicode arrays, grids, seconds per grid step, frame counts; empty for
+text data). Media settings (pixel bounds, frame sampling) are part of the key. No pickle anywhere (the file is loaded
 with allow_pickle=False), so a cache file can be trusted as much as a numpy array. Files are written
 to a temporary name and moved into place with os.replace, so a reader never sees half a file.
 """
@@ -21,13 +23,14 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from .media import MediaSettings
 from .sources import SourceFile
-from .types import TokenizedFile
+from .types import MediaTable, TokenizedFile
 
 logger = logging.getLogger("lmms_engine.data")
 
 # Bump when tokenization or label masking changes: old cache files then stop matching.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 CACHE_ENV_VAR = "LMMS_ENGINE_CACHE"
 
 
@@ -50,7 +53,9 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return digest.hexdigest()
 
 
-def cache_file_for(cache_dir: Path, source: SourceFile, fingerprint: str, on_error: str) -> Path:
+def cache_file_for(
+    cache_dir: Path, source: SourceFile, fingerprint: str, on_error: str, media: MediaSettings | None = None
+) -> Path:
     key = {
         "version": CACHE_FORMAT_VERSION,
         "path": str(source.path.resolve()),
@@ -58,6 +63,9 @@ def cache_file_for(cache_dir: Path, source: SourceFile, fingerprint: str, on_err
         "files": _file_identity(source.path),
         "tokenizer": fingerprint,
         "on_error": on_error,
+        # Relative media paths resolve under data_folder (the working directory when it has none).
+        "data_folder": str(Path(source.data_folder or ".").absolute()),
+        "media": media.cache_key() if media is not None else None,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     return cache_dir / "sft" / f"{source.path.stem}-{digest}.npz"
@@ -97,6 +105,7 @@ def save_tokenized(cache_file: Path, tokenized: TokenizedFile) -> None:
         skip_reasons=np.asarray(reasons, dtype=np.str_),
         skip_counts=np.asarray([tokenized.skipped_by_reason[r] for r in reasons], dtype=np.int64),
         skip_examples=np.asarray(tokenized.skip_examples, dtype=np.str_),
+        **{f"media_{name}": getattr(tokenized.media, name) for name in MediaTable.ARRAYS},
     )
     os.replace(temporary, cache_file)
 
@@ -113,6 +122,7 @@ def load_tokenized(cache_file: Path) -> TokenizedFile | None:
                 offsets=saved["offsets"],
                 locations=saved["locations"],
                 records=int(saved["records"]),
+                media=MediaTable(**{name: saved[f"media_{name}"] for name in MediaTable.ARRAYS}),
                 skipped_by_reason={
                     str(r): int(c) for r, c in zip(saved["skip_reasons"], saved["skip_counts"], strict=True)
                 },

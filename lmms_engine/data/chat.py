@@ -53,20 +53,42 @@ def end_of_turn_markers(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
     return tuple(markers)
 
 
-def template_messages(record: Record) -> list[dict[str, str]]:
-    """The record as chat-template input for a text-only model (content flattened to a string)."""
-    if record.has_media:
+def template_messages(record: Record, vision: bool = False) -> list[dict]:
+    """The record as chat-template input.
+
+    Text-only model (vision=False): content flattened to a string; media parts are an error.
+    Vision model: content kept as parts, `{"type": "image", "image": path}` / `{"type": "video",
+    ...}` / `{"type": "text", "text": ...}`, which both Qwen2.5-VL's template and ours render as one
+    placeholder per image / video. Audio parts are an error there.
+    """
+    if not vision:
+        if record.has_media:
+            raise DataError(
+                record.provenance.where,
+                "media_on_text_model",
+                "record has image/video/audio parts but the model takes text only",
+            )
+        return [_as_template_message(m) for m in record.messages]
+    if any(p.type == "audio_url" for m in record.messages if not isinstance(m.content, str) for p in m.content):
         raise DataError(
-            record.provenance.where,
-            "media_on_text_model",
-            "record has image/video/audio parts but the model takes text only",
+            record.provenance.where, "media_unsupported", "record has audio parts but the model takes images and video only"
         )
-    return [_as_template_message(m) for m in record.messages]
+    return [_as_vision_template_message(m) for m in record.messages]
 
 
 def _as_template_message(message: Message) -> dict[str, str]:
     # Text templates (e.g. Qwen2.5's) print `content` as is, so a list of parts must become a str.
     return {"role": message.role, "content": message.text}
+
+
+VISION_PART_TYPES = {"image_url": "image", "video_url": "video", "text": "text"}
+
+
+def _as_vision_template_message(message: Message) -> dict:
+    if isinstance(message.content, str):
+        return {"role": message.role, "content": message.content}
+    parts = [{"type": VISION_PART_TYPES[p.type], VISION_PART_TYPES[p.type]: p.value} for p in message.content]
+    return {"role": message.role, "content": parts}
 
 
 def tokenize_record(tokenizer: PreTrainedTokenizerBase, record: Record) -> tuple[np.ndarray, np.ndarray]:
@@ -78,18 +100,19 @@ def tokenize_record(tokenizer: PreTrainedTokenizerBase, record: Record) -> tuple
 
 
 def tokenize_batch(
-    tokenizer: PreTrainedTokenizerBase, records: Sequence[Record]
+    tokenizer: PreTrainedTokenizerBase, records: Sequence[Record], vision: bool = False
 ) -> list[tuple[np.ndarray, np.ndarray] | DataError]:
     """Tokenize many records with one batched call of the Rust tokenizer.
 
     Returns, per record, `(input_ids, labels)` or the DataError that rejects it, so the caller
-    applies its own on_error policy. A TemplateError (unusable template) is raised.
+    applies its own on_error policy. A TemplateError (unusable template) is raised. With `vision`,
+    each image / video is ONE placeholder token here; `expand_placeholders` expands them.
     """
     markers = end_of_turn_markers(tokenizer)
     texts, spans, results = [], [], []
     for record in records:
         try:
-            messages = template_messages(record)
+            messages = template_messages(record, vision)
             text = _render(tokenizer, messages, False, record.provenance.where)
             spans.append(_assistant_spans(tokenizer, messages, text, markers, record.provenance.where))
             texts.append(text)
@@ -182,3 +205,33 @@ def _first_token_from(encoding, char_pos: int, text_len: int) -> int:
         start, _ = encoding.token_to_chars(token)
         return token if start >= char_pos else token + 1
     return len(encoding.ids)
+
+
+def expand_placeholders(
+    input_ids: np.ndarray,
+    labels: np.ndarray,
+    placeholder_ids: Sequence[int],
+    expected: Sequence[tuple[int, int]],
+    where: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expand the k-th placeholder token (any of `placeholder_ids`, in token order) to expected[k]
+    = (token id it must be, number of copies).
+
+    The template renders one placeholder per image / video; the model needs one per visual token.
+    Expanding after tokenization keeps the character-span label masks above untouched; the
+    expanded tokens are never trained (label -100), wherever they stand.
+    """
+    positions = np.flatnonzero(np.isin(input_ids, placeholder_ids))
+    found = input_ids[positions].tolist()
+    if found != [token_id for token_id, _ in expected]:
+        raise DataError(
+            where,
+            "placeholder_mismatch",
+            f"the rendered conversation has placeholder tokens {found} where its media parts need "
+            f"{[token_id for token_id, _ in expected]} (does a text part spell a placeholder such as <|image_pad|>?)",
+        )
+    repeats = np.ones(len(input_ids), dtype=np.int64)
+    repeats[positions] = [count for _, count in expected]
+    expanded_labels = labels.copy()
+    expanded_labels[positions] = IGNORE_INDEX
+    return np.repeat(input_ids, repeats), np.repeat(expanded_labels, repeats)

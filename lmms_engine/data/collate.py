@@ -3,6 +3,10 @@
 Labels come out ALREADY SHIFTED, per sample: labels[t] is the sample's label at t + 1 and the last
 token of every sample gets -100. So the loss is a plain token-wise cross-entropy on (logits,
 labels), and no label ever crosses from one sample into the next one in a pack.
+
+Vision-language samples get 3-D mrope position ids instead of 1-D ones, each sample's computed on
+its own (`mrope_position_ids_packed` / `_padded`), so they restart in every sample of a pack; text
+samples get three equal rows. Pixels are added by the dataset (media.pixel_inputs).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from lmms_engine.models.mrope import MropeSample, MropeSpec, mrope_position_ids, packed_mrope_position_ids
 
 from .chat import IGNORE_INDEX
 from .types import Sample
@@ -70,6 +76,34 @@ def collate_padded(samples: Sequence[Sample], pad_token_id: int) -> dict:
         "num_label_tokens": int((labels != IGNORE_INDEX).sum()),
         "sample_ids": [s.sample_id for s in samples],
     }
+
+
+def mrope_position_ids_packed(samples: Sequence[Sample], spec: MropeSpec) -> torch.Tensor:
+    """(3, 1, total_len) int64: every sample's own mrope ids, side by side."""
+    _check_non_empty(samples)
+    return packed_mrope_position_ids([mrope_sample(s) for s in samples], spec)
+
+
+def mrope_position_ids_padded(samples: Sequence[Sample], spec: MropeSpec) -> torch.Tensor:
+    """(3, B, width) int64: row b holds sample b's mrope ids, then 0 on the pads."""
+    _check_non_empty(samples)
+    width = max(len(s) for s in samples)
+    positions = np.zeros((3, len(samples), width), dtype=np.int64)
+    for row, sample in enumerate(samples):
+        positions[:, row, : len(sample)] = mrope_position_ids(mrope_sample(sample), spec)[0]
+    return torch.from_numpy(positions)
+
+
+def mrope_sample(sample: Sample) -> MropeSample:
+    """What mrope needs of a sample: its tokens and its media grids, in placeholder order."""
+    images = [m for m in sample.media if m.kind == "image"]
+    videos = [m for m in sample.media if m.kind == "video"]
+    return MropeSample(
+        input_ids=sample.input_ids,
+        image_grid_thw=np.asarray([m.grid_thw for m in images], dtype=np.int64) if images else None,
+        video_grid_thw=np.asarray([m.grid_thw for m in videos], dtype=np.int64) if videos else None,
+        second_per_grid_ts=np.asarray([m.second_per_grid_t for m in videos], dtype=np.float32) if videos else None,
+    )
 
 
 def _check_non_empty(samples: Sequence[Sample]) -> None:

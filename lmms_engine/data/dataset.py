@@ -3,6 +3,10 @@
 `build_sft_dataset` is the Hydra `_target_` of the data config group. The result is index based:
 `micro_batches(epoch)` lists the epoch's micro-batches as sample indices (the same on every rank,
 from (seed, epoch) only) and `collate(indices)` turns one into model inputs.
+
+Given a Qwen2.5-VL style `processor` (and the model's `mrope_spec`), records may hold images and
+videos: their grids are measured and placeholders expanded at prepare time (cached), pixels are
+made at collate time, and position ids are 3-D mrope ids. Without one, media is an error.
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from lmms_engine.models.mrope import MropeSpec
+
 from .cache import resolve_cache_dir, tokenizer_fingerprint
 from .chat import IGNORE_INDEX, check_tokenizer
-from .collate import collate_packed, collate_padded
+from .collate import collate_packed, collate_padded, mrope_position_ids_packed, mrope_position_ids_padded
 from .errors import DataSourceError
+from .media import MediaSettings, media_settings, pixel_inputs
 from .packing import OVERLONG_POLICIES, apply_overlong, pack_best_fit_decreasing
 from .prepare import ON_ERROR_POLICIES, default_num_proc, prepare_file
 from .sources import DatasetEntry, SourceFile, resolve_sources
-from .types import Sample, TokenizedFile, format_location
+from .types import MediaTable, Sample, TokenizedFile, format_location
 
 logger = logging.getLogger("lmms_engine.data")
 
@@ -38,19 +45,46 @@ def build_sft_dataset(
     num_proc: int | None = None,
     cache_dir: str | Path | None = None,
     seed: int = 0,
+    processor=None,
+    mrope_spec: MropeSpec | None = None,
+    image_min_pixels: int | None = None,
+    image_max_pixels: int | None = None,
+    video_fps: float = 2.0,
+    video_min_frames: int = 4,
+    video_max_frames: int = 16,
+    video_max_pixels: int | None = None,
 ) -> SFTDataset:
     """Read, validate, tokenize (cached, in parallel) and index the data at `dataset_path`.
 
     packing_length is the token budget of a pack, and the maximum sample length either way;
-    longer samples are dropped or truncated (`overlong`). micro_batch_size only applies without
-    packing (with packing, one pack is one micro-batch).
+    longer samples are dropped or truncated (`overlong`; visual tokens count, and a sample whose
+    cut would fall inside or before an image / video is dropped, not truncated). micro_batch_size
+    only applies without packing (with packing, one pack is one micro-batch).
+
+    processor: a Qwen2.5-VL style processor (`.image_processor`, `.video_processor`, `.tokenizer`)
+      to train on images and video; None = text only. mrope_spec (required with it): the model's
+      `MropeSpec`, for 3-D position ids. image_min/max_pixels (null = the processor's bounds),
+      video_fps / video_min_frames / video_max_frames (frame sampling) and video_max_pixels (null =
+      the processor's) decide how many visual tokens each item costs; see data/media.py.
     """
     _check_settings(packing_length, micro_batch_size, on_error, overlong, num_proc)
     check_tokenizer(tokenizer)
+    vision = _vision_inputs(
+        processor,
+        mrope_spec,
+        tokenizer,
+        image_min_pixels,
+        image_max_pixels,
+        video_fps,
+        video_min_frames,
+        video_max_frames,
+        video_max_pixels,
+    )
     entries = resolve_sources(dataset_path)
-    tokenized = _tokenize_sources(tokenizer, entries, on_error, num_proc, cache_dir)
+    media = vision.settings if vision else None
+    tokenized = _tokenize_sources(tokenizer, entries, on_error, num_proc, cache_dir, media)
     store = _SampleStore.from_files(tokenized)
-    overlong_counts = store.apply_overlong(packing_length, overlong)
+    overlong_counts = store.apply_overlong(packing_length, overlong, media)
     sample_index = _weighted_sample_index(store, entries, seed)
     if len(sample_index) == 0 or (not packing and len(sample_index) < micro_batch_size):
         raise DataSourceError(
@@ -59,7 +93,7 @@ def build_sft_dataset(
             f"skipped records: {_merged_skips(tokenized.values())}, overlong: {overlong_counts}",
         )
     dataset = SFTDataset(
-        store, sample_index, packing, packing_length, micro_batch_size, _pad_token_id(tokenizer), seed
+        store, sample_index, packing, packing_length, micro_batch_size, _pad_token_id(tokenizer), seed, vision
     )
     dataset.stats.update(_source_stats(tokenized.values(), overlong_counts))
     logger.info("dataset %s: %s", dataset_path, dataset.stats)
@@ -81,12 +115,43 @@ def _check_settings(
         raise ValueError(f"num_proc must be positive (or null for min(8, cpu_count)), got {num_proc}")
 
 
+@dataclass(frozen=True)
+class _VisionInputs:
+    """What a vision-language dataset needs beyond the tokenizer."""
+
+    processor: object
+    settings: MediaSettings
+    mrope_spec: MropeSpec
+
+
+def _vision_inputs(
+    processor, mrope_spec: MropeSpec | None, tokenizer: PreTrainedTokenizerBase, *media_args
+) -> _VisionInputs | None:
+    if processor is None:
+        return None
+    if mrope_spec is None:
+        raise ValueError(
+            "a vision-language dataset (processor given) needs the model's mrope_spec for its 3-D position "
+            "ids: MropeSpec.from_config(model.config)"
+        )
+    settings = media_settings(processor, tokenizer, *media_args)
+    model_side = (mrope_spec.image_token_id, mrope_spec.video_token_id, mrope_spec.spatial_merge_size)
+    data_side = (settings.image_token_id, settings.video_token_id, settings.merge_size)
+    if model_side != data_side:
+        raise ValueError(
+            f"mrope_spec (image, video token ids, merge size) = {model_side} but the tokenizer and processor "
+            f"give {data_side}; the processor does not belong to the model"
+        )
+    return _VisionInputs(processor=processor, settings=settings, mrope_spec=mrope_spec)
+
+
 def _tokenize_sources(
     tokenizer: PreTrainedTokenizerBase,
     entries: list[DatasetEntry],
     on_error: str,
     num_proc: int | None,
     cache_dir: str | Path | None,
+    media: MediaSettings | None,
 ) -> dict[SourceFile, TokenizedFile]:
     """Every distinct file once (an entry listed twice is not tokenized twice)."""
     fingerprint = tokenizer_fingerprint(tokenizer)
@@ -96,7 +161,7 @@ def _tokenize_sources(
     for entry in entries:
         for source in entry.files:
             if source not in tokenized:
-                tokenized[source] = prepare_file(source, tokenizer, fingerprint, on_error, procs, cache)
+                tokenized[source] = prepare_file(source, tokenizer, fingerprint, on_error, procs, cache, media)
     return tokenized
 
 
@@ -143,6 +208,7 @@ class _SampleStore:
     file_ids: np.ndarray  # which file each sample came from (index into `files`)
     locations: np.ndarray  # line or record index in that file
     files: list[SourceFile]
+    media: MediaTable  # sample k's images / videos are its rows offsets[k]:offsets[k+1]
 
     @classmethod
     def from_files(cls, tokenized: dict[SourceFile, TokenizedFile]) -> _SampleStore:
@@ -160,6 +226,7 @@ class _SampleStore:
             file_ids=np.concatenate([np.full(p.num_samples, i, dtype=np.int32) for i, p in enumerate(parts)]),
             locations=np.concatenate([p.locations for p in parts]),
             files=files,
+            media=MediaTable.concat([p.media for p in parts]),
         )
 
     def samples_of(self, files: tuple[SourceFile, ...]) -> np.ndarray:
@@ -167,14 +234,20 @@ class _SampleStore:
         ids = [self.files.index(f) for f in files]
         return np.flatnonzero(np.isin(self.file_ids, ids) & self.usable)
 
-    def apply_overlong(self, max_length: int, policy: str) -> dict[str, int]:
+    def apply_overlong(self, max_length: int, policy: str, media: MediaSettings | None) -> dict[str, int]:
         long_ones = np.flatnonzero(self.lengths > max_length)
         # Shifted labels never use position 0, so a truncated sample is trained iff labels[1:max_length] are.
         trained = np.ones(len(self.lengths), dtype=bool)
+        # A cut may not split an image / video or drop one: every placeholder must stay before it.
+        cuttable = np.ones(len(self.lengths), dtype=bool)
         for k in long_ones:
             start = self.starts[k]
             trained[k] = bool((self.labels[start + 1 : start + max_length] != IGNORE_INDEX).any())
-        result = apply_overlong(self.lengths, trained, max_length, policy)
+            if media is not None:
+                ids = self.input_ids[start : start + self.lengths[k]]
+                visual = np.flatnonzero(np.isin(ids, (media.image_token_id, media.video_token_id)))
+                cuttable[k] = len(visual) == 0 or visual[-1] < max_length
+        result = apply_overlong(self.lengths, trained, max_length, policy, cuttable)
         self.usable[:] = False
         self.usable[result.keep] = True
         self.lengths[result.keep] = result.lengths
@@ -185,8 +258,23 @@ class _SampleStore:
         source = self.files[self.file_ids[k]]
         sample_id = format_location(str(source.path), source.is_line_based, int(self.locations[k]))
         return Sample(
-            input_ids=self.input_ids[start:stop], labels=self.labels[start:stop], sample_id=sample_id
+            input_ids=self.input_ids[start:stop],
+            labels=self.labels[start:stop],
+            sample_id=sample_id,
+            media=self.media.items_of(k),
         )
+
+    def media_counts(self, media: MediaSettings) -> dict[str, np.ndarray]:
+        """Per sample: how many images, videos and visual tokens it has."""
+        table = self.media
+        owner = np.repeat(np.arange(len(self.lengths)), np.diff(table.offsets))
+        tokens = table.grids.prod(axis=1) // media.merge_size**2
+        n = len(self.lengths)
+        return {
+            "images": np.bincount(owner[table.kinds == "image"], minlength=n),
+            "videos": np.bincount(owner[table.kinds == "video"], minlength=n),
+            "visual_tokens": np.bincount(owner, weights=tokens, minlength=n).astype(np.int64),
+        }
 
 
 def _weighted_sample_index(store: _SampleStore, entries: list[DatasetEntry], seed: int) -> np.ndarray:
@@ -237,6 +325,7 @@ class SFTDataset:
         micro_batch_size: int,
         pad_token_id: int,
         seed: int,
+        vision: _VisionInputs | None = None,
     ):
         self.packing = packing
         self.packing_length = packing_length
@@ -245,6 +334,7 @@ class SFTDataset:
         self.seed = seed
         self.num_samples = len(sample_index)
         self._store = store
+        self._vision = vision
         self._sample_index = sample_index
         self._lengths = store.lengths[sample_index]
         # Packs are computed once; only their order changes between epochs.
@@ -268,7 +358,17 @@ class SFTDataset:
 
     def collate(self, indices: list[int]) -> dict:
         samples = [self[i] for i in indices]
-        return collate_packed(samples) if self.packing else collate_padded(samples, self.pad_token_id)
+        batch = collate_packed(samples) if self.packing else collate_padded(samples, self.pad_token_id)
+        if self._vision is None:
+            return batch
+        spec = self._vision.mrope_spec
+        if self.packing:
+            batch["position_ids"] = mrope_position_ids_packed(samples, spec)
+        else:
+            batch["position_ids"] = mrope_position_ids_padded(samples, spec)
+        media = [item for sample in samples for item in sample.media]
+        batch.update(pixel_inputs(media, self._vision.processor, self._vision.settings))
+        return batch
 
     def _sample_stats(self) -> dict:
         tokens = int(self._lengths.sum())
@@ -280,4 +380,7 @@ class SFTDataset:
         if self.packing:
             stats["packs"] = len(self.packs)
             stats["pack_fill"] = round(tokens / (len(self.packs) * self.packing_length), 4)
+        if self._vision is not None:
+            counts = self._store.media_counts(self._vision.settings)
+            stats.update({name: int(per_sample[self._sample_index].sum()) for name, per_sample in counts.items()})
         return stats

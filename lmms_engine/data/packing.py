@@ -89,13 +89,22 @@ class OverlongResult:
 
 
 def apply_overlong(
-    lengths: np.ndarray, trained_within: np.ndarray, max_length: int, policy: str
+    lengths: np.ndarray,
+    trained_within: np.ndarray,
+    max_length: int,
+    policy: str,
+    cuttable: np.ndarray | None = None,
 ) -> OverlongResult:
     """Drop or truncate samples longer than `max_length`.
 
     `trained_within[k]` says whether sample k has a trained label in its first max_length tokens: a
     truncated sample without one would be pure cost, so it is dropped (counted as dropped).
+    `cuttable[k]` (default: all True) says whether sample k may be cut at max_length at all: a cut
+    through or before an image / video would leave visual tokens without their pixels, so such a
+    sample is dropped instead (counted as dropped).
     """
+    if cuttable is not None:
+        trained_within = trained_within & cuttable
     if policy not in OVERLONG_POLICIES:
         raise ValueError(f"overlong must be one of {OVERLONG_POLICIES}, got {policy!r}")
     lengths = np.asarray(lengths, dtype=np.int64)

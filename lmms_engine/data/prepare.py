@@ -4,6 +4,10 @@ Records are read in chunks in the parent and tokenized by `num_proc` forked work
 runs the fast tokenizer single-threaded; the chat template rendering is Python and needs
 processes, not threads). The result is a few flat numpy arrays, cached as an uncompressed `.npz`
 (loaded with allow_pickle=False) keyed by the file's identity and the tokenizer's fingerprint.
+
+For a vision-language model (`media` settings given) the workers also measure every image / video
+(media.py) and expand each placeholder token to the item's visual token count, so the cached token
+counts are final; a bad media file is a DataError of its record, like any other bad record.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from .cache import cache_file_for, load_tokenized, locked, save_tokenized
-from .chat import tokenize_batch
+from .chat import expand_placeholders, tokenize_batch
 from .errors import DataError
+from .media import MediaSettings, measure_record_media
 from .messages import parse_record
 from .sources import SourceFile, read_chunks
-from .types import Provenance, TokenizedFile, format_location
+from .types import MediaItem, MediaTable, Provenance, Record, TokenizedFile, format_location
 
 logger = logging.getLogger("lmms_engine.data")
 
@@ -43,6 +48,7 @@ class _ChunkResult:
     labels: np.ndarray
     lengths: np.ndarray
     locations: np.ndarray
+    media: list[tuple[MediaItem, ...]]  # per sample
     errors: list[DataError]
 
 
@@ -57,10 +63,12 @@ def prepare_file(
     on_error: str,
     num_proc: int,
     cache_dir: Path,
+    media: MediaSettings | None = None,
 ) -> TokenizedFile:
-    """Tokens and labels of every valid record of `source`, from the cache when it is fresh."""
+    """Tokens and labels of every valid record of `source`, from the cache when it is fresh.
+    `media`: measure images / videos and expand placeholders (vision-language models)."""
     assert on_error in ON_ERROR_POLICIES, on_error
-    cache_file = cache_file_for(cache_dir, source, tokenizer_fingerprint, on_error)
+    cache_file = cache_file_for(cache_dir, source, tokenizer_fingerprint, on_error, media)
     # The lock makes concurrent ranks on one host tokenize once: the others wait, then load.
     with locked(cache_file):
         cached = load_tokenized(cache_file)
@@ -69,7 +77,7 @@ def prepare_file(
             _log_skips(source, cached)
             return cached
         started = time.perf_counter()
-        tokenized = tokenize_file(source, tokenizer, on_error, num_proc)
+        tokenized = tokenize_file(source, tokenizer, on_error, num_proc, media)
         save_tokenized(cache_file, tokenized)
     logger.info(
         "%s: %d records -> %d samples in %.1fs (%d procs), cached at %s",
@@ -85,13 +93,17 @@ def prepare_file(
 
 
 def tokenize_file(
-    source: SourceFile, tokenizer: PreTrainedTokenizerBase, on_error: str, num_proc: int
+    source: SourceFile,
+    tokenizer: PreTrainedTokenizerBase,
+    on_error: str,
+    num_proc: int,
+    media: MediaSettings | None = None,
 ) -> TokenizedFile:
     """Tokenize a whole source (no cache); raise the first DataError unless on_error == 'skip'."""
     chunks = list(read_chunks(source, CHUNK_SIZE))
     results, skipped, examples = [], Counter(), []
     # closing(): on an error, stop the worker pool now rather than when the generator is collected.
-    with closing(_map_chunks(chunks, source, tokenizer, num_proc)) as chunk_results:
+    with closing(_map_chunks(chunks, source, tokenizer, num_proc, media)) as chunk_results:
         for result in chunk_results:
             if result.errors and on_error == "raise":
                 raise result.errors[0]
@@ -105,15 +117,19 @@ def tokenize_file(
 
 
 def _map_chunks(
-    chunks: list[list[tuple[int, Any]]], source: SourceFile, tokenizer: PreTrainedTokenizerBase, num_proc: int
+    chunks: list[list[tuple[int, Any]]],
+    source: SourceFile,
+    tokenizer: PreTrainedTokenizerBase,
+    num_proc: int,
+    media: MediaSettings | None,
 ) -> Iterator[_ChunkResult]:
     """Chunk results in file order; in-process when one process would do (starting workers costs)."""
     if num_proc <= 1 or len(chunks) <= 1:
         for items in chunks:
-            yield _tokenize_items(tokenizer, source, items)
+            yield _tokenize_items(tokenizer, source, items, media)
         return
     with _worker_pool(tokenizer, min(num_proc, len(chunks))) as pool:
-        yield from pool.imap(_tokenize_in_worker, ((source, items) for items in chunks))
+        yield from pool.imap(_tokenize_in_worker, ((source, items, media) for items in chunks))
 
 
 # ---------------------------------------------------------------- workers
@@ -126,10 +142,10 @@ def _init_worker(tokenizer: PreTrainedTokenizerBase) -> None:
     _WORKER_TOKENIZER = tokenizer
 
 
-def _tokenize_in_worker(job: tuple[SourceFile, list]) -> _ChunkResult:
+def _tokenize_in_worker(job: tuple[SourceFile, list, MediaSettings | None]) -> _ChunkResult:
     assert _WORKER_TOKENIZER is not None, "worker not initialised"
-    source, items = job
-    return _tokenize_items(_WORKER_TOKENIZER, source, items)
+    source, items, media = job
+    return _tokenize_items(_WORKER_TOKENIZER, source, items, media)
 
 
 @contextmanager
@@ -160,7 +176,10 @@ def _restore_env(name: str, value: str | None) -> None:
 
 
 def _tokenize_items(
-    tokenizer: PreTrainedTokenizerBase, source: SourceFile, items: list[tuple[int, Any]]
+    tokenizer: PreTrainedTokenizerBase,
+    source: SourceFile,
+    items: list[tuple[int, Any]],
+    media: MediaSettings | None = None,
 ) -> _ChunkResult:
     """Decode, validate and tokenize a chunk; bad records come back as errors, in order."""
     records, errors = [], []  # errors as (location, DataError)
@@ -169,23 +188,44 @@ def _tokenize_items(
             records.append(parse_record(_decode(payload, source, location), _provenance(source, location)))
         except DataError as error:
             errors.append((location, error))
-    ids, labels, lengths, locations = [], [], [], []
-    for record, result in zip(records, tokenize_batch(tokenizer, records), strict=True):
-        if isinstance(result, DataError):
-            errors.append((record.provenance.location, result))
+    ids, labels, lengths, locations, sample_media = [], [], [], [], []
+    for record, result in zip(records, tokenize_batch(tokenizer, records, vision=media is not None), strict=True):
+        try:
+            if isinstance(result, DataError):
+                raise result
+            record_ids, record_labels, record_media = _with_media(record, *result, media)
+        except DataError as error:
+            errors.append((record.provenance.location, error))
             continue
-        ids.append(result[0])
-        labels.append(result[1])
-        lengths.append(len(result[0]))
+        ids.append(record_ids)
+        labels.append(record_labels)
+        lengths.append(len(record_ids))
         locations.append(record.provenance.location)
+        sample_media.append(record_media)
     errors.sort(key=lambda pair: pair[0])  # so on_error=raise reports the first bad record of the file
     return _ChunkResult(
         input_ids=_concat(ids),
         labels=_concat(labels),
         lengths=np.asarray(lengths, dtype=np.int64),
         locations=np.asarray(locations, dtype=np.int64),
+        media=sample_media,
         errors=[error for _, error in errors],
     )
+
+
+def _with_media(
+    record: Record, input_ids: np.ndarray, labels: np.ndarray, media: MediaSettings | None
+) -> tuple[np.ndarray, np.ndarray, tuple[MediaItem, ...]]:
+    """Measure the record's images / videos (after tokenizing: records the template rejects are
+    never decoded) and expand each placeholder to that item's visual token count."""
+    if media is None:
+        return input_ids, labels, ()
+    items = measure_record_media(record, media)
+    placeholders = {"image": media.image_token_id, "video": media.video_token_id}
+    expected = [(placeholders[item.kind], item.num_tokens(media.merge_size)) for item in items]
+    where = record.provenance.where
+    input_ids, labels = expand_placeholders(input_ids, labels, list(placeholders.values()), expected, where)
+    return input_ids, labels, items
 
 
 def _decode(payload: Any, source: SourceFile, location: int) -> Any:
@@ -221,6 +261,7 @@ def _merge(
         offsets=offsets,
         locations=np.concatenate([r.locations for r in results]) if results else np.zeros(0, dtype=np.int64),
         records=records,
+        media=MediaTable.from_items([item for r in results for item in r.media]),
         skipped_by_reason=skipped,
         skip_examples=examples,
     )

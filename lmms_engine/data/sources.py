@@ -120,7 +120,7 @@ def _parse_entry(raw: Any, yaml_path: Path, i: int) -> DatasetEntry:
             origin, f"unknown data_type {data_type!r}; expected one of {', '.join(DATA_TYPES)}"
         )
     path = _resolve_entry_path(str(raw["path"]), yaml_path, origin)
-    data_folder = raw.get("data_folder") or None  # "" and null both mean: text data, no media root
+    data_folder = _resolve_data_folder(raw.get("data_folder") or None, yaml_path)
     weight, num_samples = _parse_sampling(raw, origin)
     files = _files_at(path, data_type, data_folder, origin)
     return DatasetEntry(files=files, weight=weight, num_samples=num_samples, origin=origin)
@@ -142,6 +142,16 @@ def _resolve_entry_path(path: str, yaml_path: Path, origin: str) -> Path:
         f"source {path!r} does not exist: tried {str(Path.cwd() / candidate)!r} (working directory) "
         f"and {str(from_yaml)!r} (next to the yaml)",
     )
+
+
+def _resolve_data_folder(data_folder: str | None, yaml_path: Path) -> str | None:
+    """"" and null both mean: no media root. A relative folder is kept as written (the working
+    directory) unless only the yaml's folder has it, like `path`, so a yaml next to its data and
+    media works from anywhere."""
+    if data_folder is None or Path(data_folder).is_absolute() or Path(data_folder).exists():
+        return data_folder
+    from_yaml = yaml_path.parent / data_folder
+    return str(from_yaml) if from_yaml.exists() else data_folder
 
 
 def _parse_sampling(raw: dict, origin: str) -> tuple[float | None, int | None]:

@@ -75,20 +75,108 @@ class Record:
         return any(m.has_media for m in self.messages)
 
 
+MEDIA_KINDS = ("image", "video")
+
+
+@dataclass(frozen=True)
+class MediaItem:
+    """One image or video of a sample, as measured at prepare time.
+
+    grid_thw: the patch grid (before the spatial merge) the processor will produce; the sample's
+    input_ids hold grid_t * grid_h * grid_w // merge_size**2 placeholder tokens for it.
+    Videos only: second_per_grid_t (seconds of video per temporal grid step), and total_frames /
+    num_frames, from which `media.frame_indices` re-derives the sampled frames at collate time.
+    """
+
+    kind: str  # "image" | "video"
+    path: str  # resolved, absolute
+    grid_thw: tuple[int, int, int]
+    second_per_grid_t: float = 0.0
+    total_frames: int = 0
+    num_frames: int = 0
+
+    def __post_init__(self):
+        assert self.kind in MEDIA_KINDS, self.kind
+
+    def num_tokens(self, merge_size: int) -> int:
+        t, h, w = self.grid_thw
+        return t * h * w // merge_size**2
+
+
 @dataclass(frozen=True)
 class Sample:
     """A tokenized sample. `labels` are NOT shifted: labels[t] is input_ids[t] where that token is
-    trained and -100 elsewhere. Collation shifts them per sample."""
+    trained and -100 elsewhere. Collation shifts them per sample. `media` lists the sample's images
+    and videos in the order of their placeholders (empty for text)."""
 
     input_ids: np.ndarray
     labels: np.ndarray
     sample_id: str
+    media: tuple[MediaItem, ...] = ()
 
     def __post_init__(self):
         assert self.input_ids.shape == self.labels.shape, "input_ids / labels length mismatch"
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+
+@dataclass
+class MediaTable:
+    """The media of many samples as flat arrays (what the npz cache stores): sample k's items are
+    rows offsets[k]:offsets[k+1], in placeholder order."""
+
+    offsets: np.ndarray  # int64, (n + 1,)
+    kinds: np.ndarray  # str, (m,)
+    paths: np.ndarray  # str, (m,)
+    grids: np.ndarray  # int64, (m, 3)
+    seconds: np.ndarray  # float64, (m,): second_per_grid_t (0 for images)
+    frames: np.ndarray  # int64, (m, 2): (total_frames, num_frames) of videos, 0 for images
+
+    ARRAYS = ("offsets", "kinds", "paths", "grids", "seconds", "frames")
+
+    @classmethod
+    def from_items(cls, per_sample: list[tuple[MediaItem, ...]]) -> MediaTable:
+        items = [item for sample in per_sample for item in sample]
+        offsets = np.zeros(len(per_sample) + 1, dtype=np.int64)
+        np.cumsum([len(sample) for sample in per_sample], out=offsets[1:])
+        return cls(
+            offsets=offsets,
+            kinds=np.asarray([i.kind for i in items], dtype=np.str_),
+            paths=np.asarray([i.path for i in items], dtype=np.str_),
+            grids=np.asarray([i.grid_thw for i in items], dtype=np.int64).reshape(-1, 3),
+            seconds=np.asarray([i.second_per_grid_t for i in items], dtype=np.float64),
+            frames=np.asarray([(i.total_frames, i.num_frames) for i in items], dtype=np.int64).reshape(-1, 2),
+        )
+
+    @classmethod
+    def concat(cls, tables: list[MediaTable]) -> MediaTable:
+        if not tables:
+            return cls.from_items([])
+        bases = np.cumsum([0] + [len(t.kinds) for t in tables])[:-1]
+        offsets = [tables[0].offsets[:1]] + [t.offsets[1:] + base for t, base in zip(tables, bases, strict=True)]
+        return cls(
+            offsets=np.concatenate(offsets),
+            kinds=np.concatenate([t.kinds for t in tables]).astype(np.str_),
+            paths=np.concatenate([t.paths for t in tables]).astype(np.str_),
+            grids=np.concatenate([t.grids for t in tables]).reshape(-1, 3),
+            seconds=np.concatenate([t.seconds for t in tables]),
+            frames=np.concatenate([t.frames for t in tables]).reshape(-1, 2),
+        )
+
+    def items_of(self, k: int) -> tuple[MediaItem, ...]:
+        return tuple(self._item(row) for row in range(self.offsets[k], self.offsets[k + 1]))
+
+    def _item(self, row: int) -> MediaItem:
+        total, num = (int(v) for v in self.frames[row])
+        return MediaItem(
+            kind=str(self.kinds[row]),
+            path=str(self.paths[row]),
+            grid_thw=tuple(int(v) for v in self.grids[row]),
+            second_per_grid_t=float(self.seconds[row]),
+            total_frames=total,
+            num_frames=num,
+        )
 
 
 @dataclass
@@ -100,6 +188,7 @@ class TokenizedFile:
     offsets: np.ndarray  # int64, (n + 1,)
     locations: np.ndarray  # int64, (n,): 1-based line (jsonl) or 0-based record index
     records: int  # records read (valid + skipped)
+    media: MediaTable  # images / videos of every sample (none for text data)
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
     skip_examples: list[str] = field(default_factory=list)
 

@@ -1,0 +1,328 @@
+"""Images and videos of vision-language samples: where they are, how big they become, their pixels.
+
+Two moments:
+  * prepare time (tokenizer workers, cached): `measure_record_media` resolves every image / video
+    path of a record and measures it, giving a `MediaItem` with the patch grid the processor will
+    produce, so the sample's token count (and so packing) is known before training. Images are
+    fully decoded here (`img.load()`), videos decoded frame by frame, so corrupt files are caught
+    as DataErrors that follow `on_error`, not mid-training.
+  * collate time: `pixel_inputs` loads the files again and runs the processor's image / video
+    processor, and checks the grids it returns against the cached ones (a file changed since it
+    was cached is a ValueError naming it).
+
+Paths: `image_url` / `video_url` values are relative paths (under the source's `data_folder`, or
+the working directory when it has none), absolute paths, or `file://` URLs. Nothing is downloaded:
+http(s) and other URL schemes are refused (`media_url_unsupported`).
+
+Grids follow the processor's own resize rule: transformers' `smart_resize` with factor
+patch_size * merge_size and the min / max pixel bounds (`image_*_pixels`, null = the processor's
+`size`). An image is one temporal step (grid_t = 1).
+
+Video is decoded with PyAV (`av`) and nothing else: it is a wheel with its own FFmpeg, so it needs
+no system libraries, and it is what transformers' own `load_video` uses by default. We read frames
+with PyAV directly rather than through `transformers.video_utils.load_video`, because that trusts
+the container's frame count (`stream.frames`, 0 or wrong for some containers), while we count the
+decoded frames. Frames are sampled as Qwen2.5-VL's reference code does: `video_fps` frames per
+second of video, bounded to [video_min_frames, video_max_frames] and rounded to a multiple of
+temporal_patch_size, spread evenly over the whole clip (`frame_indices`; a clip shorter than
+video_min_frames repeats frames). Frames are resized within [the processor's min pixels,
+video_max_pixels]. second_per_grid_t = temporal_patch_size / sampled fps, the seconds of video
+per temporal grid step that mrope's temporal positions follow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+from .errors import DataError
+from .types import MediaItem, Record
+
+PART_KINDS = {"image_url": "image", "video_url": "video"}
+
+
+@dataclass(frozen=True)
+class MediaSettings:
+    """Everything that decides a media item's grid and placeholders (and so its tokens). Picklable:
+    prepare workers measure media without the processor. All of it is part of the cache key."""
+
+    image_token_id: int  # the tokenizer's <|image_pad|> (the processor's image_token)
+    video_token_id: int
+    patch_size: int
+    merge_size: int
+    temporal_patch_size: int
+    image_min_pixels: int
+    image_max_pixels: int
+    video_min_pixels: int
+    video_max_pixels: int
+    video_fps: float
+    video_min_frames: int
+    video_max_frames: int
+
+    @property
+    def factor(self) -> int:
+        return self.patch_size * self.merge_size
+
+    def cache_key(self) -> dict:
+        return asdict(self)
+
+
+def media_settings(
+    processor,
+    tokenizer,
+    image_min_pixels: int | None,
+    image_max_pixels: int | None,
+    video_fps: float,
+    video_min_frames: int,
+    video_max_frames: int,
+    video_max_pixels: int | None,
+) -> MediaSettings:
+    """Settings from the processor (patch geometry, default pixel bounds, placeholder tokens), the
+    tokenizer that tokenizes the data (placeholder ids) and the data config."""
+    images, videos = processor.image_processor, processor.video_processor
+    geometry = {key: int(getattr(images, key)) for key in ("patch_size", "merge_size", "temporal_patch_size")}
+    video_geometry = {key: int(getattr(videos, key)) for key in geometry}
+    if geometry != video_geometry:
+        raise ValueError(
+            f"the processor's image processor uses {geometry} but its video processor {video_geometry}; "
+            "both must match the vision tower"
+        )
+    video_min = int(videos.size["shortest_edge"])
+    settings = MediaSettings(
+        image_token_id=_token_id(tokenizer, processor.image_token),
+        video_token_id=_token_id(tokenizer, processor.video_token),
+        **geometry,
+        image_min_pixels=int(image_min_pixels or images.size["shortest_edge"]),
+        image_max_pixels=int(image_max_pixels or images.size["longest_edge"]),
+        # A max below the processor's min would be overruled by it: the max wins.
+        video_min_pixels=min(video_min, int(video_max_pixels)) if video_max_pixels else video_min,
+        video_max_pixels=int(video_max_pixels or videos.size["longest_edge"]),
+        video_fps=float(video_fps),
+        video_min_frames=int(video_min_frames),
+        video_max_frames=int(video_max_frames),
+    )
+    _check_settings(settings)
+    return settings
+
+
+def _token_id(tokenizer, token: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"the tokenizer has no {token} token; use the processor's own tokenizer")
+    return int(token_id)
+
+
+def _check_settings(s: MediaSettings) -> None:
+    if not 0 < s.image_min_pixels <= s.image_max_pixels:
+        raise ValueError(
+            f"need 0 < image_min_pixels <= image_max_pixels, got {s.image_min_pixels} and {s.image_max_pixels}"
+        )
+    if s.video_max_pixels <= 0:
+        raise ValueError(f"video_max_pixels must be positive, got {s.video_max_pixels}")
+    if not s.video_fps > 0:
+        raise ValueError(f"video_fps must be positive, got {s.video_fps}")
+    if not 1 <= s.video_min_frames <= s.video_max_frames:
+        raise ValueError(
+            f"need 1 <= video_min_frames <= video_max_frames, got {s.video_min_frames} and {s.video_max_frames}"
+        )
+
+
+# ---------------------------------------------------------------- paths
+
+
+def resolve_media_path(url: str, data_folder: str | None, where: str) -> Path:
+    """The local file a media part names; DataError if it is a remote URL or does not exist."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise DataError(where, "media_url_unsupported", f"file URL {url!r} names another host")
+        path = Path(unquote(parsed.path))
+    elif len(parsed.scheme) > 1:  # one letter is a Windows drive, not a scheme
+        raise DataError(
+            where,
+            "media_url_unsupported",
+            f"media {url!r}: {parsed.scheme}:// URLs are not fetched (no network access during training); "
+            "download the file and give a local path",
+        )
+    else:
+        path = Path(url)
+        if not path.is_absolute():
+            path = Path(data_folder or ".") / path
+    path = path.absolute()
+    if not path.is_file():
+        raise DataError(
+            where,
+            "media_missing",
+            f"media file {str(path)!r} not found (part value {url!r}, data_folder {data_folder!r})",
+        )
+    return path
+
+
+# ---------------------------------------------------------------- prepare time
+
+
+def measure_record_media(record: Record, settings: MediaSettings) -> tuple[MediaItem, ...]:
+    """Every image / video of the record, in the order of their placeholders, measured."""
+    where = record.provenance.where
+    items = []
+    for message in record.messages:
+        if isinstance(message.content, str):
+            continue
+        for part in message.content:
+            kind = PART_KINDS.get(part.type)
+            if kind is None:
+                continue
+            path = resolve_media_path(part.value, record.provenance.data_folder, where)
+            measure = measure_image if kind == "image" else measure_video
+            items.append(measure(path, where, settings))
+    return tuple(items)
+
+
+def measure_image(path: Path, where: str, settings: MediaSettings) -> MediaItem:
+    width, height = _decoded_image_size(path, where)
+    resized = _resized(height, width, settings.factor, settings.image_min_pixels, settings.image_max_pixels)
+    if resized is None:
+        raise DataError(where, "media_unreadable", f"image {str(path)!r} ({width}x{height}) has an aspect ratio over 200")
+    grid = (1, resized[0] // settings.patch_size, resized[1] // settings.patch_size)
+    return MediaItem(kind="image", path=str(path), grid_thw=grid)
+
+
+def _decoded_image_size(path: Path, where: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode every pixel now: a truncated or corrupt file fails here
+            return image.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise DataError(where, "media_unreadable", f"cannot decode image {str(path)!r}: {error}") from error
+
+
+def measure_video(path: Path, where: str, settings: MediaSettings) -> MediaItem:
+    total, fps, height, width = _scan_video(path, where)
+    num = sampled_frame_count(total, fps, settings)
+    resized = _resized(height, width, settings.factor, settings.video_min_pixels, settings.video_max_pixels)
+    if resized is None:
+        raise DataError(where, "media_unreadable", f"video {str(path)!r} ({width}x{height}) has an aspect ratio over 200")
+    tp = settings.temporal_patch_size
+    grid = (num // tp, resized[0] // settings.patch_size, resized[1] // settings.patch_size)
+    sampled_fps = num * fps / total  # frames taken per second of video
+    return MediaItem(
+        kind="video",
+        path=str(path),
+        grid_thw=grid,
+        second_per_grid_t=tp / sampled_fps,
+        total_frames=total,
+        num_frames=num,
+    )
+
+
+def _scan_video(path: Path, where: str) -> tuple[int, float, int, int]:
+    """(decoded frame count, frame rate, height, width); decoding every frame catches corruption."""
+    import av  # only video data needs it
+
+    total, rate, height, width = 0, None, 0, 0
+    try:
+        with av.open(str(path)) as container:
+            if container.streams.video:
+                stream = container.streams.video[0]
+                rate = stream.average_rate or stream.guessed_rate
+                for frame in container.decode(stream):
+                    total, height, width = total + 1, frame.height, frame.width
+    except (av.FFmpegError, OSError, ValueError) as error:
+        raise DataError(where, "media_unreadable", f"cannot decode video {str(path)!r}: {error}") from error
+    if total == 0 or not rate:
+        problem = "has no decodable frames" if total == 0 else "has no frame rate"
+        raise DataError(where, "media_unreadable", f"video {str(path)!r} {problem}")
+    return total, float(rate), height, width
+
+
+def sampled_frame_count(total_frames: int, fps: float, settings: MediaSettings) -> int:
+    """video_fps frames per second of video, within [min, max] frames, a multiple of temporal_patch_size."""
+    tp = settings.temporal_patch_size
+    low = math.ceil(settings.video_min_frames / tp) * tp
+    high = max(low, settings.video_max_frames // tp * tp)
+    wanted = total_frames / fps * settings.video_fps
+    return min(max(round(wanted / tp) * tp, low), high)
+
+
+def frame_indices(total_frames: int, num_frames: int) -> np.ndarray:
+    """Which decoded frames are taken: evenly spread from the first to the last one."""
+    return np.linspace(0, total_frames - 1, num_frames).round().astype(np.int64)
+
+
+def _resized(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int] | None:
+    if max(height, width) / max(1, min(height, width)) > 200:
+        return None  # smart_resize refuses these
+    return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+# ---------------------------------------------------------------- collate time
+
+
+def load_image(path: str) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def read_video_frames(item: MediaItem) -> np.ndarray:
+    """The sampled frames (num_frames, H, W, 3) uint8 of a video measured at prepare time."""
+    import av
+
+    indices = frame_indices(item.total_frames, item.num_frames)
+    wanted, last = set(indices.tolist()), int(indices[-1])
+    frames = {}
+    with av.open(item.path) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                frames[i] = frame.to_ndarray(format="rgb24")
+            if i >= last:
+                break
+    if len(frames) != len(wanted):
+        raise ValueError(f"video {item.path!r} has fewer frames than when it was cached; clear the data cache")
+    return np.stack([frames[i] for i in indices.tolist()])
+
+
+def pixel_inputs(media: Sequence[MediaItem], processor, settings: MediaSettings) -> dict:
+    """Model inputs for the images and videos of a micro-batch (in placeholder order); keys of a
+    kind are absent when there is none of it."""
+    images = [m for m in media if m.kind == "image"]
+    videos = [m for m in media if m.kind == "video"]
+    inputs = {}
+    if images:
+        out = processor.image_processor(
+            images=[load_image(m.path) for m in images],
+            size={"shortest_edge": settings.image_min_pixels, "longest_edge": settings.image_max_pixels},
+            return_tensors="pt",
+        )
+        inputs["pixel_values"] = out["pixel_values"].float()
+        inputs["image_grid_thw"] = _checked_grids(out["image_grid_thw"], images)
+    if videos:
+        out = processor.video_processor(
+            videos=[read_video_frames(m) for m in videos],
+            size={"shortest_edge": settings.video_min_pixels, "longest_edge": settings.video_max_pixels},
+            do_sample_frames=False,  # frames were sampled by `frame_indices`
+            cap_pixels_per_frame=False,  # the plain smart_resize rule the grids were measured with
+            return_tensors="pt",
+        )
+        inputs["pixel_values_videos"] = out["pixel_values_videos"].float()
+        inputs["video_grid_thw"] = _checked_grids(out["video_grid_thw"], videos)
+        inputs["second_per_grid_ts"] = torch.tensor([m.second_per_grid_t for m in videos], dtype=torch.float32)
+    return inputs
+
+
+def _checked_grids(produced: torch.Tensor, items: Sequence[MediaItem]) -> torch.Tensor:
+    produced = produced.long()
+    for grid, item in zip(produced.tolist(), items, strict=True):
+        if tuple(grid) != item.grid_thw:
+            raise ValueError(
+                f"{item.kind} {item.path!r} now gives grid {tuple(grid)} but {item.grid_thw} was cached (its "
+                "placeholder count); the file or the processor changed since caching: clear the data cache"
+            )
+    return produced
