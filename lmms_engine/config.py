@@ -17,7 +17,7 @@ TARGET_GROUPS = ("model", "data", "kernels", "parallel", "logger")
 # Arguments the entry point passes itself (objects built from other groups), not config keys.
 INJECTED = {
     "model": {"structure_only"},
-    "data": {"tokenizer", "seed"},
+    "data": {"tokenizer", "seed", "processor", "mrope_spec"},
     "logger": {"run_dir", "run_config", "max_steps", "start_step", "is_main"},
 }
 
@@ -44,6 +44,8 @@ class OptimConfig:
     warmup_steps: int = 0  # linear warmup from 0
     min_lr_ratio: float = 0.1  # floor of cosine / wsd decay, as a fraction of lr
     decay_ratio: float = 0.2  # wsd: the last fraction of steps that decays
+    freeze: list[str] = field(default_factory=list)  # components not trained, e.g. [vision] (model-specific; lm = the rest)
+    component_lr: dict[str, float] = field(default_factory=dict)  # peak lr per component, e.g. {vision: 2e-6}; others use lr
 
 
 @dataclass

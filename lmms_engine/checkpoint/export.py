@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from torch import nn
@@ -12,27 +13,38 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def export_hf(module: nn.Module, tokenizer, out_dir: Path, strategy) -> None:
-    """Gather full weights (on rank 0, in CPU memory) and save them with the tokenizer, atomically."""
+def export_hf(module: nn.Module, artifacts, out_dir: Path, strategy) -> None:
+    """Gather full weights (on rank 0, in CPU memory) and save them, atomically, with `artifacts`:
+    the tokenizer, or a multimodal model's processor (tokenizer + image / video preprocessing)."""
     state = strategy.full_state_dict(module)
     if strategy.is_main:
         lm_state = {name.removeprefix("lm."): tensor for name, tensor in state.items()}
-        _write(strategy.unwrap(module).lm, lm_state, tokenizer, out_dir)
+        _write(strategy.unwrap(module).lm, lm_state, artifacts, out_dir)
     strategy.barrier()
 
 
-def _write(lm, lm_state: dict, tokenizer, out_dir: Path) -> None:
+def _write(lm, lm_state: dict, artifacts, out_dir: Path) -> None:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    attn = lm.config._attn_implementation
-    # Our packed-attention names exist only inside a training process; export the standard one.
-    lm.config._attn_implementation = "sdpa"
-    try:
+    with _standard_attention(lm.config):
         lm.save_pretrained(tmp, state_dict=lm_state, safe_serialization=True)
-    finally:
-        lm.config._attn_implementation = attn
-    tokenizer.save_pretrained(tmp)
+    artifacts.save_pretrained(tmp)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     log.info("exported Hugging Face model to %s", out_dir)
+
+
+@contextmanager
+def _standard_attention(config):
+    """Our packed-attention names exist only inside a training process: the saved config (and each
+    sub-config: text decoder, vision tower) names transformers' sdpa while saving."""
+    configs = [config, *(getattr(config, name) for name in getattr(config, "sub_configs", {}))]
+    saved = [c._attn_implementation for c in configs]
+    try:
+        for c in configs:
+            c._attn_implementation = "sdpa"
+        yield
+    finally:
+        for c, impl in zip(configs, saved):
+            c._attn_implementation = impl

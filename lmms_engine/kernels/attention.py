@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 BACKENDS = ("flash_attn", "torch_varlen", "flex", "sdpa")
 # `auto` tries these in order and takes the first available on the device.
 AUTO_ORDER_CUDA = ("flash_attn", "torch_varlen", "flex", "sdpa")
+# Varlen kernels that also run non-causal (encoders), fastest first.
+BIDIRECTIONAL_BACKENDS = ("flash_attn", "torch_varlen")
 
 
 def impl_name(backend: str) -> str:
@@ -65,6 +67,28 @@ def register(backend: str) -> str:
     return name
 
 
+def register_bidirectional(backend: str) -> str:
+    """A NON-causal varlen variant for encoders that pass their own cu_seqlens (vision towers).
+
+    The name contains "flash" on purpose: transformers' vision attention hands cu_seqlens to flash
+    style implementations only (others get one call per image / window, slow on a GPU).
+    """
+    if backend not in BIDIRECTIONAL_BACKENDS:
+        raise ValueError(f"no bidirectional varlen backend {backend!r}; choose one of {BIDIRECTIONAL_BACKENDS}")
+    name = f"lmms_flash_bidirectional_{backend}"
+    AttentionInterface.register(name, functools.partial(_packed_attention, backend=backend, causal=False))
+    return name
+
+
+def encoder_attention(device: torch.device) -> str:
+    """The attention implementation for vision / audio encoders on `device`: a registered
+    bidirectional varlen kernel on CUDA when one is available, else transformers' sdpa."""
+    for backend in BIDIRECTIONAL_BACKENDS:
+        if is_available(backend, device):
+            return register_bidirectional(backend)
+    return "sdpa"
+
+
 def varlen_kwargs(cu_seqlens: torch.Tensor, max_seqlen: int, backend: str) -> dict:
     """Per-batch keyword arguments for the model's forward (computed once, used by every layer)."""
     kwargs = {
@@ -85,7 +109,8 @@ def _no_mask(*args, **kwargs):
     return None
 
 
-def _packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, backend, **kwargs):
+def _packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, backend, causal=True,
+                      **kwargs):
     """query (1, Hq, T, D), key/value (1, Hkv, T, D) -> output (1, T, Hq, D), None."""
     if "cu_seq_lens_q" not in kwargs:
         raise RuntimeError(
@@ -104,9 +129,9 @@ def _packed_attention(module, query, key, value, attention_mask, scaling=None, d
     if backend == "sdpa":
         out = _sdpa_per_document(q, k, v, kwargs["lmms_doc_bounds"], scaling)
     elif backend == "torch_varlen":
-        out = _torch_varlen_attention(q, k, v, cu, max_len, scaling)
+        out = _torch_varlen_attention(q, k, v, cu, max_len, scaling, causal)
     else:
-        out = _flash_attn_varlen(q, k, v, cu, max_len, scaling)
+        out = _flash_attn_varlen(q, k, v, cu, max_len, scaling, causal)
     return out.unsqueeze(0), None
 
 
@@ -150,20 +175,21 @@ def _torch_varlen_takes_gqa() -> bool:
     return "enable_gqa" in inspect.signature(_torch_varlen()).parameters
 
 
-def _torch_varlen_attention(q, k, v, cu_seqlens, max_len, scaling):
+def _torch_varlen_attention(q, k, v, cu_seqlens, max_len, scaling, causal=True):
     varlen_attn = _torch_varlen()
     if _torch_varlen_takes_gqa() and k.shape[1] != q.shape[1]:
         extra = {"enable_gqa": True}
     else:
         k, v = _repeat_kv_heads(k, v, q.shape[1])
         extra = {}
-    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, scale=scaling, window_size=(-1, 0), **extra)
+    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, scale=scaling,
+                       window_size=(-1, 0) if causal else (-1, -1), **extra)
 
 
-def _flash_attn_varlen(q, k, v, cu_seqlens, max_len, scaling):
+def _flash_attn_varlen(q, k, v, cu_seqlens, max_len, scaling, causal=True):
     from flash_attn import flash_attn_varlen_func
 
-    return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, softmax_scale=scaling, causal=True)
+    return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, softmax_scale=scaling, causal=causal)
 
 
 @functools.cache

@@ -74,3 +74,50 @@ def _language_model(model: nn.Module) -> nn.Module | None:
         if owner is not None and isinstance(getattr(owner, "language_model", None), nn.Module):
             return owner.language_model
     return None
+
+
+# ---------------------------------------------------------------- our patches
+
+
+@register_liger("qwen2_5_vl")
+def patch_qwen2_5_vl(model: nn.Module) -> list[str]:
+    """Qwen2.5-VL from Liger's ops, not liger-kernel's model-level patch (which imports classes that
+    transformers >= 5.23 removed): RMSNorm on every decoder layer, the final norm and the vision
+    blocks; SwiGLU on the decoder MLPs and the (gated SiLU) vision MLPs; Liger's rotary kernel.
+
+    Rotary embedding is the one module-level swap (the attention calls a module function, as in
+    liger-kernel's own patches): transformers <= 5.22 applies the three mrope sections there
+    (`apply_multimodal_rotary_pos_emb` -> Liger's mrope kernel); later versions merge the sections
+    into cos / sin beforehand and call the plain `apply_rotary_pos_emb` (-> Liger's rope kernel).
+    """
+    from liger_kernel.transformers.monkey_patch import _patch_rms_norm_module, _patch_swiglu_module
+    from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
+
+    text, vision = model.model.language_model, model.model.visual
+    norms = [text.norm]
+    for layer in text.layers:
+        norms += [layer.input_layernorm, layer.post_attention_layernorm]
+        _patch_swiglu_module(layer.mlp, LigerSwiGLUMLP)
+    for block in vision.blocks:
+        norms += [block.norm1, block.norm2]
+        if model.config.vision_config.hidden_act in ("silu", "swish"):
+            _patch_swiglu_module(block.mlp, LigerSwiGLUMLP)
+    for norm in norms:
+        _patch_rms_norm_module(norm, eps=norm.variance_epsilon)
+    rope = _patch_qwen2_5_vl_rope()
+    return [f"qwen2_5_vl (lmms_engine registry): {len(norms)} RMSNorm, "
+            f"{len(text.layers) + len(vision.blocks)} SwiGLU MLPs, {rope}"]
+
+
+def _patch_qwen2_5_vl_rope() -> str:
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as modeling
+
+    if hasattr(modeling, "apply_multimodal_rotary_pos_emb"):
+        from liger_kernel.transformers.qwen2vl_mrope import liger_multimodal_rotary_pos_emb
+
+        modeling.apply_multimodal_rotary_pos_emb = liger_multimodal_rotary_pos_emb
+        return "mrope (liger_multimodal_rotary_pos_emb)"
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+
+    modeling.apply_rotary_pos_emb = liger_rotary_pos_emb
+    return "rope on merged mrope sections (liger_rotary_pos_emb)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from transformers import PreTrainedModel
 
 from lmms_engine.kernels import attention
 from lmms_engine.kernels.loss import cross_entropy_sum, liger_fused_cross_entropy_sum
@@ -33,11 +34,12 @@ class KernelPatcher:
         """Patch `model` in place. padding_free: the run's batches are packed or unpadded streams."""
         if padding_free:
             self.backend = attention.resolve_backend(self.attn_backend, device)
-            model.set_attn_implementation(attention.register(self.backend))
+            text_impl = attention.register(self.backend)
             log.info("attention: %s over padding-free batches", self.backend)
         else:
-            model.set_attn_implementation("sdpa")
+            text_impl = "sdpa"
             log.info("attention: sdpa over padded batches")
+        _set_attention(model, text_impl, device)
         if self.use_liger_kernel:
             from lmms_engine.kernels.liger import apply_liger
 
@@ -53,6 +55,29 @@ class KernelPatcher:
         if "cu_seqlens" not in batch:
             return {}
         return attention.varlen_kwargs(batch["cu_seqlens"], batch["max_seqlen"], self.backend)
+
+
+def _set_attention(model: torch.nn.Module, text_impl: str, device: torch.device) -> None:
+    """The decoder gets `text_impl` (causal); encoders beside it (a VL model's vision tower, an audio
+    encoder) get a bidirectional implementation: packed causal kernels must never reach them."""
+    encoders = _encoders(model)
+    if not encoders:
+        model.set_attn_implementation(text_impl)
+        return
+    model.model.language_model.set_attn_implementation(text_impl)
+    encoder_impl = attention.encoder_attention(device)
+    for name, encoder in encoders.items():
+        encoder.set_attn_implementation(encoder_impl)
+        log.info("attention: %s for %s", encoder_impl, name)
+
+
+def _encoders(model: torch.nn.Module) -> dict[str, PreTrainedModel]:
+    """Sub-models next to `model.model.language_model` (none for a text-only LM)."""
+    inner = getattr(model, "model", None)
+    if inner is None or not isinstance(getattr(inner, "language_model", None), PreTrainedModel):
+        return {}
+    return {name: child for name, child in inner.named_children()
+            if isinstance(child, PreTrainedModel) and name != "language_model"}
 
 
 def _require_cuda_for_liger(device: torch.device) -> None:

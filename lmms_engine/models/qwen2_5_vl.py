@@ -9,7 +9,7 @@ mrope positions behave as they do with the real Qwen2.5-VL processor.
 Packed training: the vision tower attends within each image (full or windowed, never causal) while
 the decoder attends causally within each sample. transformers' `Qwen2_5_VLModel.forward` hands its
 keyword arguments to both, so the decoder's `cu_seq_lens_*` would reach the vision attention.
-`packed_hidden_states` keeps them apart; `set_text_attention` gives the decoder alone a packed
+`vl_hidden_states` keeps them apart; `set_text_attention` gives the decoder alone a packed
 attention backend.
 """
 
@@ -34,11 +34,17 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLDecoder
 from transformers.utils import is_torchvision_available
 
 from lmms_engine.models.base import ModelBundle
+from lmms_engine.models.random_init import build_random
+from lmms_engine.models.flops import train_flops
+from lmms_engine.models.mrope import MropeSpec
+from lmms_engine.models.vision_flops import vision_train_flops
 from lmms_engine.models.tokenizer import build_byte_tokenizer
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
+# Batch keys of the visual inputs (data/collate.py makes them; absent when a batch has none).
+MEDIA_INPUT_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
@@ -79,6 +85,23 @@ class VLModelBundle(ModelBundle):
 
     processor: Qwen2_5_VLProcessor | None = None
 
+    input_keys = ("input_ids", "position_ids", "attention_mask", *MEDIA_INPUT_KEYS)
+
+    def data_inputs(self) -> dict[str, Any]:
+        return {"processor": self.processor, "mrope_spec": MropeSpec.from_config(self.model.config)}
+
+    def hidden_states(self, model, **inputs) -> torch.Tensor:
+        return vl_hidden_states(model, **inputs)
+
+    def step_flops(self, batch) -> float:
+        return vl_step_flops(self.model, batch)
+
+    def components(self) -> dict[str, tuple[str, ...]]:
+        return {"vision": ("model.visual.",), "merger": ("model.visual.merger.",)}
+
+    def artifacts(self):
+        return self.processor
+
 
 def build_qwen2_5_vl(
     name: str,
@@ -110,7 +133,7 @@ def build_qwen2_5_vl(
     elif pretrained:
         model = _load_pretrained(pretrained, trust_remote_code)
     else:
-        model = Qwen2_5_VLForConditionalGeneration(hf_config).float()
+        model = build_random(Qwen2_5_VLForConditionalGeneration, hf_config)  # whole or ZeRO-3 partitioned
     return VLModelBundle(
         model=model,
         tokenizer=vl_processor.tokenizer,
@@ -298,7 +321,7 @@ def set_text_attention(model: Qwen2_5_VLForConditionalGeneration, text_impl: str
     model.model.visual.set_attn_implementation(vision_impl)
 
 
-def packed_hidden_states(
+def vl_hidden_states(
     model: Qwen2_5_VLForConditionalGeneration,
     input_ids: torch.Tensor,
     position_ids: torch.Tensor,
@@ -306,30 +329,76 @@ def packed_hidden_states(
     image_grid_thw: torch.Tensor | None = None,
     pixel_values_videos: torch.Tensor | None = None,
     video_grid_thw: torch.Tensor | None = None,
-    **text_attention_kwargs,
+    second_per_grid_ts: torch.Tensor | None = None,
+    **text_kwargs,
 ) -> torch.Tensor:
-    """Decoder output (1, T, hidden) of a packed row: vision features scattered into the token
-    embeddings, then the decoder with the given mrope positions (3, 1, T) and attention kwargs
-    (cu_seq_lens_* ...), which never reach the vision tower."""
+    """Decoder output (B, T, hidden) of a packed row (B = 1) or a padded batch.
+
+    Vision features are scattered into the token embeddings, then the decoder runs with the given
+    mrope positions (3, B, T) and attention kwargs (cu_seq_lens_* or attention_mask), which never
+    reach the vision tower. second_per_grid_ts only shapes the positions, computed by the data.
+
+    The vision tower runs exactly ONCE per call, on the images and videos together, and on a
+    one-token dummy input when the micro-batch has none: every rank then runs the same sharded
+    vision blocks the same number of times, so FSDP2 / ZeRO-3 gathers match across ranks (a rank
+    without images would otherwise skip them and hang the others). The dummy's features enter the
+    output multiplied by zero: no effect on the loss, but gradients (zeros) reach every parameter.
+    """
+    del second_per_grid_ts
     embeds = model.model.get_input_embeddings()(input_ids)
-    embeds = _scatter_visual(model, input_ids, embeds, pixel_values, image_grid_thw, "image")
-    embeds = _scatter_visual(model, input_ids, embeds, pixel_values_videos, video_grid_thw, "video")
-    outputs = model.model.language_model(
-        inputs_embeds=embeds, position_ids=position_ids, use_cache=False, **text_attention_kwargs
-    )
+    media = [(pixel_values, image_grid_thw, model.config.image_token_id, "image"),
+             (pixel_values_videos, video_grid_thw, model.config.video_token_id, "video")]
+    media = [item for item in media if item[0] is not None]
+    if media:
+        embeds = _scatter_visual(model, input_ids, embeds, media)
+    else:
+        embeds = embeds + 0.0 * _dummy_visual_features(model).sum().to(embeds.dtype)
+    outputs = model.model.language_model(inputs_embeds=embeds, position_ids=position_ids, use_cache=False, **text_kwargs)
     return outputs.last_hidden_state
 
 
-def _scatter_visual(model, input_ids, embeds, pixels, grid_thw, kind: str) -> torch.Tensor:
-    if pixels is None:
-        return embeds
-    token_id = model.config.image_token_id if kind == "image" else model.config.video_token_id
+def _run_visual(model, pixels: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
     # The tower returns merged features as pooler_output (transformers 5.x), one row per token.
-    features = model.model.visual(pixels.type(model.model.visual.dtype), grid_thw=grid_thw).pooler_output
-    mask = input_ids == token_id
-    if int(mask.sum()) != features.shape[0]:
+    visual = model.model.visual
+    return visual(pixels.to(visual.patch_embed.proj.weight.dtype), grid_thw=grid_thw).pooler_output
+
+
+def _scatter_visual(model, input_ids, embeds, media) -> torch.Tensor:
+    features = _run_visual(model, torch.cat([item[0] for item in media]), torch.cat([item[1] for item in media]))
+    masks = [input_ids == token_id for _, _, token_id, _ in media]
+    counts = [int(mask.sum()) for mask in masks]
+    if sum(counts) != features.shape[0]:
+        placeholders = ", ".join(f"{count} {kind}" for count, (*_, kind) in zip(counts, media))
         raise ValueError(
-            f"{int(mask.sum())} {kind} placeholder tokens but the vision tower made {features.shape[0]} "
-            f"{kind} features; input_ids and {kind}_grid_thw do not belong together"
+            f"{placeholders} placeholder tokens but the vision tower made {features.shape[0]} features; "
+            "input_ids and the image / video grids do not belong together"
         )
-    return embeds.masked_scatter(mask.unsqueeze(-1), features.to(embeds.dtype))
+    for mask, part in zip(masks, features.split(counts)):
+        embeds = embeds.masked_scatter(mask.unsqueeze(-1), part.to(embeds.dtype))
+    return embeds
+
+
+def _dummy_visual_features(model) -> torch.Tensor:
+    """The tower on one merged token's worth of zero pixels (grid 1 x m x m)."""
+    vision = model.config.vision_config
+    merge = vision.spatial_merge_size
+    width = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    device = model.model.get_input_embeddings().weight.device
+    pixels = torch.zeros(merge * merge, width, device=device)
+    grid = torch.tensor([[1, merge, merge]], device=device)
+    return _run_visual(model, pixels, grid)
+
+
+# ---------------------------------------------------------------- training facts
+
+
+def vl_step_flops(model: Qwen2_5_VLForConditionalGeneration, batch) -> float:
+    """Decoder FLOPs over the documents (models/flops.py on the text config) plus the vision
+    tower's on every image / video grid of the micro-batch (models/vision_flops.py); a frozen
+    tower counts its forward only."""
+    grids = [grid for key in ("image_grid_thw", "video_grid_thw") if key in batch for grid in batch[key].tolist()]
+    vision = model.model.visual
+    trainable = any(p.requires_grad for p in vision.blocks.parameters())
+    return train_flops(model.config.text_config, batch["doc_lengths"]) + vision_train_flops(
+        model.config.vision_config, grids, trainable=trainable
+    )

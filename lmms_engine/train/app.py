@@ -19,12 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from lmms_engine.checkpoint.export import export_hf
 from lmms_engine.checkpoint.manager import latest_checkpoint, load_checkpoint
 from lmms_engine.config import RunConfig, validate
-from lmms_engine.models.flops import peak_flops, train_flops
+from lmms_engine.models.flops import peak_flops
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.train.data_iter import DataPosition, StepBatches
 from lmms_engine.train.loop import TrainContext, train
 from lmms_engine.train.module import CausalLMWithLoss
-from lmms_engine.train.optim import build_adamw
+from lmms_engine.train.optim import build_adamw, freeze_components
 from lmms_engine.train.resolvers import register_resolvers
 from lmms_engine.train.schedule import lr_at
 from lmms_engine.train.state import restore_rng, seed_everything
@@ -68,17 +68,19 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     seed_everything(rc.trainer.seed)
     bundle = _build_model(rc, strategy)
     patcher = instantiate(rc.groups["kernels"])
-    dataset = instantiate(rc.groups["data"], tokenizer=bundle.tokenizer, seed=rc.trainer.seed)
+    dataset = instantiate(rc.groups["data"], tokenizer=bundle.tokenizer, seed=rc.trainer.seed, **bundle.data_inputs())
     if strategy.is_main:
         _write_json(run_dir / "data_stats.json", dataset.stats)
     patcher.apply(bundle.model, strategy.device, padding_free=dataset.packing or patcher.use_rmpad)
-    module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn()), bundle.shard_units)
-    optimizer = strategy.build_optimizer(module, functools.partial(_make_optimizer, optim=rc.optim))
+    freeze_components(bundle.model, rc.optim.freeze, bundle.components())
+    module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units)
+    optimizer = strategy.build_optimizer(
+        module, functools.partial(_make_optimizer, optim=rc.optim, components=bundle.components()))
     start_step, position = _maybe_resume(rc, run_dir, module, optimizer, strategy)
     ctx = TrainContext(
         module=module, optimizer=optimizer, strategy=strategy, patcher=patcher, dataset=dataset,
         step_batches=StepBatches(dataset, rc.trainer.grad_accum, strategy.rank, strategy.world_size, position),
-        lr_at=functools.partial(_lr, rc=rc), flops_fn=functools.partial(train_flops, bundle.model.config),
+        lr_at=functools.partial(_lr, rc=rc), flops_fn=bundle.step_flops, input_keys=bundle.input_keys,
         peak_flops=_device_peak_flops(strategy.device),
         sinks=_build_sinks(cfg, rc, run_dir, start_step, strategy.is_main),
         checkpoint_root=run_dir / "checkpoints", max_steps=rc.trainer.max_steps,
@@ -90,7 +92,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     finally:
         ctx.sinks.close()
     if rc.trainer.export_hf:
-        export_hf(module, bundle.tokenizer, run_dir / "hf", strategy)
+        export_hf(module, bundle.artifacts(), run_dir / "hf", strategy)
 
 
 def relaunch_under_torchrun(nproc: int, overrides: list[str], run_dir: Path) -> None:
@@ -116,7 +118,9 @@ def instantiate(node, *args, **kwargs):
 
 def _build_model(rc: RunConfig, strategy):
     if not strategy.build_on_meta:
-        return instantiate(rc.groups["model"], _convert_="all")
+        # ZeRO-3: inside deepspeed.zero.Init, so every layer is partitioned as it is made.
+        with strategy.model_init_context():
+            return instantiate(rc.groups["model"], _convert_="all")
     # Structure only: the weights come from rank 0 after sharding (see parallel/fsdp2.py).
     with torch.device("meta"):
         return instantiate(rc.groups["model"], _convert_="all", structure_only=True)
@@ -134,8 +138,9 @@ def _build_sinks(cfg: DictConfig, rc: RunConfig, run_dir: Path, start_step: int,
                  start_step=start_step, is_main=is_main)
 
 
-def _make_optimizer(module, optim):
-    return build_adamw(module, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas, eps=optim.eps)
+def _make_optimizer(module, optim, components):
+    return build_adamw(module, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas, eps=optim.eps,
+                       components=components, component_lr=optim.component_lr)
 
 
 def _lr(step: int, rc: RunConfig) -> float:

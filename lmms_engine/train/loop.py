@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 
 from lmms_engine.checkpoint.manager import save_checkpoint
+from lmms_engine.models.base import ModelBundle
 from lmms_engine.kernels.rmpad import document_lengths, unpad_batch
 from lmms_engine.train.state import capture_rng
 
 log = logging.getLogger("lmms_engine.train")
 
-MODEL_INPUT_KEYS = ("input_ids", "position_ids", "attention_mask")
 
 
 @dataclass
@@ -27,7 +27,7 @@ class TrainContext:
     dataset: object  # data.SFTDataset
     step_batches: object  # train.data_iter.StepBatches
     lr_at: object  # step -> learning rate
-    flops_fn: object  # document lengths -> training FLOPs
+    flops_fn: object  # micro-batch (with doc_lengths) -> training FLOPs
     peak_flops: float | None  # per device, for MFU
     sinks: object  # logging sinks
     checkpoint_root: Path
@@ -35,6 +35,7 @@ class TrainContext:
     max_grad_norm: float
     save_every: int
     unpad: bool  # kernels.use_rmpad on unpacked data
+    input_keys: tuple[str, ...] = ModelBundle.input_keys  # batch keys the model's forward takes
 
 
 def train(ctx: TrainContext, start_step: int) -> None:
@@ -45,7 +46,7 @@ def train(ctx: TrainContext, start_step: int) -> None:
         _reset_peak_memory(ctx.strategy.device)
         lr = ctx.lr_at(step)
         for group in ctx.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         stats = train_step(ctx, ctx.step_batches.next_step())
         seconds = time.perf_counter() - step_start
         ctx.sinks.log(_step_metrics(ctx, step, lr, stats, seconds, time.perf_counter() - run_start))
@@ -75,7 +76,7 @@ def train_step(ctx: TrainContext, micro_batch_indices: list[list[int]]) -> dict:
                 batch_loss = ctx.module(labels=batch["labels"], **_model_inputs(ctx, batch))
             strategy.backward(batch_loss * scale, ctx.module)
         loss_sum += batch_loss.detach().double()
-        flops += ctx.flops_fn(batch["doc_lengths"])
+        flops += ctx.flops_fn(batch)
     grad_norm = strategy.clip_grad_norm(ctx.module, ctx.max_grad_norm)
     strategy.optimizer_step(ctx.optimizer, ctx.module)
     totals = strategy.all_reduce_sum(torch.stack([loss_sum, torch.tensor(flops, dtype=torch.float64, device=strategy.device)]))
@@ -99,7 +100,7 @@ def _prepare(ctx: TrainContext, batch: dict) -> dict:
 
 
 def _model_inputs(ctx: TrainContext, batch: dict) -> dict:
-    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+    inputs = {k: batch[k] for k in ctx.input_keys if k in batch}
     inputs.update(ctx.patcher.attention_kwargs(batch))
     return inputs
 

@@ -97,7 +97,7 @@ def _one_step(micro_batches: list[list[int]], samples) -> tuple[float, dict[str,
     strategy = SingleDevice(device="cpu")
     optimizer = torch.optim.SGD(module.parameters(), lr=0.0)  # keep the gradients, change nothing
     ctx = TrainContext(module=module, optimizer=optimizer, strategy=strategy, patcher=patcher, dataset=_ListData(samples),
-                       step_batches=None, lr_at=None, flops_fn=lambda lengths: 0.0, peak_flops=None, sinks=None,
+                       step_batches=None, lr_at=None, flops_fn=lambda batch: 0.0, peak_flops=None, sinks=None,
                        checkpoint_root=None, max_steps=1, max_grad_norm=float("inf"), save_every=0, unpad=False)
     strategy.optimizer_step = lambda opt, mod: None  # inspect gradients before they are cleared
     stats = train_step(ctx, micro_batches)

@@ -30,7 +30,7 @@ from lmms_engine.models.mrope import (
 from lmms_engine.models.qwen2_5_vl import (
     VLModelBundle,
     build_qwen2_5_vl,
-    packed_hidden_states,
+    vl_hidden_states,
     set_text_attention,
 )
 from lmms_engine.models.vision_flops import vision_forward_flops, vision_train_flops
@@ -181,7 +181,7 @@ def test_packed_samples_give_their_unpacked_logits(bundle):
     )
     set_text_attention(model, attention.register("sdpa"))
     with torch.no_grad():
-        hidden = packed_hidden_states(
+        hidden = vl_hidden_states(
             model,
             input_ids=torch.cat([s["input_ids"] for s in samples], dim=1),
             position_ids=positions,
@@ -196,7 +196,7 @@ def test_packed_samples_give_their_unpacked_logits(bundle):
 def test_packed_forward_rejects_grids_that_do_not_fit_the_placeholders(bundle):
     inputs = _encode(bundle, _conversation("What is this?", "A test."), [_image(56, 84)])
     with pytest.raises(ValueError, match="6 image placeholder tokens"):
-        packed_hidden_states(
+        vl_hidden_states(
             bundle.model,
             input_ids=inputs["input_ids"],
             position_ids=_positions(bundle, inputs),

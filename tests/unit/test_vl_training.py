@@ -1,0 +1,153 @@
+"""Training pieces of Qwen2.5-VL: one vision-tower call per micro-batch (dummy when there is no
+media), encoder attention, component freezing and learning rates, FLOPs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("torchvision", reason="Qwen2.5-VL processors need torchvision")
+Image = pytest.importorskip("PIL.Image", reason="images are PIL images")
+
+from lmms_engine.kernels.loss import cross_entropy_sum
+from lmms_engine.kernels.patcher import KernelPatcher
+from lmms_engine.models.flops import train_flops
+from lmms_engine.models.mrope import MropeSample, MropeSpec, mrope_position_ids
+from lmms_engine.models.qwen2_5_vl import VLModelBundle, build_qwen2_5_vl
+from lmms_engine.models.vision_flops import vision_train_flops
+from lmms_engine.train.module import CausalLMWithLoss
+from lmms_engine.train.optim import build_adamw, component_of, freeze_components
+
+PRESETS = Path(__file__).resolve().parents[2] / "conf" / "model"
+
+
+def _bundle() -> VLModelBundle:
+    values = yaml.safe_load((PRESETS / "tiny_qwen2_5_vl.yaml").read_text())
+    values.pop("_target_")
+    torch.manual_seed(0)
+    return build_qwen2_5_vl(**values)
+
+
+@pytest.fixture
+def bundle() -> VLModelBundle:
+    return _bundle()
+
+
+def _inputs(bundle: VLModelBundle, with_image: bool) -> dict:
+    parts = [{"type": "image_url", "image_url": "x.png"}] if with_image else []
+    messages = [
+        {"role": "user", "content": [*parts, {"type": "text", "text": "What is it?"}]},
+        {"role": "assistant", "content": "A square."},
+    ]
+    text = bundle.tokenizer.apply_chat_template(messages, tokenize=False)
+    images = [Image.fromarray(np.full((56, 84, 3), 200, dtype=np.uint8))] if with_image else None
+    encoded = bundle.processor(text=[text], images=images, return_tensors="pt")
+    sample = MropeSample(input_ids=encoded["input_ids"][0], image_grid_thw=encoded.get("image_grid_thw"))
+    positions, _ = mrope_position_ids(sample, MropeSpec.from_config(bundle.model.config))
+    inputs = {"input_ids": encoded["input_ids"], "position_ids": torch.from_numpy(positions).unsqueeze(1)}
+    if with_image:
+        inputs.update(pixel_values=encoded["pixel_values"], image_grid_thw=encoded["image_grid_thw"])
+    return inputs
+
+
+def _count_tower_calls(bundle: VLModelBundle) -> list[int]:
+    calls = []
+    bundle.model.model.visual.register_forward_hook(lambda module, args, out: calls.append(1))
+    return calls
+
+
+def test_text_only_micro_batch_runs_the_tower_once_and_changes_nothing(bundle):
+    """A rank without images still runs the (sharded) vision blocks, so FSDP2 / ZeRO-3 gathers
+    match across ranks; the dummy features enter with weight zero."""
+    module = CausalLMWithLoss(bundle.model, cross_entropy_sum, bundle.hidden_states)
+    inputs = _inputs(bundle, with_image=False)
+    labels = torch.roll(inputs["input_ids"], -1)
+    calls = _count_tower_calls(bundle)
+    loss = module(labels=labels, **inputs)
+    assert len(calls) == 1
+    text_only = bundle.model.model.language_model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"])
+    expected = cross_entropy_sum(text_only.last_hidden_state, bundle.model.lm_head.weight, labels)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
+    loss.backward()
+    vision_grads = [p.grad for p in bundle.model.model.visual.parameters()]
+    assert all(g is not None for g in vision_grads)  # every rank reduces the same gradients
+    assert all(float(g.abs().max()) == 0.0 for g in vision_grads)
+
+
+def test_images_and_videos_share_one_tower_call(bundle):
+    inputs = _inputs(bundle, with_image=True)
+    image_tokens = int((inputs["input_ids"] == bundle.model.config.image_token_id).sum())
+    # The same pixels as a one-frame-pair "video": its placeholders follow the image's.
+    video_ids = torch.full((1, image_tokens), bundle.model.config.video_token_id)
+    grid = inputs["image_grid_thw"]
+    both = {
+        "input_ids": torch.cat([inputs["input_ids"], video_ids], dim=1),
+        "position_ids": torch.arange(inputs["input_ids"].shape[1] + image_tokens).view(1, 1, -1).expand(3, 1, -1),
+        "pixel_values": inputs["pixel_values"], "image_grid_thw": grid,
+        "pixel_values_videos": inputs["pixel_values"], "video_grid_thw": grid,
+    }
+    calls = _count_tower_calls(bundle)
+    hidden = bundle.hidden_states(bundle.model, **both)
+    assert len(calls) == 1
+    assert hidden.shape == (1, both["input_ids"].shape[1], bundle.model.config.text_config.hidden_size)
+
+
+def test_patcher_keeps_packed_causal_attention_out_of_the_vision_tower(bundle):
+    KernelPatcher(use_rmpad=True, attn_backend="sdpa").apply(bundle.model, torch.device("cpu"), padding_free=True)
+    assert bundle.model.model.language_model.config._attn_implementation == "lmms_sdpa"
+    assert bundle.model.model.visual.config._attn_implementation == "sdpa"
+
+
+def test_components_are_matched_longest_prefix_first_through_wrappers(bundle):
+    components = bundle.components()
+    assert component_of("lm.model.visual.blocks.0.attn.qkv.weight", components) == "vision"
+    assert component_of("module.lm.model.visual.merger.mlp.0.weight", components) == "merger"
+    assert component_of("lm.model.language_model.layers.0._checkpoint_wrapped_module.mlp.up_proj.weight",
+                        components) == "lm"
+    assert component_of("lm.lm_head.weight", components) == "lm"
+
+
+def test_component_learning_rates_and_freezing(bundle):
+    components = bundle.components()
+    freeze_components(bundle.model, ["vision"], components)
+    module = CausalLMWithLoss(bundle.model, cross_entropy_sum, bundle.hidden_states)
+    optimizer = build_adamw(module, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8,
+                            components=components, component_lr={"merger": 1e-5})
+    by_component = {}
+    for group in optimizer.param_groups:
+        by_component.setdefault(group["component"], set()).add(group["lr_scale"])
+    assert set(by_component) == {"lm", "merger"}  # the frozen tower is not in the optimizer
+    assert [round(scale, 9) for scale in by_component["merger"]] == [0.1]
+    assert by_component["lm"] == {1.0}
+    merger = {id(p) for p in bundle.model.model.visual.merger.parameters()}
+    in_merger_groups = {id(p) for g in optimizer.param_groups if g["component"] == "merger" for p in g["params"]}
+    assert in_merger_groups == merger
+    blocks = list(bundle.model.model.visual.blocks.parameters())
+    assert not any(p.requires_grad for p in blocks)
+
+
+@pytest.mark.parametrize("names, key", [(["tower"], "optim.freeze"), (["audio"], "optim.freeze")])
+def test_unknown_components_are_rejected(bundle, names, key):
+    with pytest.raises(ValueError, match=rf"{key}: unknown component\(s\) .*this model has lm, vision, merger"):
+        freeze_components(bundle.model, names, bundle.components())
+
+
+def test_freezing_everything_is_rejected(bundle):
+    with pytest.raises(ValueError, match="freezes every parameter"):
+        freeze_components(bundle.model, ["lm", "vision", "merger"], bundle.components())
+
+
+def test_step_flops_add_the_vision_tower(bundle):
+    config = bundle.model.config
+    grids = torch.tensor([[1, 4, 6], [2, 8, 8]])
+    batch = {"doc_lengths": [30, 50], "image_grid_thw": grids}
+    text = train_flops(config.text_config, [30, 50])
+    assert bundle.step_flops(batch) == pytest.approx(text + vision_train_flops(config.vision_config, grids.tolist()))
+    freeze_components(bundle.model, ["vision"], bundle.components())
+    frozen = text + vision_train_flops(config.vision_config, grids.tolist(), trainable=False)
+    assert bundle.step_flops(batch) == pytest.approx(frozen)
+    assert bundle.step_flops({"doc_lengths": [30, 50]}) == pytest.approx(text)
