@@ -1,11 +1,18 @@
-"""Write the bundled demo data: lmms_engine/data/demo/text_chat.jsonl and demo.yaml.
+"""Write the bundled demo data under lmms_engine/data/demo/:
 
     uv run python scripts/make_demo_data.py
 
-About 400 short chats (arithmetic with correct answers, capitals, unit conversions, glossary
-definitions, string reversal / uppercasing, short explanations), single- and multi-turn, some with
-a system prompt. The phrasing is repetitive on purpose: a tiny byte-level model learns the
-structure within ~100 steps. Deterministic: the same files on every run.
+text_chat.jsonl + demo.yaml: about 400 short chats (arithmetic with correct answers, capitals, unit
+conversions, glossary definitions, string reversal / uppercasing, short explanations), single- and
+multi-turn, some with a system prompt. The phrasing is repetitive on purpose: a tiny byte-level
+model learns the structure within ~100 steps.
+
+vl_chat.jsonl + media/ + demo_vl.yaml (text and vision-language data together): about 200 chats
+about small PNG images of one coloured shape (56..224 px; "what colour / what shape"), pairs of
+images, multi-turn chats with images in later turns, and a few about one short video (16 frames,
+64x64, a square moving left to right, encoded with PyAV's mpeg4). Well under 1 MB in all.
+
+Deterministic: the same files on every run.
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ import json
 import random
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "lmms_engine" / "data" / "demo"
 NUM_RECORDS = 400
@@ -241,6 +251,171 @@ def make_records(count: int, seed: int) -> list[dict]:
     return records
 
 
+# ---------------------------------------------------------------- vision-language demo
+
+MEDIA_DIR = DEMO_DIR / "media"
+NUM_VL_RECORDS = 200
+NUM_IMAGES = 36
+VL_SEED = 4321
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (140, 60, 180),
+    "orange": (240, 130, 30),
+}
+SHAPES = ("circle", "square", "triangle")
+IMAGE_SIDES = (56, 84, 112, 140, 168, 224)
+VIDEO_NAME = "moving_square.mp4"
+VIDEO_FRAMES, VIDEO_SIDE, VIDEO_FPS = 16, 64, 8
+
+
+def draw_shape(shape: str, color: tuple[int, int, int], width: int, height: int) -> Image.Image:
+    image = Image.new("RGB", (width, height), (245, 245, 245))
+    draw = ImageDraw.Draw(image)
+    margin = min(width, height) // 6
+    box = (margin, margin, width - margin, height - margin)
+    if shape == "circle":
+        draw.ellipse(box, fill=color)
+    elif shape == "square":
+        side = min(width, height) - 2 * margin
+        left, top = (width - side) // 2, (height - side) // 2
+        draw.rectangle((left, top, left + side, top + side), fill=color)
+    else:
+        draw.polygon([(width // 2, margin), (width - margin, height - margin), (margin, height - margin)], fill=color)
+    return image
+
+
+def make_images(rng: random.Random) -> list[dict]:
+    """NUM_IMAGES shape images (every colour x shape once, then random ones): name, colour, shape."""
+    combos = [(c, s) for c in COLORS for s in SHAPES]
+    while len(combos) < NUM_IMAGES:
+        combos.append((rng.choice(sorted(COLORS)), rng.choice(SHAPES)))
+    images = []
+    for i, (color, shape) in enumerate(combos):
+        width, height = rng.choice(IMAGE_SIDES), rng.choice(IMAGE_SIDES)
+        name = f"shape_{i:02d}_{color}_{shape}.png"
+        draw_shape(shape, COLORS[color], width, height).save(MEDIA_DIR / name, optimize=True)
+        images.append({"file": name, "color": color, "shape": shape})
+    return images
+
+
+def make_video() -> None:
+    """A blue square moving left to right over VIDEO_FRAMES frames (mpeg4 in mp4, via PyAV)."""
+    import av
+
+    with av.open(str(MEDIA_DIR / VIDEO_NAME), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=VIDEO_FPS)
+        stream.width = stream.height = VIDEO_SIDE
+        stream.pix_fmt = "yuv420p"
+        for t in range(VIDEO_FRAMES):
+            frame = np.full((VIDEO_SIDE, VIDEO_SIDE, 3), 245, dtype=np.uint8)
+            left = 4 + t * (VIDEO_SIDE - 24) // (VIDEO_FRAMES - 1)
+            frame[22:42, left : left + 16] = COLORS["blue"]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def image_part(image: dict) -> dict:
+    return {"type": "image_url", "image_url": image["file"]}
+
+
+def image_question(rng: random.Random, image: dict) -> tuple[str, str]:
+    color, shape = image["color"], image["shape"]
+    return rng.choice(
+        [
+            ("What color is the shape?", f"The shape is {color}."),
+            ("What shape is in the picture?", f"It is a {shape}."),
+            ("Describe the image.", f"A {color} {shape} on a light gray background."),
+            ("What do you see?", f"I see a {color} {shape}."),
+        ]
+    )
+
+
+def single_image(rng: random.Random, images: list[dict]) -> list[dict]:
+    image = rng.choice(images)
+    question, answer = image_question(rng, image)
+    parts = [image_part(image), {"type": "text", "text": question}]
+    if rng.random() < 0.3:
+        parts.reverse()  # question first, image after it
+    return [{"role": "user", "content": parts}, {"role": "assistant", "content": answer}]
+
+
+def two_images(rng: random.Random, images: list[dict]) -> list[dict]:
+    first, second = rng.sample(images, 2)
+    if rng.random() < 0.5:
+        question = "Do the two shapes have the same color?"
+        same = first["color"] == second["color"]
+        answer = f"{'Yes' if same else 'No'}: the first is {first['color']} and the second is {second['color']}."
+    else:
+        question = "Name the shape in each image."
+        answer = f"The first image shows a {first['shape']} and the second a {second['shape']}."
+    content = [image_part(first), image_part(second), {"type": "text", "text": question}]
+    return [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
+
+
+def multi_turn(rng: random.Random, images: list[dict]) -> list[dict]:
+    """A question about one image, then a new image in a later turn."""
+    first, second = rng.sample(images, 2)
+    messages = single_image(rng, [first])
+    messages.append({"role": "user", "content": [{"type": "text", "text": "And this one?"}, image_part(second)]})
+    messages.append({"role": "assistant", "content": f"This one is a {second['color']} {second['shape']}."})
+    return messages
+
+
+def video_chat(rng: random.Random, images: list[dict]) -> list[dict]:
+    question, answer = rng.choice(
+        [
+            ("What color is the moving square?", "The moving square is blue."),
+            ("Which way does the square move?", "The square moves from left to right."),
+            ("Describe the video.", "A blue square slides from the left edge to the right edge."),
+        ]
+    )
+    content = [{"type": "video_url", "video_url": VIDEO_NAME}, {"type": "text", "text": question}]
+    return [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
+
+
+VL_TASKS = [single_image] * 5 + [two_images] * 2 + [multi_turn] * 2 + [video_chat]
+
+
+def make_vl_records(count: int, rng: random.Random, images: list[dict]) -> list[dict]:
+    records = []
+    for _ in range(count):
+        messages = rng.choice(VL_TASKS)(rng, images)
+        if rng.random() < 0.2:
+            messages.insert(0, {"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+        records.append({"messages": messages})
+    return records
+
+
+def write_vl_demo() -> int:
+    MEDIA_DIR.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(VL_SEED)
+    images = make_images(rng)
+    make_video()
+    records = make_vl_records(NUM_VL_RECORDS, rng, images)
+    with (DEMO_DIR / "vl_chat.jsonl").open("w") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    (DEMO_DIR / "demo_vl.yaml").write_text(
+        "# Bundled vision-language demo data: the text chats plus chats about images and a video.\n"
+        "# Regenerate with: uv run python scripts/make_demo_data.py\n"
+        "# Relative paths (path and data_folder) are tried against the working directory first, then\n"
+        "# this file's folder. Media paths in vl_chat.jsonl resolve under data_folder.\n"
+        "datasets:\n"
+        "  - path: text_chat.jsonl\n"
+        '    data_folder: ""\n'
+        "    data_type: jsonl\n"
+        "  - path: vl_chat.jsonl\n"
+        "    data_folder: media\n"
+        "    data_type: jsonl\n"
+    )
+    return len(records)
+
+
 def main() -> None:
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     records = make_records(NUM_RECORDS, SEED)
@@ -257,6 +432,7 @@ def main() -> None:
         "    data_type: jsonl\n"
     )
     print(f"wrote {len(records)} records to {DEMO_DIR / 'text_chat.jsonl'}")
+    print(f"wrote {write_vl_demo()} records to {DEMO_DIR / 'vl_chat.jsonl'} (media in {MEDIA_DIR})")
 
 
 if __name__ == "__main__":
