@@ -1,0 +1,223 @@
+"""Qwen2.5-VL training throughput on one GPU: an HF-style padded baseline against the framework's
+configurations, on the same image-text samples with the same token budget, in one process.
+
+    python scripts/bench_vl.py --model qwen2_5_vl_3b --tokens-per-step 16384 --out docs/perf/bench_vl_3b.json
+
+The model is the preset's shape, randomly initialised, with the built-in processor's special tokens.
+Samples are synthetic but shaped like image SFT data (seeded, documented in docs/performance.md):
+  - images: original sizes drawn from a mix of photo / screenshot / document / thumbnail sizes, resized
+    as Qwen2.5-VL's processor does (smart_resize, factor 28, max_pixels 1280*28*28 = 1.0 MP):
+      640x480 (35%), 1024x768 (15%), 1280x720 (20%), 1024x1024 (10%), 1920x1080 (10%), 336x336 (10%);
+  - samples: 80% one image, 10% two images, 10% text only; a prompt (log-normal, median 60 tokens)
+    around the images and an answer (median 150 tokens; text-only samples median 600), answer trained.
+Pixels are random (the tower's cost does not depend on them); mrope positions are computed per sample.
+The vision tower's FLOPs count in MFU (models/vision_flops.py): it runs ~4 patches per visual token.
+The baseline is what a plain Hugging Face loop does: fp32 weights with bf16 autocast, padded
+micro-batches, sdpa in the decoder AND the vision tower (transformers' per-image loop), no Liger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import CONFIGS, environment, make_strategy, markdown_table, with_ratios  # noqa: E402
+
+from lmms_engine.data.collate import collate_packed, collate_padded  # noqa: E402
+from lmms_engine.data.packing import pack_best_fit_decreasing  # noqa: E402
+from lmms_engine.data.types import Sample  # noqa: E402
+from lmms_engine.kernels.patcher import KernelPatcher  # noqa: E402
+from lmms_engine.models.mrope import MropeSample, MropeSpec, mrope_position_ids  # noqa: E402
+from lmms_engine.models.qwen2_5_vl import (  # noqa: E402
+    TOKEN_ID_FIELDS,
+    build_qwen2_5_vl,
+    build_vl_tokenizer,
+    set_text_attention,
+)
+from lmms_engine.train.loop import TrainContext, train_step  # noqa: E402
+from lmms_engine.train.module import CausalLMWithLoss  # noqa: E402
+from lmms_engine.train.optim import build_adamw  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE_SIZES = [((480, 640), 0.35), ((768, 1024), 0.15), ((720, 1280), 0.20), ((1024, 1024), 0.10),
+               ((1080, 1920), 0.10), ((336, 336), 0.10)]
+MAX_PIXELS = 1280 * 28 * 28
+VL_CONFIGS = ("hf_padded_sdpa", "rmpad_varlen", "liger_rmpad_varlen", "liger_rmpad_varlen_ac2")
+
+
+@dataclass
+class VLSample:
+    sample: Sample
+    grids: np.ndarray  # (n_images, 3) patch grids
+
+
+def image_grid(rng: np.random.Generator, patch: int = 14, merge: int = 2) -> tuple[int, int, int]:
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    sizes, weights = zip(*IMAGE_SIZES)
+    height, width = sizes[rng.choice(len(sizes), p=weights)]
+    h, w = smart_resize(height, width, factor=patch * merge, min_pixels=4 * 28 * 28, max_pixels=MAX_PIXELS)
+    return 1, h // patch, w // patch
+
+
+def make_vl_samples(n: int, seed: int, vocab: int, spec: MropeSpec, specials: dict[str, int]) -> list[VLSample]:
+    rng = np.random.default_rng(seed)
+    text_low = max(specials.values()) + 1  # random text ids never collide with a special token
+    samples = []
+    for i in range(n):
+        kind = rng.choice(3, p=[0.8, 0.1, 0.1])  # one image, two images, text only
+        grids = [image_grid(rng) for _ in range((1, 2, 0)[kind])]
+        prompt = int(np.clip(rng.lognormal(np.log(60), 0.8), 8, 1024))
+        answer = int(np.clip(rng.lognormal(np.log(600 if kind == 2 else 150), 0.9), 8, 6000))
+        ids = [rng.integers(text_low, vocab, size=prompt // 2)]
+        for t, h, w in grids:
+            visual = t * h * w // spec.spatial_merge_size**2
+            ids.append(np.array([specials["start"], *[spec.image_token_id] * visual, specials["end"]]))
+        ids.append(rng.integers(text_low, vocab, size=prompt - prompt // 2 + answer))
+        input_ids = np.concatenate(ids).astype(np.int32)
+        labels = np.full_like(input_ids, -100)
+        labels[-answer:] = input_ids[-answer:]
+        samples.append(VLSample(Sample(input_ids, labels, f"synthetic_vl:{i}"), np.array(grids, dtype=np.int64).reshape(-1, 3)))
+    return samples
+
+
+class VLStepData:
+    """collate() for train_step: packed or padded text, per-sample mrope positions, random pixels."""
+
+    def __init__(self, samples: list[VLSample], packing: bool, pad_token_id: int, spec: MropeSpec, patch_dim: int):
+        self.samples, self.packing, self.pad_token_id, self.spec, self.patch_dim = samples, packing, pad_token_id, spec, patch_dim
+
+    def collate(self, indices: list[int]) -> dict:
+        chosen = [self.samples[i] for i in indices]
+        texts = [s.sample for s in chosen]
+        batch = collate_packed(texts) if self.packing else collate_padded(texts, self.pad_token_id)
+        positions = [mrope_position_ids(MropeSample(s.sample.input_ids, s.grids), self.spec)[0] for s in chosen]
+        if self.packing:
+            batch["position_ids"] = torch.from_numpy(np.concatenate(positions, axis=1)).unsqueeze(1)
+        else:
+            padded = np.zeros((3, len(chosen), batch["input_ids"].shape[1]), dtype=np.int64)
+            for row, pos in enumerate(positions):
+                padded[:, row, : pos.shape[1]] = pos
+            batch["position_ids"] = torch.from_numpy(padded)
+        grids = np.concatenate([s.grids for s in chosen])
+        if len(grids):
+            batch["image_grid_thw"] = torch.from_numpy(grids)
+            batch["pixel_values"] = torch.randn(int(grids.prod(axis=1).sum()), self.patch_dim)
+        return batch
+
+
+def make_packs(samples: list[VLSample], tokens_per_step: int, n_packs: int) -> list[list[int]]:
+    packs = pack_best_fit_decreasing(np.array([len(s.sample) for s in samples]), tokens_per_step)
+    full = sorted(packs, key=lambda p: -sum(len(samples[i].sample) for i in p))[:n_packs]
+    if len(full) < n_packs:
+        raise ValueError(f"only {len(full)} packs; generate more samples")
+    return full
+
+
+def run_config(name: str, model_cfg, samples: list[VLSample], packs: list[list[int]], args) -> dict:
+    cfg = CONFIGS[name]
+    torch.manual_seed(0)
+    strategy = make_strategy(cfg, "single")
+    strategy.setup()
+    with strategy.model_init_context(), torch.device("cuda"):
+        bundle = build_qwen2_5_vl(name=args.model, config=OmegaConf.to_container(model_cfg.config))
+    patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend, use_liger_kernel=cfg.liger)
+    patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing)
+    if cfg.hf_style:
+        set_text_attention(bundle.model, "sdpa", "sdpa")
+    module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units)
+    optimizer = strategy.build_optimizer(module, lambda m: build_adamw(m, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8))
+    vision = bundle.model.config.vision_config
+    data = VLStepData(samples, cfg.packing, bundle.tokenizer.pad_token_id, MropeSpec.from_config(bundle.model.config),
+                      vision.in_channels * vision.temporal_patch_size * vision.patch_size**2)
+    ctx = TrainContext(
+        module=module, optimizer=optimizer, strategy=strategy, patcher=patcher, dataset=data, step_batches=None,
+        lr_at=None, flops_fn=bundle.step_flops, peak_flops=None, sinks=None, checkpoint_root=Path("/nonexistent"),
+        max_steps=0, max_grad_norm=1.0, save_every=0, unpad=False, input_keys=bundle.input_keys,
+    )
+    times, tokens, flops, losses = [], [], [], []
+    torch.cuda.reset_peak_memory_stats()
+    n_steps = len(packs) // cfg.grad_accum
+    for i in range(n_steps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        step_packs = packs[i * cfg.grad_accum : (i + 1) * cfg.grad_accum]
+        if cfg.packing:
+            batches = step_packs
+        else:
+            order = np.random.default_rng(i).permutation(sum(step_packs, [])).tolist()
+            batches = [order[j : j + args.baseline_micro_batch] for j in range(0, len(order), args.baseline_micro_batch)]
+        stats = train_step(ctx, batches)
+        torch.cuda.synchronize()
+        if i >= math.ceil(args.warmup / cfg.grad_accum):
+            times.append(time.perf_counter() - start)
+            tokens.append(stats["tokens"])
+            flops.append(stats["flops"])
+        losses.append(stats["loss"])
+    seconds = sum(times)
+    from lmms_engine.models.flops import peak_flops
+
+    result = {
+        "config": name, **cfg.__dict__, "world_size": 1, "tokens_per_s": sum(tokens) / seconds,
+        "tokens_per_s_per_gpu": sum(tokens) / seconds, "step_s": seconds / len(times),
+        "mfu": sum(flops) / seconds / peak_flops(torch.cuda.get_device_name()),
+        "tokens_per_step": sum(tokens) / len(tokens), "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9,
+        "loss_first": losses[0], "loss_last": losses[-1], "attn_backend_resolved": patcher.backend,
+        "vision_attention": bundle.model.model.visual.config._attn_implementation,
+    }
+    del ctx, module, optimizer, bundle
+    gc.collect()
+    torch.cuda.empty_cache()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="qwen2_5_vl_3b", help="a Qwen2.5-VL preset under conf/model/")
+    parser.add_argument("--tokens-per-step", type=int, default=16384)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--baseline-micro-batch", type=int, default=4)
+    parser.add_argument("--configs", default=",".join(VL_CONFIGS), help="comma-separated; the first is the baseline")
+    parser.add_argument("--out", default=None, help="JSON output path")
+    args = parser.parse_args()
+    model_cfg = OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml")
+    tokenizer = build_vl_tokenizer()
+    ids = {field: tokenizer.convert_tokens_to_ids(token) for field, token in TOKEN_ID_FIELDS.items()}
+    vision = model_cfg.config.vision_config
+    spec = MropeSpec(image_token_id=ids["image_token_id"], video_token_id=ids["video_token_id"],
+                     spatial_merge_size=vision.spatial_merge_size, tokens_per_second=vision.tokens_per_second)
+    specials = {"start": ids["vision_start_token_id"], "end": ids["vision_end_token_id"], "video": ids["video_token_id"],
+                "image": ids["image_token_id"]}  # all below the random text ids
+    samples = make_vl_samples(args.steps * args.tokens_per_step // 300, 0, model_cfg.config.text_config.vocab_size, spec, specials)
+    packs = make_packs(samples, args.tokens_per_step, args.steps)
+    results = []
+    for name in args.configs.split(","):
+        try:
+            results.append(run_config(name, model_cfg, samples, packs, args))
+        except Exception as err:  # one failing configuration must not hide the others' figures
+            results.append({"config": name, "error": f"{type(err).__name__}: {str(err)[:300]}"})
+            gc.collect()
+            torch.cuda.empty_cache()
+        print(json.dumps(results[-1]), flush=True)
+    report = {"model": args.model, "tokens_per_step": args.tokens_per_step, "steps": args.steps, "warmup": args.warmup,
+              "image_sizes": IMAGE_SIZES, "max_pixels": MAX_PIXELS, **environment(), "results": with_ratios(results)}
+    print(markdown_table(report))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
