@@ -283,7 +283,9 @@ def draw_shape(shape: str, color: tuple[int, int, int], width: int, height: int)
         left, top = (width - side) // 2, (height - side) // 2
         draw.rectangle((left, top, left + side, top + side), fill=color)
     else:
-        draw.polygon([(width // 2, margin), (width - margin, height - margin), (margin, height - margin)], fill=color)
+        draw.polygon(
+            [(width // 2, margin), (width - margin, height - margin), (margin, height - margin)], fill=color
+        )
     return image
 
 
@@ -349,7 +351,9 @@ def two_images(rng: random.Random, images: list[dict]) -> list[dict]:
     if rng.random() < 0.5:
         question = "Do the two shapes have the same color?"
         same = first["color"] == second["color"]
-        answer = f"{'Yes' if same else 'No'}: the first is {first['color']} and the second is {second['color']}."
+        answer = (
+            f"{'Yes' if same else 'No'}: the first is {first['color']} and the second is {second['color']}."
+        )
     else:
         question = "Name the shape in each image."
         answer = f"The first image shows a {first['shape']} and the second a {second['shape']}."
@@ -361,7 +365,9 @@ def multi_turn(rng: random.Random, images: list[dict]) -> list[dict]:
     """A question about one image, then a new image in a later turn."""
     first, second = rng.sample(images, 2)
     messages = single_image(rng, [first])
-    messages.append({"role": "user", "content": [{"type": "text", "text": "And this one?"}, image_part(second)]})
+    messages.append(
+        {"role": "user", "content": [{"type": "text", "text": "And this one?"}, image_part(second)]}
+    )
     messages.append({"role": "assistant", "content": f"This one is a {second['color']} {second['shape']}."})
     return messages
 

@@ -69,9 +69,13 @@ def template_messages(record: Record, vision: bool = False) -> list[dict]:
                 "record has image/video/audio parts but the model takes text only",
             )
         return [_as_template_message(m) for m in record.messages]
-    if any(p.type == "audio_url" for m in record.messages if not isinstance(m.content, str) for p in m.content):
+    if any(
+        p.type == "audio_url" for m in record.messages if not isinstance(m.content, str) for p in m.content
+    ):
         raise DataError(
-            record.provenance.where, "media_unsupported", "record has audio parts but the model takes images and video only"
+            record.provenance.where,
+            "media_unsupported",
+            "record has audio parts but the model takes images and video only",
         )
     return [_as_vision_template_message(m) for m in record.messages]
 

@@ -102,7 +102,9 @@ def mrope_sample(sample: Sample) -> MropeSample:
         input_ids=sample.input_ids,
         image_grid_thw=np.asarray([m.grid_thw for m in images], dtype=np.int64) if images else None,
         video_grid_thw=np.asarray([m.grid_thw for m in videos], dtype=np.int64) if videos else None,
-        second_per_grid_ts=np.asarray([m.second_per_grid_t for m in videos], dtype=np.float32) if videos else None,
+        second_per_grid_ts=np.asarray([m.second_per_grid_t for m in videos], dtype=np.float32)
+        if videos
+        else None,
     )
 
 

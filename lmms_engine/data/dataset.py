@@ -161,7 +161,9 @@ def _tokenize_sources(
     for entry in entries:
         for source in entry.files:
             if source not in tokenized:
-                tokenized[source] = prepare_file(source, tokenizer, fingerprint, on_error, procs, cache, media)
+                tokenized[source] = prepare_file(
+                    source, tokenizer, fingerprint, on_error, procs, cache, media
+                )
     return tokenized
 
 
@@ -382,5 +384,7 @@ class SFTDataset:
             stats["pack_fill"] = round(tokens / (len(self.packs) * self.packing_length), 4)
         if self._vision is not None:
             counts = self._store.media_counts(self._vision.settings)
-            stats.update({name: int(per_sample[self._sample_index].sum()) for name, per_sample in counts.items()})
+            stats.update(
+                {name: int(per_sample[self._sample_index].sum()) for name, per_sample in counts.items()}
+            )
         return stats

@@ -190,7 +190,9 @@ def measure_image(path: Path, where: str, settings: MediaSettings) -> MediaItem:
     width, height = _decoded_image_size(path, where)
     resized = _resized(height, width, settings.factor, settings.image_min_pixels, settings.image_max_pixels)
     if resized is None:
-        raise DataError(where, "media_unreadable", f"image {str(path)!r} ({width}x{height}) has an aspect ratio over 200")
+        raise DataError(
+            where, "media_unreadable", f"image {str(path)!r} ({width}x{height}) has an aspect ratio over 200"
+        )
     grid = (1, resized[0] // settings.patch_size, resized[1] // settings.patch_size)
     return MediaItem(kind="image", path=str(path), grid_thw=grid)
 
@@ -209,7 +211,9 @@ def measure_video(path: Path, where: str, settings: MediaSettings) -> MediaItem:
     num = sampled_frame_count(total, fps, settings)
     resized = _resized(height, width, settings.factor, settings.video_min_pixels, settings.video_max_pixels)
     if resized is None:
-        raise DataError(where, "media_unreadable", f"video {str(path)!r} ({width}x{height}) has an aspect ratio over 200")
+        raise DataError(
+            where, "media_unreadable", f"video {str(path)!r} ({width}x{height}) has an aspect ratio over 200"
+        )
     tp = settings.temporal_patch_size
     grid = (num // tp, resized[0] // settings.patch_size, resized[1] // settings.patch_size)
     sampled_fps = num * fps / total  # frames taken per second of video
@@ -257,7 +261,9 @@ def frame_indices(total_frames: int, num_frames: int) -> np.ndarray:
     return np.linspace(0, total_frames - 1, num_frames).round().astype(np.int64)
 
 
-def _resized(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int] | None:
+def _resized(
+    height: int, width: int, factor: int, min_pixels: int, max_pixels: int
+) -> tuple[int, int] | None:
     if max(height, width) / max(1, min(height, width)) > 200:
         return None  # smart_resize refuses these
     return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
@@ -285,7 +291,9 @@ def read_video_frames(item: MediaItem) -> np.ndarray:
             if i >= last:
                 break
     if len(frames) != len(wanted):
-        raise ValueError(f"video {item.path!r} has fewer frames than when it was cached; clear the data cache")
+        raise ValueError(
+            f"video {item.path!r} has fewer frames than when it was cached; clear the data cache"
+        )
     return np.stack([frames[i] for i in indices.tolist()])
 
 
@@ -313,7 +321,9 @@ def pixel_inputs(media: Sequence[MediaItem], processor, settings: MediaSettings)
         )
         inputs["pixel_values_videos"] = out["pixel_values_videos"].float()
         inputs["video_grid_thw"] = _checked_grids(out["video_grid_thw"], videos)
-        inputs["second_per_grid_ts"] = torch.tensor([m.second_per_grid_t for m in videos], dtype=torch.float32)
+        inputs["second_per_grid_ts"] = torch.tensor(
+            [m.second_per_grid_t for m in videos], dtype=torch.float32
+        )
     return inputs
 
 

@@ -189,7 +189,9 @@ def _tokenize_items(
         except DataError as error:
             errors.append((location, error))
     ids, labels, lengths, locations, sample_media = [], [], [], [], []
-    for record, result in zip(records, tokenize_batch(tokenizer, records, vision=media is not None), strict=True):
+    for record, result in zip(
+        records, tokenize_batch(tokenizer, records, vision=media is not None), strict=True
+    ):
         try:
             if isinstance(result, DataError):
                 raise result

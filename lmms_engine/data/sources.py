@@ -145,7 +145,7 @@ def _resolve_entry_path(path: str, yaml_path: Path, origin: str) -> Path:
 
 
 def _resolve_data_folder(data_folder: str | None, yaml_path: Path) -> str | None:
-    """"" and null both mean: no media root. A relative folder is kept as written (the working
+    """ "" and null both mean: no media root. A relative folder is kept as written (the working
     directory) unless only the yaml's folder has it, like `path`, so a yaml next to its data and
     media works from anywhere."""
     if data_folder is None or Path(data_folder).is_absolute() or Path(data_folder).exists():

@@ -154,7 +154,9 @@ class MediaTable:
         if not tables:
             return cls.from_items([])
         bases = np.cumsum([0] + [len(t.kinds) for t in tables])[:-1]
-        offsets = [tables[0].offsets[:1]] + [t.offsets[1:] + base for t, base in zip(tables, bases, strict=True)]
+        offsets = [tables[0].offsets[:1]] + [
+            t.offsets[1:] + base for t, base in zip(tables, bases, strict=True)
+        ]
         return cls(
             offsets=np.concatenate(offsets),
             kinds=np.concatenate([t.kinds for t in tables]).astype(np.str_),
