@@ -1,4 +1,5 @@
-"""Data pipeline: sources -> chat messages -> tokens + label masks -> packed / padded batches.
+"""Data pipeline: sources -> chat messages -> tokens + label masks (+ images / video for
+vision-language models) -> packed / padded batches.
 
 The Hydra `_target_` is `lmms_engine.data.build_sft_dataset` (see docs/data_prep.md).
 """
@@ -6,11 +7,14 @@ The Hydra `_target_` is `lmms_engine.data.build_sft_dataset` (see docs/data_prep
 from .collate import collate_packed, collate_padded
 from .dataset import SFTDataset, build_sft_dataset
 from .errors import DataError, DataSourceError, TemplateError
-from .types import Sample
+from .media import MediaSettings
+from .types import MediaItem, Sample
 
 __all__ = [
     "DataError",
     "DataSourceError",
+    "MediaItem",
+    "MediaSettings",
     "SFTDataset",
     "Sample",
     "TemplateError",

@@ -96,15 +96,16 @@ def media_settings(
             "both must match the vision tower"
         )
     video_min = int(videos.size["shortest_edge"])
+    video_max = int(videos.size["longest_edge"] if video_max_pixels is None else video_max_pixels)
     settings = MediaSettings(
         image_token_id=_token_id(tokenizer, processor.image_token),
         video_token_id=_token_id(tokenizer, processor.video_token),
         **geometry,
-        image_min_pixels=int(image_min_pixels or images.size["shortest_edge"]),
-        image_max_pixels=int(image_max_pixels or images.size["longest_edge"]),
+        image_min_pixels=int(images.size["shortest_edge"] if image_min_pixels is None else image_min_pixels),
+        image_max_pixels=int(images.size["longest_edge"] if image_max_pixels is None else image_max_pixels),
         # A max below the processor's min would be overruled by it: the max wins.
-        video_min_pixels=min(video_min, int(video_max_pixels)) if video_max_pixels else video_min,
-        video_max_pixels=int(video_max_pixels or videos.size["longest_edge"]),
+        video_min_pixels=min(video_min, video_max),
+        video_max_pixels=video_max,
         video_fps=float(video_fps),
         video_min_frames=int(video_min_frames),
         video_max_frames=int(video_max_frames),
