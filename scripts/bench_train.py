@@ -165,7 +165,8 @@ def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
     torch.manual_seed(0)
     strategy = make_strategy(cfg, args.parallel)
     strategy.setup()
-    with torch.device("cuda"):
+    # zero3: built inside deepspeed.zero.Init (partitioned layer by layer), as the trainer does.
+    with strategy.model_init_context(), torch.device("cuda"):
         bundle = build_qwen2(name=args.model, config=OmegaConf.to_container(model_cfg.config))
     patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend, use_liger_kernel=cfg.liger and not cfg.liger_loss_only)
     patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing)

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen2C
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
 from lmms_engine.models.base import ModelBundle
+from lmms_engine.models.random_init import build_random
 from lmms_engine.models.tokenizer import build_byte_tokenizer
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ def _hf_config(pretrained: str | None, config: dict[str, Any] | None, trust_remo
 
 
 def _init_random(config: dict[str, Any]) -> Qwen2ForCausalLM:
-    return Qwen2ForCausalLM(_hf_config(None, config, False)).float()
+    # Same weights whole or under ZeRO-3's zero.Init (see models/random_init.py).
+    return build_random(Qwen2ForCausalLM, _hf_config(None, config, False))
 
 
 def _load_tokenizer(path: str | None, trust_remote_code: bool):

@@ -50,6 +50,11 @@ class Strategy:
     def setup(self) -> None:
         raise NotImplementedError
 
+    def model_init_context(self):
+        """The context the model is built in, after setup() (default: none). ZeRO-3 returns
+        deepspeed.zero.Init, so each layer is partitioned over the ranks as soon as it is made."""
+        return contextlib.nullcontext()
+
     def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
         raise NotImplementedError
 

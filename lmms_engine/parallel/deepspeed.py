@@ -11,6 +11,15 @@ How the loop's calls map onto DeepSpeed:
   pre-clip global norm DeepSpeed computed; optimizer_step() then has nothing left to do.
 - checkpoints use DeepSpeed's own format (save_model_optimizer / load_model_optimizer) and the HF
   export gathers full fp32 weights with deepspeed.utils.safe_get_full_fp32_param (full_state_dict).
+
+ZeRO-3 never holds the whole model on one rank:
+- model_init_context() is deepspeed.zero.Init (fp32) plus transformers' HfDeepSpeedConfig: each
+  module's parameters are partitioned right after it is constructed, `from_pretrained` reads the
+  checkpoint into the partitions, and random init runs per gathered module (models/random_init.py).
+- build_optimizer() casts those fp32 partitions to the compute dtype itself (DeepSpeed leaves a
+  zero.Init model as built) and hands the fp32 values to DeepSpeed's masters (cast_keeping_fp32).
+- prepare() registers the lm_head weight as an external parameter of the trained module: the loss
+  reads it in the module's own forward, never calling lm_head.forward, which is what would gather it.
 """
 
 from __future__ import annotations
@@ -18,10 +27,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
@@ -43,9 +54,12 @@ def import_deepspeed():
     return deepspeed
 
 
-def deepspeed_config(stage: int, bf16: bool, offload_optimizer: bool, offload_params: bool, pin_memory: bool) -> dict:
+def deepspeed_config(stage: int, bf16: bool, offload_optimizer: bool, offload_params: bool, pin_memory: bool,
+                     param_persistence_threshold: int = 100_000) -> dict:
     """The DeepSpeed config dict for our settings (https://www.deepspeed.ai/docs/config-json/)."""
     zero = {"stage": stage}
+    if stage == 3:
+        zero["stage3_param_persistence_threshold"] = param_persistence_threshold
     if offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin_memory}
     if offload_params:
@@ -97,13 +111,17 @@ class DeepSpeedZero(Strategy):
     name = "deepspeed"
 
     def __init__(self, stage: int, device: str = "auto", precision: str = "auto", offload_optimizer: bool = False,
-                 offload_params: bool = False, activation_checkpointing: bool | int = False):
+                 offload_params: bool = False, activation_checkpointing: bool | int = False,
+                 param_persistence_threshold: int = 100_000):
         super().__init__(device)
         if stage not in ZERO_STAGES:
             raise ValueError(f"parallel.stage={stage!r}; DeepSpeed ZeRO stages are {ZERO_STAGES} (use parallel=zero1|zero2|zero3)")
         if offload_params and stage != 3:
             raise ValueError(f"parallel.offload_params=true needs ZeRO stage 3 (only it partitions parameters); got stage {stage}")
+        if param_persistence_threshold < 0:
+            raise ValueError(f"parallel.param_persistence_threshold={param_persistence_threshold}; use 0 or more elements")
         self.stage = stage
+        self.param_persistence_threshold = param_persistence_threshold
         self.dtype = compute_dtype(precision, self.device)
         self.offload_optimizer = offload_optimizer
         self.offload_params = offload_params
@@ -119,21 +137,28 @@ class DeepSpeedZero(Strategy):
 
     def config(self) -> dict:
         return deepspeed_config(self.stage, bf16=self.dtype == torch.bfloat16, offload_optimizer=self.offload_optimizer,
-                                offload_params=self.offload_params, pin_memory=self.device.type == "cuda")
+                                offload_params=self.offload_params, pin_memory=self.device.type == "cuda",
+                                param_persistence_threshold=self.param_persistence_threshold)
+
+    def model_init_context(self):
+        """ZeRO-3: build inside deepspeed.zero.Init, in fp32 (see zero3_init); other stages: as usual."""
+        return zero3_init(self.config()) if self.stage == 3 else contextlib.nullcontext()
 
     def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
         apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, compile=False)
+        if self.stage == 3:
+            register_loss_head(module)
         # Not moved to the device here: deepspeed.initialize casts it to bf16 first, then moves it
-        # (half the bytes through the device; ZeRO-3 partitions it right after).
+        # (half the bytes through the device). A ZeRO-3 model is already partitioned on its device.
         return DeepSpeedModule(module)
 
     def build_optimizer(self, module: nn.Module, make_optimizer) -> torch.optim.Optimizer:
         deepspeed = import_deepspeed()
         optimizer = make_optimizer(module)
-        fp32_weights = trainable_weights(module.module) if self.dtype == torch.bfloat16 else None
+        masters = cast_keeping_fp32(module.module, self.dtype) if self.dtype != torch.float32 else None
         engine, ds_optimizer, _, _ = deepspeed.initialize(model=module.module, optimizer=optimizer, config=self.config())
-        if fp32_weights is not None:
-            restore_fp32_masters(module.module, fp32_weights)
+        if masters is not None:
+            restore_fp32_masters(module.module, masters)
         module.attach(engine)
         self.engine = engine
         log.info("deepspeed: ZeRO-%d over %d ranks, %s params%s%s", self.stage, self.world_size, self.dtype,
@@ -194,23 +219,106 @@ class DeepSpeedZero(Strategy):
         return gather_full_state_dict(self.unwrap(module), keep=self.is_main)
 
 
-def trainable_weights(module: nn.Module) -> dict[str, torch.Tensor]:
-    """References (not copies) to the trainable parameters' current tensors, by name."""
-    return {name: param.data for name, param in module.named_parameters() if param.requires_grad}
+@contextlib.contextmanager
+def zero3_init(config: dict):
+    """Build the model partitioned: deepspeed.zero.Init, with transformers told about ZeRO-3.
+
+    zero.Init partitions each module's parameters over the ranks as soon as its __init__ returns
+    (no rank ever holds the whole model). They stay fp32: the masters must start from the fp32
+    weights (see restore_fp32_masters), so cast_keeping_fp32 makes the bf16 copies later.
+    transformers' HfDeepSpeedConfig is kept alive meanwhile (transformers holds only a weak
+    reference): `from_pretrained` then reads the checkpoint into the partitions on rank 0, module
+    by module, and `_from_config` initialises random weights per gathered module (random_init.py).
+    Its own nested zero.Init adds nothing: the outermost context does the partitioning.
+    """
+    deepspeed = import_deepspeed()
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    # fp32 through the config, not Init's dtype argument: DeepSpeed 0.19 ignores that one on
+    # accelerators without fp16 support (the CPU one) and builds bf16.
+    config = {**config, "bf16": {"enabled": False}}
+    config.pop("data_types", None)
+    config.pop("communication_data_type", None)
+    hf_config = HfDeepSpeedConfig(config)
+    try:
+        with deepspeed.zero.Init(config_dict_or_path=config):
+            yield
+    finally:
+        unset_hf_deepspeed_config()  # later code (export, a second model) sees plain transformers again
+        del hf_config
 
 
-def restore_fp32_masters(module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Set DeepSpeed's fp32 master weights to `weights` (the model before initialize cast it).
+def register_loss_head(module: nn.Module) -> None:
+    """Let ZeRO-3 gather the output-embedding (lm_head) weight for `module`'s own forward.
 
-    With bf16 on, DeepSpeed casts the module to bf16 and then copies its fp32 masters from those
-    bf16 values, so the masters start rounded to 8 mantissa bits: small early updates then round
-    away in every bf16 copy, and training drifts from FSDP2's (whose masters are the fp32 model).
-    Local copies only (each rank writes its own partition): no collectives.
+    The trained module hands the weight to a fused linear cross-entropy instead of calling
+    lm_head.forward, so DeepSpeed's per-module hooks do not gather it for lm_head: registered as
+    an external parameter of the root module it is gathered for the root's forward and backward.
+    Tied or not: the weight the loss reads. (DeepSpeed's engine also discovers such reads during
+    an eager forward and registers them then; this does not depend on that discovery, which is
+    off while torch.compile traces, and lets the first step's prefetch trace include it.)
+    """
+    deepspeed = import_deepspeed()
+    deepspeed.zero.register_external_parameter(module, output_embedding_weight(module))
+
+
+def output_embedding_weight(module: nn.Module) -> nn.Parameter:
+    """The lm_head weight of the outermost HF model inside `module`."""
+    for sub in module.modules():
+        if isinstance(sub, PreTrainedModel) and sub.get_output_embeddings() is not None:
+            return sub.get_output_embeddings().weight
+    raise AssertionError(f"{type(module).__name__} holds no HF model with output embeddings")
+
+
+@dataclass
+class Fp32Masters:
+    """The trainable parameters' fp32 values before the cast, by name: whole tensors, and the local
+    partitions of ZeRO-3 parameters built under zero.Init."""
+
+    whole: dict[str, torch.Tensor]
+    partitions: dict[str, torch.Tensor]
+
+
+def cast_keeping_fp32(module: nn.Module, dtype: torch.dtype) -> Fp32Masters:
+    """Cast `module`'s floating parameters to `dtype`, keeping the trainable ones' fp32 values.
+
+    Whole parameters: DeepSpeed would cast them the same way (`p.data = p.data.to(dtype)`); the
+    fp32 tensors are kept by reference, no copy. ZeRO-3 parameters built under zero.Init: DeepSpeed
+    takes them as they are, so their local partition (`ds_tensor`) is cast here and its fp32 values
+    kept in CPU memory (off the device while DeepSpeed allocates its own fp32 masters).
+    """
+    whole, partitions = {}, {}
+    for name, param in module.named_parameters():
+        if not param.is_floating_point() or param.dtype == dtype:
+            continue
+        if getattr(param, "ds_tensor", None) is not None:
+            fp32 = param.ds_tensor.data
+            param.ds_tensor.data = fp32.to(dtype)
+            param.data = torch.empty(0, dtype=dtype, device=param.device)  # the gathered dtype follows ds_tensor
+            if param.requires_grad:
+                partitions[name] = fp32.cpu()  # the old tensor: ds_tensor now holds a new one
+        else:
+            if param.requires_grad:
+                whole[name] = param.data
+            param.data = param.data.to(dtype)
+    return Fp32Masters(whole=whole, partitions=partitions)
+
+
+def restore_fp32_masters(module: nn.Module, masters: Fp32Masters) -> None:
+    """Set DeepSpeed's fp32 master weights to the values before the cast to bf16.
+
+    DeepSpeed copies its fp32 masters from the bf16 parameters, so the masters would start rounded
+    to 8 mantissa bits: small early updates then round away in every bf16 copy, and training drifts
+    from FSDP2's (whose masters are the fp32 model). Local copies only (each rank writes its own
+    partition): no collectives.
     """
     deepspeed = import_deepspeed()
     for name, param in module.named_parameters():
-        if name in weights:
-            deepspeed.utils.safe_set_full_fp32_param(param, weights[name].float())
+        if name in masters.partitions:
+            deepspeed.utils.safe_set_local_fp32_param(param, masters.partitions[name])
+        elif name in masters.whole:
+            deepspeed.utils.safe_set_full_fp32_param(param, masters.whole[name].float())
 
 
 def gather_full_state_dict(module: nn.Module, keep: bool) -> dict[str, torch.Tensor]:

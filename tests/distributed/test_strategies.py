@@ -8,6 +8,7 @@ world_size-th). Token-normalised losses must then agree to floating-point tolera
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -24,6 +25,9 @@ from lmms_engine.parallel.deepspeed import DeepSpeedZero, deepspeed_config
 from tests.conftest import REPO, compose_config
 
 STEPS = 5
+# The tiny model ties lm_head to the embeddings, and ZeRO-3 keeps parameters under 1e5 elements
+# whole on every rank: untie it and partition everything so the loss's lm_head read is exercised.
+ZERO3_UNTIED = ["model.config.tie_word_embeddings=false", "parallel.param_persistence_threshold=0"]
 # Small, CPU-only, and a checkpoint mid-run so resuming can be tested from it.
 COMMON = [f"trainer.max_steps={STEPS}", "trainer.save_every=3", "data.packing_length=512", "parallel.device=cpu"]
 RUN_TIMEOUT_S = 540  # a first DeepSpeed run on a fresh machine also builds its CPU comm op (~1-2 min)
@@ -86,14 +90,22 @@ def reference_losses(tmp_path_factory, token_cache) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def distributed_runs(tmp_path_factory, token_cache):
-    """parallel option -> its torchrun run directory, launched once per module."""
-    runs: dict[str, Path] = {}
+def untied_reference_losses(tmp_path_factory, token_cache) -> list[float]:
+    run_dir = train_single(tmp_path_factory.mktemp("single_untied") / "run", token_cache, "trainer.grad_accum=2",
+                           ZERO3_UNTIED[0])
+    return losses(run_dir)
 
-    def get(parallel: str) -> Path:
-        if parallel not in runs:
-            runs[parallel] = torchrun(tmp_path_factory.mktemp(parallel), token_cache, f"parallel={parallel}")
-        return runs[parallel]
+
+@pytest.fixture(scope="module")
+def distributed_runs(tmp_path_factory, token_cache):
+    """parallel option (plus overrides) -> its torchrun run directory, launched once per module."""
+    runs: dict[tuple[str, ...], Path] = {}
+
+    def get(parallel: str, *overrides: str) -> Path:
+        key = (parallel, *overrides)
+        if key not in runs:
+            runs[key] = torchrun(tmp_path_factory.mktemp(parallel), token_cache, f"parallel={parallel}", *overrides)
+        return runs[key]
 
     return get
 
@@ -117,6 +129,48 @@ def test_torchrun_ranks_share_one_run_directory(distributed_runs):
     run_dir = distributed_runs("ddp")  # asserts the output root holds exactly one run directory
     assert {".hydra", "metrics.jsonl", "checkpoints", "hf"} <= {p.name for p in run_dir.iterdir()}
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_3", f"step_{STEPS}"]
+
+
+@needs_deepspeed
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_zero3_untied_lm_head_matches_single_process(untied_reference_losses, distributed_runs):
+    """The loss reads lm_head.weight without calling lm_head: ZeRO-3 must still gather it."""
+    got = losses(distributed_runs("zero3", *ZERO3_UNTIED))
+    assert len(got) == STEPS
+    assert got[0] == pytest.approx(untied_reference_losses[0], abs=1e-5), "step 1: same weights, same data"
+    assert got == pytest.approx(untied_reference_losses, abs=1e-4), "zero3 (untied lm_head) diverges"
+
+
+@needs_deepspeed
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_zero3_untied_export_has_both_matrices(distributed_runs):
+    exported = load_file(distributed_runs("zero3", *ZERO3_UNTIED) / "hf" / "model.safetensors")
+    assert {"lm_head.weight", "model.embed_tokens.weight"} <= set(exported)
+    assert not torch.equal(exported["lm_head.weight"], exported["model.embed_tokens.weight"])
+
+
+@needs_deepspeed
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_zero3_builds_partitioned_with_single_process_weights(tmp_path, token_cache):
+    """Right after the build each rank holds about 1/world of the model (it was never whole), and
+    the gathered weights are the single-process build's. DeepSpeed's bf16 path (forced on CPU)
+    computes in bf16 while its fp32 masters equal the fp32 weights as built. The lm_head weight the
+    loss reads is an external parameter of the trained module."""
+    probe = Path(__file__).with_name("zero3_build_probe.py")
+    _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(probe), str(tmp_path),
+             *ZERO3_UNTIED, "bf16"], token_cache)
+    for rank in range(2):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["all_zero_params"] and report["built_dtypes"] == ["torch.float32"]
+        assert report["local_numel"] == pytest.approx(report["total_numel"] / 2, rel=0.01), report
+        assert not report["lm_head_tied"]
+        assert report["weights_differ_from_single_process"] == []
+        assert report["lm_head_registered"], "the loss reads lm_head.weight outside lm_head.forward"
+        assert report["compute_dtypes"] == ["torch.bfloat16"]
+        assert report["masters_differ_from_fp32_build"] == []
 
 
 @needs_deepspeed
@@ -160,8 +214,16 @@ def test_deepspeed_options_are_checked():
 
 def test_deepspeed_config_leaves_accumulation_and_clipping_to_the_loop():
     config = deepspeed_config(stage=2, bf16=True, offload_optimizer=True, offload_params=False, pin_memory=False)
+    assert "stage3_param_persistence_threshold" not in config["zero_optimization"]
     assert config["gradient_accumulation_steps"] == 1 and config["train_micro_batch_size_per_gpu"] == 1
     assert config["gradient_clipping"] == 0.0
     assert config["bf16"] == {"enabled": True} and config["data_types"] == {"grad_accum_dtype": "fp32"}
     assert config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert "offload_param" not in config["zero_optimization"]
+
+
+def test_only_zero3_builds_inside_zero_init():
+    assert isinstance(DeepSpeedZero(stage=2, device="cpu").model_init_context(), contextlib.nullcontext)
+    assert not isinstance(DeepSpeedZero(stage=3, device="cpu").model_init_context(), contextlib.nullcontext)
+    with pytest.raises(ValueError, match="param_persistence_threshold"):
+        DeepSpeedZero(stage=3, device="cpu", param_persistence_threshold=-1)
