@@ -13,8 +13,11 @@ from lmms_engine.train.resolvers import register_resolvers
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = str(REPO / "conf")
 
-# Small enough that a CPU test trains a few steps in seconds.
+# The text-only tiny model on the text demo data (the default is the tiny VL model on mixed data).
+TEXT = ["model=tiny", "data=demo"]
+# Small enough that a CPU test trains a few steps in seconds; text unless a test asks for VL.
 SHRINK = [
+    *TEXT,
     "trainer.max_steps=4",
     "trainer.save_every=0",
     "trainer.log_every=1",
@@ -23,10 +26,12 @@ SHRINK = [
 ]
 
 
-def compose_config(*overrides: str, shrink: bool = True) -> DictConfig:
+def compose_config(*overrides: str, shrink: bool = True, vl: bool = False) -> DictConfig:
+    """The composed train config; shrink: SHRINK first; vl: keep the default tiny VL model and data."""
     register_resolvers()
+    base = [o for o in SHRINK if not (vl and o in TEXT)] if shrink else []
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=[*(SHRINK if shrink else []), *overrides])
+        return compose(config_name="train", overrides=[*base, *overrides])
 
 
 @pytest.fixture

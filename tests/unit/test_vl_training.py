@@ -151,3 +151,30 @@ def test_step_flops_add_the_vision_tower(bundle):
     frozen = text + vision_train_flops(config.vision_config, grids.tolist(), trainable=False)
     assert bundle.step_flops(batch) == pytest.approx(frozen)
     assert bundle.step_flops({"doc_lengths": [30, 50]}) == pytest.approx(text)
+
+
+def test_packed_and_padded_vl_batches_give_the_same_loss(bundle, tmp_path):
+    """The demo's image / video / text samples, one pack: packed (sdpa per document, mrope ids
+    restarting per sample) vs the same samples padded (attention mask): fp32, 1e-5."""
+    from lmms_engine.data.dataset import build_sft_dataset
+    from lmms_engine.kernels.attention import varlen_kwargs
+    from lmms_engine.train.resolvers import demo_data
+
+    datasets = {
+        packing: build_sft_dataset(bundle.tokenizer, demo_data("demo_vl.yaml"), packing=packing, packing_length=1024,
+                                   cache_dir=tmp_path, num_proc=1, **bundle.data_inputs())
+        for packing in (True, False)
+    }
+    pack = next(p for p in datasets[True].micro_batches(0) if "pixel_values_videos" in datasets[True].collate(p))
+    losses = {}
+    for packing, dataset in datasets.items():
+        KernelPatcher(use_rmpad=packing).apply(bundle.model, torch.device("cpu"), padding_free=packing)
+        module = CausalLMWithLoss(bundle.model, cross_entropy_sum, bundle.hidden_states)
+        batch = dataset.collate(pack)
+        inputs = {k: batch[k] for k in bundle.input_keys if k in batch}
+        if packing:
+            inputs.update(varlen_kwargs(batch["cu_seqlens"], batch["max_seqlen"], "sdpa"))
+        with torch.no_grad():
+            losses[packing] = module(labels=batch["labels"], **inputs) / batch["num_label_tokens"]
+    assert "image_grid_thw" in batch and "video_grid_thw" in batch
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=1e-5)
