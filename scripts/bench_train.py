@@ -14,7 +14,6 @@ same documents in shuffled micro-batches of `--baseline-micro-batch`, padded to 
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import json
 import math
@@ -33,7 +32,7 @@ from lmms_engine.data.packing import pack_best_fit_decreasing
 from lmms_engine.data.types import Sample
 from lmms_engine.kernels.loss import liger_fused_cross_entropy_sum
 from lmms_engine.kernels.patcher import KernelPatcher
-from lmms_engine.models.flops import peak_flops, train_flops
+from lmms_engine.models.flops import peak_flops
 from lmms_engine.models.qwen2 import build_qwen2
 from lmms_engine.parallel.base import Strategy
 from lmms_engine.parallel.common import apply_activation_checkpointing
@@ -70,7 +69,11 @@ CONFIGS = {
         BenchConfig("liger_rmpad_varlen_noac", packing=True, attn_backend="torch_varlen", liger=True, activation_checkpointing=False),
         BenchConfig("liger_rmpad_varlen_noac_accum2", packing=True, attn_backend="torch_varlen", liger=True,
                     activation_checkpointing=False, grad_accum=2),
+        BenchConfig("liger_rmpad_varlen_noac_accum4", packing=True, attn_backend="torch_varlen", liger=True,
+                    activation_checkpointing=False, grad_accum=4),
         BenchConfig("liger_rmpad_varlen_ac_accum2", packing=True, attn_backend="torch_varlen", liger=True, grad_accum=2),
+        BenchConfig("liger_rmpad_varlen_noac_compile", packing=True, attn_backend="torch_varlen", liger=True,
+                    activation_checkpointing=False, compile=True),
         BenchConfig("flce_rmpad_varlen_noac_compile", packing=True, attn_backend="torch_varlen", liger=True,
                     liger_loss_only=True, activation_checkpointing=False, compile=True),
         BenchConfig("liger_rmpad_flex_noac", packing=True, attn_backend="flex", liger=True, activation_checkpointing=False),
@@ -176,7 +179,7 @@ def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
     ctx = TrainContext(
         module=module, optimizer=optimizer, strategy=strategy, patcher=patcher,
         dataset=StepData(data.samples, cfg.packing, bundle.tokenizer.pad_token_id), step_batches=None,
-        lr_at=None, flops_fn=functools.partial(train_flops, bundle.model.config), peak_flops=None, sinks=None,
+        lr_at=None, flops_fn=bundle.step_flops, peak_flops=None, sinks=None,
         checkpoint_root=Path("/nonexistent"), max_steps=0, max_grad_norm=1.0, save_every=0, unpad=False,
     )
     times, tokens, flops, losses = [], [], [], []
