@@ -32,6 +32,7 @@ class TrainerConfig:
     resume: str | None = None  # null | auto (latest complete checkpoint of this run dir) | a checkpoint or run dir
     log_every: int = 1  # console / train.log line every N steps (metrics.jsonl gets every step)
     export_hf: bool = True  # write <run_dir>/hf at the end
+    data_workers: int | None = None  # processes collating upcoming micro-batches (null: 4 on CUDA, 0 = in the step)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from lmms_engine.data.collate import collate_packed, collate_padded  # noqa: E40
 from lmms_engine.data.packing import pack_best_fit_decreasing  # noqa: E402
 from lmms_engine.data.types import Sample  # noqa: E402
 from lmms_engine.kernels.patcher import KernelPatcher  # noqa: E402
+from lmms_engine.models.flops import peak_flops  # noqa: E402
 from lmms_engine.models.mrope import MropeSample, MropeSpec, mrope_position_ids  # noqa: E402
 from lmms_engine.models.qwen2_5_vl import (  # noqa: E402
     TOKEN_ID_FIELDS,
@@ -48,6 +49,7 @@ from lmms_engine.models.qwen2_5_vl import (  # noqa: E402
 from lmms_engine.train.loop import TrainContext, train_step  # noqa: E402
 from lmms_engine.train.module import CausalLMWithLoss  # noqa: E402
 from lmms_engine.train.optim import build_adamw  # noqa: E402
+from lmms_engine.train.prefetch import make_collator  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZES = [((480, 640), 0.35), ((768, 1024), 0.15), ((720, 1280), 0.20), ((1024, 1024), 0.10),
@@ -125,6 +127,34 @@ def make_packs(samples: list[VLSample], tokens_per_step: int, n_packs: int) -> l
     return full
 
 
+def step_micro_batches(packs: list[list[int]], cfg, micro_batch: int) -> list[list[list[int]]]:
+    """Each step's micro-batches: grad_accum packs, or (padded baseline) their samples shuffled
+    into micro-batches of `micro_batch`."""
+    steps = []
+    for i in range(len(packs) // cfg.grad_accum):
+        step_packs = packs[i * cfg.grad_accum : (i + 1) * cfg.grad_accum]
+        if cfg.packing:
+            steps.append(step_packs)
+        else:
+            order = np.random.default_rng(i).permutation(sum(step_packs, [])).tolist()
+            steps.append([order[j : j + micro_batch] for j in range(0, len(order), micro_batch)])
+    return steps
+
+
+def profile_steps(ctx, steps, data, args) -> None:
+    """Two more steps under torch.profiler (collating in the step), top kernels to --profile-out."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ctx.collator = None
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for batches in steps:
+            train_step(ctx, batches)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
+    Path(args.profile_out).write_text(table)
+    print(table[:5000])
+
+
 def run_config(name: str, model_cfg, samples: list[VLSample], packs: list[list[int]], args) -> dict:
     cfg = CONFIGS[name]
     torch.manual_seed(0)
@@ -133,31 +163,27 @@ def run_config(name: str, model_cfg, samples: list[VLSample], packs: list[list[i
     with strategy.model_init_context(), torch.device("cuda"):
         bundle = build_qwen2_5_vl(name=args.model, config=OmegaConf.to_container(model_cfg.config))
     patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend, use_liger_kernel=cfg.liger)
-    patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing)
-    if cfg.hf_style:
+    if cfg.hf_style:  # transformers' defaults: sdpa in the decoder and the vision tower
         set_text_attention(bundle.model, "sdpa", "sdpa")
+    else:
+        patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing)
     module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units)
     optimizer = strategy.build_optimizer(module, lambda m: build_adamw(m, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8))
     vision = bundle.model.config.vision_config
     data = VLStepData(samples, cfg.packing, bundle.tokenizer.pad_token_id, MropeSpec.from_config(bundle.model.config),
                       vision.in_channels * vision.temporal_patch_size * vision.patch_size**2)
+    steps = step_micro_batches(packs, cfg, args.baseline_micro_batch)
     ctx = TrainContext(
         module=module, optimizer=optimizer, strategy=strategy, patcher=patcher, dataset=data, step_batches=None,
         lr_at=None, flops_fn=bundle.step_flops, peak_flops=None, sinks=None, checkpoint_root=Path("/nonexistent"),
         max_steps=0, max_grad_norm=1.0, save_every=0, unpad=False, input_keys=bundle.input_keys,
+        collator=make_collator(data.collate, [mb for step in steps for mb in step], args.data_workers, strategy.device),
     )
     times, tokens, flops, losses = [], [], [], []
     torch.cuda.reset_peak_memory_stats()
-    n_steps = len(packs) // cfg.grad_accum
-    for i in range(n_steps):
+    for i, batches in enumerate(steps):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        step_packs = packs[i * cfg.grad_accum : (i + 1) * cfg.grad_accum]
-        if cfg.packing:
-            batches = step_packs
-        else:
-            order = np.random.default_rng(i).permutation(sum(step_packs, [])).tolist()
-            batches = [order[j : j + args.baseline_micro_batch] for j in range(0, len(order), args.baseline_micro_batch)]
         stats = train_step(ctx, batches)
         torch.cuda.synchronize()
         if i >= math.ceil(args.warmup / cfg.grad_accum):
@@ -165,8 +191,10 @@ def run_config(name: str, model_cfg, samples: list[VLSample], packs: list[list[i
             tokens.append(stats["tokens"])
             flops.append(stats["flops"])
         losses.append(stats["loss"])
+    if args.profile == name:
+        profile_steps(ctx, steps[:2], data, args)
+    ctx.collator.close()
     seconds = sum(times)
-    from lmms_engine.models.flops import peak_flops
 
     result = {
         "config": name, **cfg.__dict__, "world_size": 1, "tokens_per_s": sum(tokens) / seconds,
@@ -174,7 +202,7 @@ def run_config(name: str, model_cfg, samples: list[VLSample], packs: list[list[i
         "mfu": sum(flops) / seconds / peak_flops(torch.cuda.get_device_name()),
         "tokens_per_step": sum(tokens) / len(tokens), "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9,
         "loss_first": losses[0], "loss_last": losses[-1], "attn_backend_resolved": patcher.backend,
-        "vision_attention": bundle.model.model.visual.config._attn_implementation,
+        "vision_attention": getattr(bundle.model.model.visual.blocks[0].attn, "lmms_varlen_backend", "sdpa"),
     }
     del ctx, module, optimizer, bundle
     gc.collect()
@@ -190,6 +218,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--baseline-micro-batch", type=int, default=4)
     parser.add_argument("--configs", default=",".join(VL_CONFIGS), help="comma-separated; the first is the baseline")
+    parser.add_argument("--data-workers", type=int, default=6, help="processes collating ahead (0 = in the step)")
+    parser.add_argument("--profile", default=None, help="a config to profile for 2 extra steps")
+    parser.add_argument("--profile-out", default="profile_vl.txt")
     parser.add_argument("--out", default=None, help="JSON output path")
     args = parser.parse_args()
     model_cfg = OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml")

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("flash_attn", "torch_varlen", "flex", "sdpa")
 # `auto` tries these in order and takes the first available on the device.
 AUTO_ORDER_CUDA = ("flash_attn", "torch_varlen", "flex", "sdpa")
-# Varlen kernels that also run non-causal (encoders), fastest first.
+# Varlen kernels that also run bidirectional (encoders: kernels/encoder_attention.py), fastest first.
 BIDIRECTIONAL_BACKENDS = ("flash_attn", "torch_varlen")
 
 
@@ -67,28 +67,6 @@ def register(backend: str) -> str:
     return name
 
 
-def register_bidirectional(backend: str) -> str:
-    """A NON-causal varlen variant for encoders that pass their own cu_seqlens (vision towers).
-
-    The name contains "flash" on purpose: transformers' vision attention hands cu_seqlens to flash
-    style implementations only (others get one call per image / window, slow on a GPU).
-    """
-    if backend not in BIDIRECTIONAL_BACKENDS:
-        raise ValueError(f"no bidirectional varlen backend {backend!r}; choose one of {BIDIRECTIONAL_BACKENDS}")
-    name = f"lmms_flash_bidirectional_{backend}"
-    AttentionInterface.register(name, functools.partial(_packed_attention, backend=backend, causal=False))
-    return name
-
-
-def encoder_attention(device: torch.device) -> str:
-    """The attention implementation for vision / audio encoders on `device`: a registered
-    bidirectional varlen kernel on CUDA when one is available, else transformers' sdpa."""
-    for backend in BIDIRECTIONAL_BACKENDS:
-        if is_available(backend, device):
-            return register_bidirectional(backend)
-    return "sdpa"
-
-
 def varlen_kwargs(cu_seqlens: torch.Tensor, max_seqlen: int, backend: str) -> dict:
     """Per-batch keyword arguments for the model's forward (computed once, used by every layer)."""
     kwargs = {
@@ -109,8 +87,7 @@ def _no_mask(*args, **kwargs):
     return None
 
 
-def _packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, backend, causal=True,
-                      **kwargs):
+def _packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, backend, **kwargs):
     """query (1, Hq, T, D), key/value (1, Hkv, T, D) -> output (1, T, Hq, D), None."""
     if "cu_seq_lens_q" not in kwargs:
         raise RuntimeError(
@@ -128,11 +105,21 @@ def _packed_attention(module, query, key, value, attention_mask, scaling=None, d
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D)
     if backend == "sdpa":
         out = _sdpa_per_document(q, k, v, kwargs["lmms_doc_bounds"], scaling)
-    elif backend == "torch_varlen":
-        out = _torch_varlen_attention(q, k, v, cu, max_len, scaling, causal)
     else:
-        out = _flash_attn_varlen(q, k, v, cu, max_len, scaling, causal)
+        out = varlen_attention(q, k, v, cu, max_len, scaling, causal=True, backend=backend)
     return out.unsqueeze(0), None
+
+
+def varlen_attention(q, k, v, cu_seqlens, max_len: int, scaling, *, causal: bool, backend: str) -> torch.Tensor:
+    """(T, H, D) tensors of packed sequences delimited by cu_seqlens (int32) -> (T, Hq, D), with the
+    torch_varlen or flash_attn kernel; causal or bidirectional within each sequence."""
+    if backend == "torch_varlen":
+        return _torch_varlen_attention(q, k, v, cu_seqlens, max_len, scaling, causal)
+    if backend == "flash_attn":
+        return _flash_attn_varlen(q, k, v, cu_seqlens, max_len, scaling, causal)
+    if backend == "sdpa":  # the reference (CPU): one call per sequence
+        return _sdpa_per_document(q, k, v, cu_seqlens.tolist(), scaling, causal)
+    raise ValueError(f"no varlen kernel for backend {backend!r}; choose one of {BIDIRECTIONAL_BACKENDS} or sdpa")
 
 
 def _compute_dtype(*tensors: torch.Tensor):
@@ -151,13 +138,13 @@ def _repeat_kv_heads(k: torch.Tensor, v: torch.Tensor, n_q_heads: int):
     return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
 
 
-def _sdpa_per_document(q, k, v, bounds: list[int], scaling):
-    """Correct everywhere (CPU included): causal SDPA on each document separately."""
+def _sdpa_per_document(q, k, v, bounds: list[int], scaling, causal: bool = True):
+    """Correct everywhere (CPU included): SDPA on each document separately."""
     k, v = _repeat_kv_heads(k, v, q.shape[1])
     outs = []
     for start, end in zip(bounds[:-1], bounds[1:]):
         qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))  # (H, n, D)
-        outs.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scaling).transpose(0, 1))
+        outs.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scaling).transpose(0, 1))
     return torch.cat(outs, dim=0)
 
 

@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedModel
 
 from lmms_engine.kernels import attention
+from lmms_engine.kernels.encoder_attention import encoder_varlen_backend, patch_vision_attention
 from lmms_engine.kernels.loss import cross_entropy_sum, liger_fused_cross_entropy_sum
 
 log = logging.getLogger(__name__)
@@ -58,17 +59,19 @@ class KernelPatcher:
 
 
 def _set_attention(model: torch.nn.Module, text_impl: str, device: torch.device) -> None:
-    """The decoder gets `text_impl` (causal); encoders beside it (a VL model's vision tower, an audio
-    encoder) get a bidirectional implementation: packed causal kernels must never reach them."""
+    """The decoder gets `text_impl` (causal). Encoders beside it (a VL model's vision tower) keep
+    transformers' bidirectional sdpa, and on CUDA get one varlen kernel call over all their
+    images instead (kernels/encoder_attention.py): packed causal kernels must never reach them."""
     encoders = _encoders(model)
     if not encoders:
         model.set_attn_implementation(text_impl)
         return
     model.model.language_model.set_attn_implementation(text_impl)
-    encoder_impl = attention.encoder_attention(device)
+    backend = encoder_varlen_backend(device)
     for name, encoder in encoders.items():
-        encoder.set_attn_implementation(encoder_impl)
-        log.info("attention: %s for %s", encoder_impl, name)
+        encoder.set_attn_implementation("sdpa")
+        patched = patch_vision_attention(encoder, backend) if backend else 0
+        log.info("attention: %s for %s", f"{backend} varlen (bidirectional)" if patched else "sdpa", name)
 
 
 def _encoders(model: torch.nn.Module) -> dict[str, PreTrainedModel]:

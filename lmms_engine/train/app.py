@@ -25,6 +25,7 @@ from lmms_engine.train.data_iter import DataPosition, StepBatches
 from lmms_engine.train.loop import TrainContext, train
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw, freeze_components
+from lmms_engine.train.prefetch import make_collator
 from lmms_engine.train.resolvers import register_resolvers
 from lmms_engine.train.schedule import lr_at
 from lmms_engine.train.state import restore_rng, seed_everything
@@ -77,9 +78,11 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     optimizer = strategy.build_optimizer(
         module, functools.partial(_make_optimizer, optim=rc.optim, components=bundle.components()))
     start_step, position = _maybe_resume(rc, run_dir, module, optimizer, strategy)
+    step_batches = StepBatches(dataset, rc.trainer.grad_accum, strategy.rank, strategy.world_size, position)
     ctx = TrainContext(
         module=module, optimizer=optimizer, strategy=strategy, patcher=patcher, dataset=dataset,
-        step_batches=StepBatches(dataset, rc.trainer.grad_accum, strategy.rank, strategy.world_size, position),
+        step_batches=step_batches, collator=make_collator(dataset.collate, step_batches.plan(),
+                                                          _data_workers(rc, strategy.device), strategy.device),
         lr_at=functools.partial(_lr, rc=rc), flops_fn=bundle.step_flops, input_keys=bundle.input_keys,
         peak_flops=_device_peak_flops(strategy.device),
         sinks=_build_sinks(cfg, rc, run_dir, start_step, strategy.is_main),
@@ -90,6 +93,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     try:
         train(ctx, start_step)
     finally:
+        ctx.collator.close()
         ctx.sinks.close()
     if rc.trainer.export_hf:
         export_hf(module, bundle.artifacts(), run_dir / "hf", strategy)
@@ -141,6 +145,12 @@ def _build_sinks(cfg: DictConfig, rc: RunConfig, run_dir: Path, start_step: int,
 def _make_optimizer(module, optim, components):
     return build_adamw(module, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas, eps=optim.eps,
                        components=components, component_lr=optim.component_lr)
+
+
+def _data_workers(rc: RunConfig, device: torch.device) -> int:
+    if rc.trainer.data_workers is not None:
+        return rc.trainer.data_workers
+    return 4 if device.type == "cuda" else 0
 
 
 def _lr(step: int, rc: RunConfig) -> float:

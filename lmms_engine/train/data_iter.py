@@ -36,5 +36,12 @@ class StepBatches:
         self.position = DataPosition(self.position.epoch, start + per_step)
         return step_batches[self.rank :: self.world_size]
 
+    def plan(self):
+        """This rank's micro-batches from the current position on, forever (a copy: consuming the
+        plan does not move this object's position)."""
+        ahead = StepBatches(self.dataset, self.grad_accum, self.rank, self.world_size, DataPosition(**self.state_dict()))
+        while True:
+            yield from ahead.next_step()
+
     def state_dict(self) -> dict:
         return {"epoch": self.position.epoch, "index": self.position.index}

@@ -36,6 +36,7 @@ class TrainContext:
     save_every: int
     unpad: bool  # kernels.use_rmpad on unpacked data
     input_keys: tuple[str, ...] = ModelBundle.input_keys  # batch keys the model's forward takes
+    collator: object = None  # train.prefetch collator (None: dataset.collate in the step)
 
 
 def train(ctx: TrainContext, start_step: int) -> None:
@@ -64,7 +65,8 @@ def train_step(ctx: TrainContext, micro_batch_indices: list[list[int]]) -> dict:
     by the world size, since data parallelism averages gradients across ranks).
     """
     strategy = ctx.strategy
-    batches = [_prepare(ctx, ctx.dataset.collate(indices)) for indices in micro_batch_indices]
+    collate = ctx.collator.get if ctx.collator is not None else ctx.dataset.collate
+    batches = [_prepare(ctx, collate(indices)) for indices in micro_batch_indices]
     counts = torch.tensor([sum(b["num_label_tokens"] for b in batches), sum(sum(b["doc_lengths"]) for b in batches)], dtype=torch.float64)
     label_tokens, real_tokens = strategy.all_reduce_sum(counts.to(strategy.device)).tolist()
     scale = strategy.world_size / max(label_tokens, 1.0)

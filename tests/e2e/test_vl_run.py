@@ -29,11 +29,12 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def _vl_run(tmp_path_factory):
-    """Six steps with a checkpoint after step 3; packs of 1024 tokens so the video fits."""
+    """Six steps with a checkpoint after step 3; packs of 1024 tokens so the video fits; two
+    processes collate ahead (the GPU default), so resume is checked through the prefetcher too."""
     run_dir = tmp_path_factory.mktemp("vl_run")
     cache = tmp_path_factory.mktemp("vl_cache")
     cfg = compose_config("trainer.max_steps=6", "trainer.save_every=3", "data.packing_length=1024",
-                         f"data.cache_dir={cache}", vl=True)
+                         "trainer.data_workers=2", f"data.cache_dir={cache}", vl=True)
     run(cfg, run_dir)
     return cfg, run_dir
 

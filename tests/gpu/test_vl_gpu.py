@@ -86,7 +86,9 @@ def _loss_and_grads(packed: bool, liger: bool = False):
 def test_vision_tower_gets_a_bidirectional_varlen_kernel():
     bundle = _bundle()
     KernelPatcher(use_rmpad=True, attn_backend="torch_varlen").apply(bundle.model.cuda(), torch.device("cuda"), True)
-    assert bundle.model.model.visual.config._attn_implementation.startswith("lmms_flash_bidirectional_")
+    blocks = bundle.model.model.visual.blocks
+    assert [getattr(b.attn, "lmms_varlen_backend", None) for b in blocks] == ["torch_varlen"] * len(blocks)
+    assert bundle.model.model.visual.config._attn_implementation == "sdpa"  # what a saved config names
     assert bundle.model.model.language_model.config._attn_implementation == "lmms_torch_varlen"
 
 

@@ -178,3 +178,44 @@ def test_packed_and_padded_vl_batches_give_the_same_loss(bundle, tmp_path):
             losses[packing] = module(labels=batch["labels"], **inputs) / batch["num_label_tokens"]
     assert "image_grid_thw" in batch and "video_grid_thw" in batch
     torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=1e-5)
+
+
+def test_varlen_vision_attention_matches_transformers_per_window_attention(bundle):
+    """The instance-level vision attention (one varlen call over all images and windows; here its
+    sdpa reference, as CPUs have no varlen kernel) gives transformers' own tower output."""
+    from lmms_engine.kernels.encoder_attention import patch_vision_attention
+
+    inputs = _inputs(bundle, with_image=True)
+    pixels = torch.cat([inputs["pixel_values"], inputs["pixel_values"].flip(0)])
+    grids = torch.cat([inputs["image_grid_thw"], inputs["image_grid_thw"]])
+    visual = bundle.model.model.visual
+    with torch.no_grad():
+        expected = visual(pixels, grid_thw=grids).pooler_output
+        assert patch_vision_attention(visual, "sdpa") == len(visual.blocks)
+        got = visual(pixels, grid_thw=grids).pooler_output
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_prefetched_batches_equal_direct_collation_and_follow_the_plan(bundle, tmp_path):
+    """Two worker processes collate the demo's VL micro-batches ahead, in the loop's order."""
+    from lmms_engine.data.dataset import build_sft_dataset
+    from lmms_engine.train.data_iter import StepBatches
+    from lmms_engine.train.prefetch import PrefetchCollator
+    from lmms_engine.train.resolvers import demo_data
+
+    dataset = build_sft_dataset(bundle.tokenizer, demo_data("demo_vl.yaml"), packing_length=1024, cache_dir=tmp_path,
+                                num_proc=1, **bundle.data_inputs())
+    steps = StepBatches(dataset, grad_accum=2, rank=0, world_size=1)
+    collator = PrefetchCollator(dataset.collate, steps.plan(), num_workers=2)
+    for _ in range(3):
+        for indices in steps.next_step():
+            got, expected = collator.get(indices), dataset.collate(indices)
+            assert got.keys() == expected.keys()
+            for key, value in expected.items():
+                if isinstance(value, torch.Tensor):
+                    torch.testing.assert_close(got[key], value, rtol=0, atol=0)
+                else:
+                    assert got[key] == value
+    with pytest.raises(RuntimeError, match="prefetch plan and the training loop disagree"):
+        collator.get([0])
+    collator.close()

@@ -1,0 +1,63 @@
+"""Variable-length attention for encoders beside the decoder (Qwen2.5-VL's vision tower).
+
+The vision tower attends within each image (full-attention blocks) or each window (the others),
+delimited by its own cu_seqlens. transformers hands those cu_seqlens to "flash"-named attention
+implementations only; every other implementation gets one call per image / window, thousands of
+tiny kernels per step at real resolutions. Naming a registered function "flash..." is not an option:
+transformers then tries to load it as a Hub kernel. So, like a Liger patch, the attention modules'
+`forward` is replaced on the instance: the same projections and rotary embedding, then ONE
+bidirectional varlen kernel call over all images (torch's varlen_attn or flash-attn).
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+
+import torch
+from torch import nn
+
+from lmms_engine.kernels import attention
+
+log = logging.getLogger(__name__)
+
+
+def encoder_varlen_backend(device: torch.device) -> str | None:
+    """The fastest bidirectional varlen kernel on `device`, or None (then transformers' sdpa stays)."""
+    return next((b for b in attention.BIDIRECTIONAL_BACKENDS if attention.is_available(b, device)), None)
+
+
+def patch_vision_attention(vision_tower: nn.Module, backend: str) -> int:
+    """Bind the varlen forward to every Qwen2.5-VL vision attention module; returns how many."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionAttention
+
+    modules = [m for m in vision_tower.modules() if isinstance(m, Qwen2_5_VLVisionAttention)]
+    for module in modules:
+        module.forward = types.MethodType(_vision_varlen_forward, module)
+        module.lmms_varlen_backend = backend
+    log.info("vision attention: %d modules on the %s varlen kernel", len(modules), backend)
+    return len(modules)
+
+
+def _vision_varlen_forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    tokens = hidden_states.shape[0]
+    q, k, v = self.qkv(hidden_states).reshape(tokens, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = position_embeddings
+    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    q, k, v = attention._compute_dtype(q, k, v)
+    out = attention.varlen_attention(q, k, v, cu_seqlens.to(torch.int32), _max_length(cu_seqlens, max_seqlen),
+                                     self.scaling, causal=False, backend=self.lmms_varlen_backend)
+    return self.proj(out.reshape(tokens, -1))
+
+
+def _max_length(cu_seqlens: torch.Tensor, given) -> int:
+    """The longest span, read once per cu_seqlens tensor (every block of a forward shares it)."""
+    if given is not None:
+        return int(given)
+    cached = getattr(cu_seqlens, "_lmms_max_length", None)
+    if cached is None:
+        cached = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        cu_seqlens._lmms_max_length = cached
+    return cached

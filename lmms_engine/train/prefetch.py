@@ -1,0 +1,77 @@
+"""Collation ahead of the training step, in DataLoader worker processes.
+
+A VL micro-batch is built from files at collate time (images decoded, resized and patchified by the
+processor, video frames decoded): tens to hundreds of milliseconds of CPU work per pack, which would
+leave the GPU idle if it ran inside the step. The order of micro-batches is fully known in advance
+(`StepBatches` is a pure function of seed, epoch and position), so `PrefetchCollator` runs a
+DataLoader over that plan: workers collate the next micro-batches while the GPU trains on this one,
+and results come back in plan order (pinned, for asynchronous host-to-device copies).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+
+class DirectCollator:
+    """Collates in the training process, when asked (data_workers = 0)."""
+
+    def __init__(self, collate: Callable[[list[int]], dict]):
+        self.collate = collate
+
+    def get(self, indices: list[int]) -> dict:
+        return self.collate(indices)
+
+    def close(self) -> None:
+        pass
+
+
+class PrefetchCollator:
+    """`get(indices)` returns the collated micro-batch `indices`, which must be the plan's next one."""
+
+    def __init__(self, collate: Callable[[list[int]], dict], plan: Iterable[list[int]], num_workers: int,
+                 prefetch_factor: int = 2, pin_memory: bool = False):
+        self._planned: deque[list[int]] = deque()
+        loader = DataLoader(_IndexIdentity(), batch_sampler=_Recorded(plan, self._planned), collate_fn=collate,
+                            num_workers=num_workers, prefetch_factor=prefetch_factor, pin_memory=pin_memory)
+        self._batches: Iterator[dict] | None = iter(loader)
+
+    def get(self, indices: list[int]) -> dict:
+        batch = next(self._batches)
+        expected = self._planned.popleft()
+        if list(expected) != list(indices):
+            raise RuntimeError(f"prefetched micro-batch {expected[:4]}... is not the requested {indices[:4]}...; "
+                               "the prefetch plan and the training loop disagree")
+        return batch
+
+    def close(self) -> None:
+        self._batches = None  # the DataLoader iterator shuts its workers down when released
+
+
+class _IndexIdentity:
+    """A map-style dataset whose item i is i: the collate function receives the index list itself."""
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class _Recorded:
+    """The plan as a batch sampler, remembering (in the main process) what it handed out, in order."""
+
+    def __init__(self, plan: Iterable[list[int]], record: deque):
+        self.plan, self.record = plan, record
+
+    def __iter__(self):
+        for indices in self.plan:
+            self.record.append(indices)
+            yield indices
+
+
+def make_collator(collate, plan: Iterable[list[int]], num_workers: int, device: torch.device):
+    if num_workers <= 0:
+        return DirectCollator(collate)
+    return PrefetchCollator(collate, plan, num_workers, pin_memory=device.type == "cuda")
