@@ -255,9 +255,9 @@ def register_loss_head(module: nn.Module) -> None:
     The trained module hands the weight to a fused linear cross-entropy instead of calling
     lm_head.forward, so DeepSpeed's per-module hooks do not gather it for lm_head: registered as
     an external parameter of the root module it is gathered for the root's forward and backward.
-    Tied or not: the weight the loss reads. (DeepSpeed's engine also discovers such reads during
-    an eager forward and registers them then; this does not depend on that discovery, which is
-    off while torch.compile traces, and lets the first step's prefetch trace include it.)
+    Tied or not: the weight the loss reads. (DeepSpeed 0.19's engine also discovers such a read
+    during an eager forward and registers it then; registering up front does not depend on that
+    discovery, which is off while torch.compile traces.)
     """
     deepspeed = import_deepspeed()
     deepspeed.zero.register_external_parameter(module, output_embedding_weight(module))

@@ -25,9 +25,10 @@ from lmms_engine.parallel.deepspeed import DeepSpeedZero, deepspeed_config
 from tests.conftest import REPO, compose_config
 
 STEPS = 5
-# The tiny model ties lm_head to the embeddings, and ZeRO-3 keeps parameters under 1e5 elements
-# whole on every rank: untie it and partition everything so the loss's lm_head read is exercised.
-ZERO3_UNTIED = ["model.config.tie_word_embeddings=false", "parallel.param_persistence_threshold=0"]
+# The tiny text model ties lm_head to the embeddings, and ZeRO-3 keeps parameters under 1e5
+# elements whole on every rank: untie it and partition everything so the loss's lm_head read is exercised.
+TINY_TEXT = ["model=tiny", "data=demo"]
+ZERO3_UNTIED = [*TINY_TEXT, "model.config.tie_word_embeddings=false", "parallel.param_persistence_threshold=0"]
 # Small, CPU-only, and a checkpoint mid-run so resuming can be tested from it.
 COMMON = [f"trainer.max_steps={STEPS}", "trainer.save_every=3", "data.packing_length=512", "parallel.device=cpu"]
 RUN_TIMEOUT_S = 540  # a first DeepSpeed run on a fresh machine also builds its CPU comm op (~1-2 min)
@@ -92,7 +93,7 @@ def reference_losses(tmp_path_factory, token_cache) -> list[float]:
 @pytest.fixture(scope="module")
 def untied_reference_losses(tmp_path_factory, token_cache) -> list[float]:
     run_dir = train_single(tmp_path_factory.mktemp("single_untied") / "run", token_cache, "trainer.grad_accum=2",
-                           ZERO3_UNTIED[0])
+                           *TINY_TEXT, "model.config.tie_word_embeddings=false")
     return losses(run_dir)
 
 
