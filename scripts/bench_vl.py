@@ -191,9 +191,9 @@ def run_config(name: str, model_cfg, samples: list[VLSample], packs: list[list[i
             tokens.append(stats["tokens"])
             flops.append(stats["flops"])
         losses.append(stats["loss"])
+    ctx.collator.close()
     if args.profile == name:
         profile_steps(ctx, steps[:2], data, args)
-    ctx.collator.close()
     seconds = sum(times)
 
     result = {

@@ -109,4 +109,8 @@ class FSDP2(Strategy):
     def gradient_sync(self, module: nn.Module, enabled: bool):
         # No reduce-scatter on accumulation micro-steps: gradients accumulate unsharded locally.
         module.set_requires_gradient_sync(enabled)
+        if not self.reshard_after_forward:
+            # Parameters stay unsharded between forward and backward anyway: keep them until the
+            # step's last backward too, instead of all-gathering them again for each micro-batch.
+            module.set_reshard_after_backward(enabled)
         return contextlib.nullcontext()

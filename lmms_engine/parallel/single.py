@@ -8,6 +8,7 @@ which keeps the residual stream and saved activations in fp32). On CPU (fp32) th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
@@ -46,6 +47,15 @@ class SingleDevice(Strategy):
             return self._fsdp.prepare(module, shard_units)
         apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, self.compile)
         return module.to(self.device)
+
+
+    def gradient_sync(self, module: nn.Module, enabled: bool):
+        """One rank: gradients are still reduced (cast to fp32 and added to the master gradients)
+        after every micro-batch, but the bf16 parameter copies are kept until the step's last
+        backward rather than re-cast from the fp32 masters for each micro-batch."""
+        if self._fsdp is not None:
+            module.set_reshard_after_backward(enabled)
+        return contextlib.nullcontext()
 
 
 def _init_single_rank_group(device: torch.device) -> None:
