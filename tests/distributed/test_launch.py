@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TEXT
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
-SMALL = ["trainer.export_hf=false", "data.packing_length=256", "parallel.device=cpu"]
+# Launch mechanics only: the text-only tiny model keeps these runs short.
+SMALL = [*TEXT, "trainer.export_hf=false", "data.packing_length=256", "parallel.device=cpu"]
 
 
 def _run(args: list[str], tmp_path: Path) -> None:

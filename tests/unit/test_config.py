@@ -15,7 +15,15 @@ from tests.conftest import REPO, compose_config
 def test_default_config_validates():
     rc = validate(compose_config(shrink=False))
     assert rc.trainer.max_steps == 120 and rc.optim.schedule == "cosine"
-    assert rc.groups["model"]._target_ == "lmms_engine.models.qwen2.build_qwen2"
+    assert rc.groups["model"]._target_ == "lmms_engine.models.qwen2_5_vl.build_qwen2_5_vl"
+    assert rc.groups["data"].dataset_path.endswith("demo_vl.yaml")
+
+
+def test_unknown_freeze_component_is_a_config_error(tmp_path):
+    from lmms_engine.train.app import run
+
+    with pytest.raises(ValueError, match=r"optim.freeze: unknown component\(s\) tower; this model has lm, vision, merger"):
+        run(compose_config("optim.freeze=[tower]", f"data.cache_dir={tmp_path}", vl=True), tmp_path / "run")
 
 
 def test_unknown_trainer_key_lists_valid_keys():
