@@ -55,6 +55,7 @@ class BenchConfig:
     grad_accum: int = 1  # packs per optimizer step
     liger_loss_only: bool = False  # Liger fused linear cross-entropy, but no Liger ops in the layers
     hf_style: bool = False  # fp32 weights + autocast, as HF Trainer with bf16=True
+    encoder_checkpointing: bool | None = None  # vision blocks: None = like the decoder
 
 
 CONFIGS = {
@@ -77,6 +78,13 @@ CONFIGS = {
         BenchConfig("flce_rmpad_varlen_noac_compile", packing=True, attn_backend="torch_varlen", liger=True,
                     liger_loss_only=True, activation_checkpointing=False, compile=True),
         BenchConfig("liger_rmpad_flex_noac", packing=True, attn_backend="flex", liger=True, activation_checkpointing=False),
+        # Vision-language: checkpoint only the vision blocks (large activations, cheap recompute).
+        BenchConfig("liger_rmpad_varlen_acvision", packing=True, attn_backend="torch_varlen", liger=True,
+                    activation_checkpointing=False, encoder_checkpointing=True),
+        BenchConfig("liger_rmpad_varlen_acvision_accum4", packing=True, attn_backend="torch_varlen", liger=True,
+                    activation_checkpointing=False, encoder_checkpointing=True, grad_accum=4),
+        BenchConfig("liger_rmpad_varlen_ac2_accum4", packing=True, attn_backend="torch_varlen", liger=True,
+                    activation_checkpointing=2, grad_accum=4),
     ]
 }
 
@@ -91,7 +99,7 @@ class HFStyleAutocast(Strategy):
     def setup(self) -> None:
         pass
 
-    def prepare(self, module, shard_units):
+    def prepare(self, module, shard_units, encoder_units=()):
         if self.activation_checkpointing:
             apply_activation_checkpointing(module, shard_units)
         return module.to(self.device)
@@ -149,7 +157,8 @@ def micro_batches_for(step: list[int], packing: bool, micro_batch: int, seed: in
 def make_strategy(cfg: BenchConfig, parallel: str):
     if cfg.hf_style:
         return HFStyleAutocast(cfg.activation_checkpointing)
-    common = dict(device="cuda", precision="bf16", activation_checkpointing=cfg.activation_checkpointing)
+    common = dict(device="cuda", precision="bf16", activation_checkpointing=cfg.activation_checkpointing,
+                  encoder_checkpointing=cfg.encoder_checkpointing)
     if parallel == "single":
         return SingleDevice(compile=cfg.compile, **common)
     if parallel == "fsdp2":

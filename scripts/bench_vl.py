@@ -167,7 +167,8 @@ def run_config(name: str, model_cfg, samples: list[VLSample], packs: list[list[i
         set_text_attention(bundle.model, "sdpa", "sdpa")
     else:
         patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing)
-    module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units)
+    module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units,
+                              bundle.encoder_units)
     optimizer = strategy.build_optimizer(module, lambda m: build_adamw(m, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8))
     vision = bundle.model.config.vision_config
     data = VLStepData(samples, cfg.packing, bundle.tokenizer.pad_token_id, MropeSpec.from_config(bundle.model.config),

@@ -27,6 +27,8 @@ class ModelBundle:
     name: str
     # Module classes that FSDP2 shards one by one (decoder layers, vision / audio blocks).
     shard_units: tuple[type[nn.Module], ...] = field(default_factory=tuple)
+    # The shard units that are encoder blocks (parallel.encoder_checkpointing applies to them).
+    encoder_units: tuple[type[nn.Module], ...] = field(default_factory=tuple)
 
     # The batch keys (besides labels) that the model's forward takes.
     input_keys = ("input_ids", "position_ids", "attention_mask")

@@ -139,6 +139,7 @@ def build_qwen2_5_vl(
         tokenizer=vl_processor.tokenizer,
         name=name,
         shard_units=(Qwen2_5_VLDecoderLayer, Qwen2_5_VLVisionBlock),
+        encoder_units=(Qwen2_5_VLVisionBlock,),
         processor=vl_processor,
     )
 

@@ -55,7 +55,8 @@ class Strategy:
         deepspeed.zero.Init, so each layer is partitioned over the ranks as soon as it is made."""
         return contextlib.nullcontext()
 
-    def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
+    def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...],
+                encoder_units: tuple[type[nn.Module], ...] = ()) -> nn.Module:
         raise NotImplementedError
 
     def build_optimizer(self, module: nn.Module, make_optimizer) -> torch.optim.Optimizer:

@@ -49,9 +49,29 @@ def apply_compile(module: nn.Module, unit_types: tuple[type[nn.Module], ...]) ->
     return len(units)
 
 
-def apply_checkpointing_and_compile(module: nn.Module, unit_types: tuple[type[nn.Module], ...], every: int, compile: bool) -> None:
-    """The transformations every strategy applies before wrapping, in their fixed order."""
-    if every:
-        apply_activation_checkpointing(module, unit_types, every)
+def encoder_checkpointing(setting: bool | None, every: int) -> bool:
+    """parallel.encoder_checkpointing: null = like the decoder (on if activation_checkpointing is),
+    true / false = checkpoint every encoder block (vision / audio) or none, whatever the decoder does."""
+    if setting is None:
+        return every > 0
+    if not isinstance(setting, bool):
+        raise ValueError(f"parallel.encoder_checkpointing={setting!r}; use null (like the decoder), true or false")
+    return setting
+
+
+def apply_checkpointing_and_compile(module: nn.Module, unit_types: tuple[type[nn.Module], ...], every: int,
+                                    compile: bool, encoder_types: tuple[type[nn.Module], ...] = (),
+                                    encoders: bool | None = None) -> None:
+    """The transformations every strategy applies before wrapping, in their fixed order.
+
+    unit_types: every shard unit; encoder_types: those that are encoder blocks (vision / audio),
+    checkpointed all or none (`encoders`, see encoder_checkpointing); the rest (decoder layers) every
+    `every`-th. Encoder activations are large (thousands of patches per image) while their recompute
+    is cheap next to the decoder's, so checkpointing only them is a useful middle ground."""
+    decoder_types = tuple(t for t in unit_types if t not in encoder_types)
+    if every and decoder_types:
+        apply_activation_checkpointing(module, decoder_types, every)
+    if encoder_types and encoder_checkpointing(encoders, every):
+        apply_activation_checkpointing(module, encoder_types, 1)
     if compile:
         apply_compile(module, unit_types)

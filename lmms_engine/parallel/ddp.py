@@ -33,10 +33,12 @@ class DDP(Strategy):
     name = "ddp"
 
     def __init__(self, device: str = "auto", precision: str = "auto", activation_checkpointing: bool | int = False,
+                 encoder_checkpointing: bool | None = None,
                  compile: bool = False, find_unused_parameters: bool = False):
         super().__init__(device)
         self.dtype = compute_dtype(precision, self.device)
         self.checkpoint_every = checkpoint_every(activation_checkpointing)
+        self.encoder_checkpointing = encoder_checkpointing
         self.compile = compile
         self.find_unused_parameters = find_unused_parameters
 
@@ -44,8 +46,10 @@ class DDP(Strategy):
         pdist.init_process_group(self.device)
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
 
-    def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
-        apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, self.compile)
+    def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...],
+                encoder_units: tuple[type[nn.Module], ...] = ()) -> nn.Module:
+        apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, self.compile, encoder_units,
+                                        self.encoder_checkpointing)
         wrapped = wrap_with_ddp(module.to(self.device), self.device, self.find_unused_parameters)
         log.info("ddp: replicated over %d ranks, compute dtype %s", self.world_size, self.dtype)
         return wrapped

@@ -112,6 +112,7 @@ class DeepSpeedZero(Strategy):
 
     def __init__(self, stage: int, device: str = "auto", precision: str = "auto", offload_optimizer: bool = False,
                  offload_params: bool = False, activation_checkpointing: bool | int = False,
+                 encoder_checkpointing: bool | None = None,
                  param_persistence_threshold: int = 100_000):
         super().__init__(device)
         if stage not in ZERO_STAGES:
@@ -126,6 +127,7 @@ class DeepSpeedZero(Strategy):
         self.offload_optimizer = offload_optimizer
         self.offload_params = offload_params
         self.checkpoint_every = checkpoint_every(activation_checkpointing)
+        self.encoder_checkpointing = encoder_checkpointing
         self.name = f"zero{stage}"
         self.engine = None
         self._stepped = False  # clip_grad_norm() already ran this step's engine.step()
@@ -144,8 +146,10 @@ class DeepSpeedZero(Strategy):
         """ZeRO-3: build inside deepspeed.zero.Init, in fp32 (see zero3_init); other stages: as usual."""
         return zero3_init(self.config()) if self.stage == 3 else contextlib.nullcontext()
 
-    def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
-        apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, compile=False)
+    def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...],
+                encoder_units: tuple[type[nn.Module], ...] = ()) -> nn.Module:
+        apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, False, encoder_units,
+                                        self.encoder_checkpointing)
         if self.stage == 3:
             register_loss_head(module)
         # Not moved to the device here: deepspeed.initialize casts it to bf16 first, then moves it

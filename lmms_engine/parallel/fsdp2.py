@@ -72,7 +72,8 @@ class FSDP2(Strategy):
     name = "fsdp2"
 
     def __init__(self, device: str = "auto", precision: str = "auto", reshard_after_forward: bool = True,
-                 cpu_offload: bool = False, activation_checkpointing: bool | int = False, compile: bool = False,
+                 cpu_offload: bool = False, activation_checkpointing: bool | int = False,
+                 encoder_checkpointing: bool | None = None, compile: bool = False,
                  meta_init: bool = True):
         super().__init__(device)
         self.meta_init = meta_init
@@ -80,6 +81,7 @@ class FSDP2(Strategy):
         self.reshard_after_forward = reshard_after_forward
         self.cpu_offload = cpu_offload
         self.checkpoint_every = checkpoint_every(activation_checkpointing)
+        self.encoder_checkpointing = encoder_checkpointing
         self.compile = compile
         self.mesh = None
 
@@ -93,8 +95,10 @@ class FSDP2(Strategy):
         """Ranks other than 0 build the model's structure only; rank 0 reads the weights once."""
         return self.meta_init and self.world_size > 1 and not self.is_main
 
-    def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
-        apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, self.compile)
+    def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...],
+                encoder_units: tuple[type[nn.Module], ...] = ()) -> nn.Module:
+        apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, self.compile, encoder_units,
+                                        self.encoder_checkpointing)
         policy = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=torch.float32)
         if not (self.meta_init and self.world_size > 1):
             module.to("cpu" if self.cpu_offload else self.device)

@@ -25,15 +25,18 @@ from lmms_engine.parallel.fsdp2 import FSDP2
 class SingleDevice(Strategy):
     name = "single"
 
-    def __init__(self, device: str = "auto", precision: str = "auto", activation_checkpointing: bool | int = False, compile: bool = False):
+    def __init__(self, device: str = "auto", precision: str = "auto", activation_checkpointing: bool | int = False,
+                 encoder_checkpointing: bool | None = None, compile: bool = False):
         super().__init__(device)
         self.dtype = compute_dtype(precision, self.device)
         self.checkpoint_every = checkpoint_every(activation_checkpointing)
+        self.encoder_checkpointing = encoder_checkpointing
         self.compile = compile
         self._fsdp = None
         if self.dtype != torch.float32:
             self._fsdp = FSDP2(device=self.device.type, precision=precision, reshard_after_forward=False,
-                               activation_checkpointing=activation_checkpointing, compile=compile)
+                               activation_checkpointing=activation_checkpointing,
+                               encoder_checkpointing=encoder_checkpointing, compile=compile)
 
     def setup(self) -> None:
         if pdist.env_world_size() > 1:
@@ -42,10 +45,12 @@ class SingleDevice(Strategy):
             _init_single_rank_group(self.device)
             self._fsdp.setup()
 
-    def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...]) -> nn.Module:
+    def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...],
+                encoder_units: tuple[type[nn.Module], ...] = ()) -> nn.Module:
         if self._fsdp is not None:
-            return self._fsdp.prepare(module, shard_units)
-        apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, self.compile)
+            return self._fsdp.prepare(module, shard_units, encoder_units)
+        apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, self.compile, encoder_units,
+                                        self.encoder_checkpointing)
         return module.to(self.device)
 
 

@@ -74,7 +74,8 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
         _write_json(run_dir / "data_stats.json", dataset.stats)
     patcher.apply(bundle.model, strategy.device, padding_free=dataset.packing or patcher.use_rmpad)
     freeze_components(bundle.model, rc.optim.freeze, bundle.components())
-    module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units)
+    module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units,
+                              bundle.encoder_units)
     optimizer = strategy.build_optimizer(
         module, functools.partial(_make_optimizer, optim=rc.optim, components=bundle.components()))
     start_step, position = _maybe_resume(rc, run_dir, module, optimizer, strategy)

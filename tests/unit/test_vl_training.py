@@ -219,3 +219,16 @@ def test_prefetched_batches_equal_direct_collation_and_follow_the_plan(bundle, t
     with pytest.raises(RuntimeError, match="prefetch plan and the training loop disagree"):
         collator.get([0])
     collator.close()
+
+
+@pytest.mark.parametrize("every, encoders, decoder_wrapped, vision_wrapped", [
+    (0, True, 0, 2), (1, False, 4, 0), (1, None, 4, 2), (2, None, 2, 2), (0, None, 0, 0)])
+def test_encoder_checkpointing_is_chosen_apart_from_the_decoders(bundle, every, encoders, decoder_wrapped, vision_wrapped):
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    from lmms_engine.parallel.common import apply_checkpointing_and_compile
+
+    apply_checkpointing_and_compile(bundle.model, bundle.shard_units, every, False, bundle.encoder_units, encoders)
+    wrapped = [m for m in bundle.model.modules() if isinstance(m, CheckpointWrapper)]
+    vision = [m for m in wrapped if isinstance(m._checkpoint_wrapped_module, bundle.encoder_units)]
+    assert (len(wrapped) - len(vision), len(vision)) == (decoder_wrapped, vision_wrapped)
