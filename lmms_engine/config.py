@@ -29,6 +29,7 @@ class TrainerConfig:
     grad_accum: int = 1  # micro-batches per optimizer step and rank
     max_grad_norm: float = 1.0  # clip the global gradient norm (<= 0: no clipping, norm still logged)
     save_every: int = 0  # checkpoint every N steps (0: only at the end)
+    save_final: bool = True  # checkpoint at the last step (false: smoke tests / benchmarks of big models)
     resume: str | None = None  # null | auto (latest complete checkpoint of this run dir) | a checkpoint or run dir
     log_every: int = 1  # console / train.log line every N steps (metrics.jsonl gets every step)
     export_hf: bool = True  # write <run_dir>/hf at the end

@@ -89,7 +89,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
         sinks=_build_sinks(cfg, rc, run_dir, start_step, strategy.is_main),
         checkpoint_root=run_dir / "checkpoints", max_steps=rc.trainer.max_steps,
         max_grad_norm=rc.trainer.max_grad_norm if rc.trainer.max_grad_norm > 0 else float("inf"),
-        save_every=rc.trainer.save_every, unpad=patcher.use_rmpad and not dataset.packing,
+        save_every=rc.trainer.save_every, save_final=rc.trainer.save_final, unpad=patcher.use_rmpad and not dataset.packing,
     )
     try:
         train(ctx, start_step)

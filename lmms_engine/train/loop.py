@@ -37,6 +37,7 @@ class TrainContext:
     unpad: bool  # kernels.use_rmpad on unpacked data
     input_keys: tuple[str, ...] = ModelBundle.input_keys  # batch keys the model's forward takes
     collator: object = None  # train.prefetch collator (None: dataset.collate in the step)
+    save_final: bool = True  # checkpoint after the last step
 
 
 def train(ctx: TrainContext, start_step: int) -> None:
@@ -53,7 +54,7 @@ def train(ctx: TrainContext, start_step: int) -> None:
         ctx.sinks.log(_step_metrics(ctx, step, lr, stats, seconds, time.perf_counter() - run_start))
         if ctx.save_every and step % ctx.save_every == 0 and step != ctx.max_steps:
             save(ctx, step)
-    if start_step < ctx.max_steps:
+    if start_step < ctx.max_steps and ctx.save_final:
         save(ctx, ctx.max_steps)
 
 
