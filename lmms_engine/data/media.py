@@ -230,7 +230,7 @@ def measure_video(path: Path, where: str, settings: MediaSettings) -> MediaItem:
 
 def _scan_video(path: Path, where: str) -> tuple[int, float, int, int]:
     """(decoded frame count, frame rate, height, width); decoding every frame catches corruption."""
-    import av  # only video data needs it
+    av = _import_av(where)
 
     total, rate, height, width = 0, None, 0, 0
     try:
@@ -278,9 +278,19 @@ def load_image(path: str) -> Image.Image:
         return image.convert("RGB")
 
 
+def _import_av(where: str):
+    """PyAV, which only video data needs (a dependency of lmms-engine, so missing = a broken env)."""
+    try:
+        import av
+    except ImportError:
+        raise ValueError(f"{where}: video parts need PyAV (`av`), which is not installed in this environment; "
+                         "install the project's dependencies (uv sync) or `pip install av`") from None
+    return av
+
+
 def read_video_frames(item: MediaItem) -> np.ndarray:
     """The sampled frames (num_frames, H, W, 3) uint8 of a video measured at prepare time."""
-    import av
+    av = _import_av(item.path)
 
     indices = frame_indices(item.total_frames, item.num_frames)
     wanted, last = set(indices.tolist()), int(indices[-1])
