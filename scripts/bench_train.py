@@ -56,6 +56,7 @@ class BenchConfig:
     liger_loss_only: bool = False  # Liger fused linear cross-entropy, but no Liger ops in the layers
     hf_style: bool = False  # fp32 weights + autocast, as HF Trainer with bf16=True
     encoder_checkpointing: bool | None = None  # vision blocks: None = like the decoder
+    pad_encoder_mlps: bool = True  # kernels.pad_encoder_mlps
 
 
 CONFIGS = {
@@ -81,6 +82,8 @@ CONFIGS = {
         # Vision-language: checkpoint only the vision blocks (large activations, cheap recompute).
         BenchConfig("liger_rmpad_varlen_acvision", packing=True, attn_backend="torch_varlen", liger=True,
                     activation_checkpointing=False, encoder_checkpointing=True),
+        BenchConfig("liger_rmpad_varlen_acvision_nopad", packing=True, attn_backend="torch_varlen", liger=True,
+                    activation_checkpointing=False, encoder_checkpointing=True, pad_encoder_mlps=False),
         BenchConfig("liger_rmpad_varlen_acvision_accum4", packing=True, attn_backend="torch_varlen", liger=True,
                     activation_checkpointing=False, encoder_checkpointing=True, grad_accum=4),
         BenchConfig("liger_rmpad_varlen_ac2_accum4", packing=True, attn_backend="torch_varlen", liger=True,

@@ -162,7 +162,8 @@ def run_config(name: str, model_cfg, samples: list[VLSample], packs: list[list[i
     strategy.setup()
     with strategy.model_init_context(), torch.device("cuda"):
         bundle = build_qwen2_5_vl(name=args.model, config=OmegaConf.to_container(model_cfg.config))
-    patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend, use_liger_kernel=cfg.liger)
+    patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend, use_liger_kernel=cfg.liger,
+                            pad_encoder_mlps=cfg.pad_encoder_mlps)
     if cfg.hf_style:  # transformers' defaults: sdpa in the decoder and the vision tower
         set_text_attention(bundle.model, "sdpa", "sdpa")
     else:

@@ -9,6 +9,7 @@ from transformers import PreTrainedModel
 
 from lmms_engine.kernels import attention
 from lmms_engine.kernels.encoder_attention import encoder_varlen_backend, patch_vision_attention
+from lmms_engine.kernels.encoder_mlp import pad_encoder_mlps
 from lmms_engine.kernels.loss import cross_entropy_sum, liger_fused_cross_entropy_sum
 
 log = logging.getLogger(__name__)
@@ -21,14 +22,18 @@ class KernelPatcher:
       packed batches are padding-free already.
     attn_backend: auto | flash_attn | torch_varlen | flex | sdpa, used for every padding-free batch.
     use_liger_kernel: Liger RMSNorm / RoPE / SwiGLU on the model and fused linear cross-entropy.
+    pad_encoder_mlps: on CUDA, run encoder MLPs of odd width (Qwen2.5-VL vision: 3420) on zero-padded
+      weights of a multiple of 128 (exact; kernels/encoder_mlp.py).
     """
 
-    def __init__(self, use_rmpad: bool = False, attn_backend: str = "sdpa", use_liger_kernel: bool = False):
+    def __init__(self, use_rmpad: bool = False, attn_backend: str = "sdpa", use_liger_kernel: bool = False,
+                 pad_encoder_mlps: bool = True):
         if attn_backend != "auto" and attn_backend not in attention.BACKENDS:
             raise ValueError(f"kernels.attn_backend={attn_backend!r}; choose auto or one of {attention.BACKENDS}")
         self.use_rmpad = use_rmpad
         self.attn_backend = attn_backend
         self.use_liger_kernel = use_liger_kernel
+        self.pad_encoder_mlps = pad_encoder_mlps
         self.backend: str | None = None  # resolved by apply()
 
     def apply(self, model: torch.nn.Module, device: torch.device, padding_free: bool) -> None:
@@ -47,6 +52,9 @@ class KernelPatcher:
             _require_cuda_for_liger(device)
             patched = apply_liger(model)
             log.info("liger: patched %s", ", ".join(patched))
+        if self.pad_encoder_mlps and device.type == "cuda":  # after Liger, which rebinds the MLPs' forward too
+            for encoder in _encoders(model).values():
+                pad_encoder_mlps(encoder, fused_act=self.use_liger_kernel)
 
     def loss_fn(self):
         return liger_fused_cross_entropy_sum() if self.use_liger_kernel else cross_entropy_sum

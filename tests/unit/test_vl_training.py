@@ -232,3 +232,27 @@ def test_encoder_checkpointing_is_chosen_apart_from_the_decoders(bundle, every, 
     wrapped = [m for m in bundle.model.modules() if isinstance(m, CheckpointWrapper)]
     vision = [m for m in wrapped if isinstance(m._checkpoint_wrapped_module, bundle.encoder_units)]
     assert (len(wrapped) - len(vision), len(vision)) == (decoder_wrapped, vision_wrapped)
+
+
+def test_padded_vision_mlps_give_the_same_outputs_and_gradients(bundle):
+    """Width 3420-style MLPs padded to a multiple of 128 on the fly: exact, and only real weights
+    get gradients (the tiny tower's 256 is aligned, so pad to 96 to exercise it)."""
+    from lmms_engine.kernels.encoder_mlp import pad_encoder_mlps
+
+    visual = bundle.model.model.visual
+    inputs = _inputs(bundle, with_image=True)
+
+    def run():
+        visual.zero_grad()
+        out = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in visual.parameters()]
+
+    expected, expected_grads = run()
+    assert pad_encoder_mlps(visual, align=96) == len(visual.blocks)  # 256 -> 288
+    assert visual.blocks[0].mlp.lmms_pad == 32
+    got, grads = run()
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    assert [p.shape for p in visual.blocks[0].mlp.parameters()] == [(256, 128), (256,), (256, 128), (256,), (128, 256), (128,)]
