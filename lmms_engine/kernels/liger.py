@@ -121,3 +121,26 @@ def _patch_qwen2_5_vl_rope() -> str:
 
     modeling.apply_rotary_pos_emb = liger_rotary_pos_emb
     return "rope on merged mrope sections (liger_rotary_pos_emb)"
+
+
+@register_liger("qwen2_audio")
+def patch_qwen2_audio(model: nn.Module) -> list[str]:
+    """Qwen2-Audio's Qwen2 decoder from Liger's ops: RMSNorm on every decoder layer and the final
+    norm, SwiGLU on the decoder MLPs, Liger's rotary kernel for the qwen2 modeling module. The
+    Whisper-style audio encoder (LayerNorm, GELU MLP, no rotary) has nothing Liger replaces and is
+    left as it is."""
+    from liger_kernel.transformers.monkey_patch import _patch_rms_norm_module, _patch_swiglu_module
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+    from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
+    from transformers.models.qwen2 import modeling_qwen2
+
+    text = model.model.language_model
+    norms = [text.norm]
+    for layer in text.layers:
+        norms += [layer.input_layernorm, layer.post_attention_layernorm]
+        _patch_swiglu_module(layer.mlp, LigerSwiGLUMLP)
+    for norm in norms:
+        _patch_rms_norm_module(norm, eps=norm.variance_epsilon)
+    modeling_qwen2.apply_rotary_pos_emb = liger_rotary_pos_emb
+    return [f"qwen2_audio (lmms_engine registry): {len(norms)} RMSNorm, {len(text.layers)} SwiGLU MLPs, "
+            "rope (liger_rotary_pos_emb)"]

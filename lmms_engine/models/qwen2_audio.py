@@ -1,0 +1,396 @@
+"""Qwen2-Audio (Whisper-style audio encoder + linear projector + Qwen2 decoder): from a hub id or
+local path, or randomly initialised from a preset's config (conf/model/*qwen2_audio*.yaml).
+
+Random init builds its processor in code (no download): the byte-level ChatML tokenizer of
+models/tokenizer.py plus Qwen's audio specials, Whisper's log-mel feature extractor with the
+encoder's mel bins, and a chat template that renders every audio part as
+`<|audio_bos|><|AUDIO|><|audio_eos|>`, which the processor expands to one `<|AUDIO|>` per encoder
+output feature, as the real Qwen2-Audio processor does.
+
+Training forward (`audio_hidden_states`): the clips of a micro-batch arrive packed, each cut to its
+valid frames plus conv context (the batch contract below), and run through the rmpad encoder
+(models/audio_encoder.py) in one call: a 3 s clip costs 3 s, not the 30 s the stock processor pads
+it to. The projected features replace the `<|AUDIO|>` embeddings, then the decoder runs with the
+batch's attention kwargs (packed `cu_seq_lens_*` or a padding mask), which never reach the encoder.
+
+Batch contract (data/collate.py makes these keys; absent when a micro-batch has no audio):
+  audio_features  float (n_mels, sum T_i): the clips' log-mel frames, concatenated
+  audio_frames    long (clips,): T_i = min(L_i + CONV_CONTEXT_FRAMES, 3000) frames each clip carries
+  audio_lengths   long (clips,): L_i valid frames (the processor's feature_attention_mask sum)
+with, in input_ids, P_i = feat_extract_output_lengths(L_i)[1] `<|AUDIO|>` tokens per clip, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tokenizers import AddedToken
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    PreTrainedTokenizerBase,
+    Qwen2AudioConfig,
+    Qwen2AudioForConditionalGeneration,
+    Qwen2AudioProcessor,
+    WhisperFeatureExtractor,
+)
+from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
+from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoderLayer
+
+from lmms_engine.models.audio_encoder import audio_features_varlen, feat_extract_output_lengths
+from lmms_engine.models.audio_flops import audio_train_flops
+from lmms_engine.models.base import ModelBundle
+from lmms_engine.models.flops import train_flops
+from lmms_engine.models.random_init import build_random
+from lmms_engine.models.tokenizer import build_byte_tokenizer
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_MODEL_TYPES = ("qwen2_audio",)
+# Batch keys of the audio inputs (see the module docstring; absent when a micro-batch has none).
+AUDIO_INPUT_KEYS = ("audio_features", "audio_frames", "audio_lengths")
+
+AUDIO_BOS, AUDIO_PAD, AUDIO_EOS = "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"
+AUDIO_SPECIALS = (AUDIO_BOS, AUDIO_PAD, AUDIO_EOS)
+# The smallest clip with one output feature (L = 3 -> M = 2 -> P = 1): the encoder's dummy input.
+DUMMY_MEL_FRAMES = 3
+
+# How each media part type is rendered; an omni model's template adds the vision ones
+# (`chatml_media_template({**AUDIO_PLACEHOLDERS, **vision placeholders})`).
+AUDIO_PLACEHOLDERS = {"audio": AUDIO_BOS + AUDIO_PAD + AUDIO_EOS}
+
+
+def chatml_media_template(placeholders: Mapping[str, str]) -> str:
+    """ChatML (no default system prompt) in which a content part of type `kind` or `kind_url`
+    renders as `placeholders[kind]`, one placeholder per part, expanded later by the processor.
+    Unknown part types render as nothing (the data side rejects media a model cannot take)."""
+    parts = "".join(
+        f"{{% elif part['type'] in ('{kind}', '{kind}_url') %}}{{{{ '{text}' }}}}"
+        for kind, text in placeholders.items()
+    )
+    return (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' }}"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}"
+        "{% if part['type'] == 'text' %}{{ part['text'] }}"
+        f"{parts}"
+        "{% endif %}{% endfor %}{% endif %}"
+        "{{ '<|im_end|>\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+
+
+AUDIO_CHAT_TEMPLATE = chatml_media_template(AUDIO_PLACEHOLDERS)
+
+
+@dataclass
+class AudioModelBundle(ModelBundle):
+    """A ModelBundle whose `tokenizer` is the processor's tokenizer, plus the processor itself
+    (log-mel features and `<|AUDIO|>` placeholder expansion)."""
+
+    processor: Qwen2AudioProcessor | None = None
+
+    input_keys = ("input_ids", "position_ids", "attention_mask", *AUDIO_INPUT_KEYS)
+
+    def data_inputs(self) -> dict[str, Any]:
+        return {"processor": self.processor}
+
+    def hidden_states(self, model, **inputs) -> torch.Tensor:
+        return audio_hidden_states(model, **inputs)
+
+    def step_flops(self, batch) -> float:
+        return audio_step_flops(self.model, batch)
+
+    def components(self) -> dict[str, tuple[str, ...]]:
+        return {"audio": ("model.audio_tower.",), "projector": ("model.multi_modal_projector.",)}
+
+    def artifacts(self):
+        return self.processor
+
+
+def build_qwen2_audio(
+    name: str,
+    pretrained: str | None = None,
+    processor: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    trust_remote_code: bool = False,
+    structure_only: bool = False,
+) -> AudioModelBundle:
+    """Build a Qwen2-Audio model and its processor.
+
+    pretrained: hub id or local path; None = random init from `config` (a Qwen2AudioConfig dict
+      with `audio_config` and `text_config`; its audio token id is taken from the processor).
+    processor: hub id or local path; None = the pretrained model's processor, or the built-in
+      byte-level processor when initialising randomly.
+    structure_only: build the module tree from the config without reading any weights (ranks that
+      receive weights from rank 0; build under the meta device to skip initialisation too).
+    """
+    if pretrained is None and not config:
+        raise ValueError(f"model {name!r}: set model.pretrained or give a preset config to initialise from")
+    audio_processor = _load_processor(processor or pretrained, trust_remote_code, config)
+    hf_config = _hf_config(pretrained, config, trust_remote_code, audio_processor.tokenizer, name)
+    # Checked on the config, before any weights are made or read.
+    _check_vocab_fits(hf_config, audio_processor.tokenizer, name)
+    _check_audio_token_id(hf_config, audio_processor.tokenizer, name)
+    _check_feature_extractor(hf_config.audio_config, audio_processor, name)
+    if structure_only:
+        model = Qwen2AudioForConditionalGeneration(hf_config)
+    elif pretrained:
+        model = _load_pretrained(pretrained, trust_remote_code)
+    else:
+        model = build_random(Qwen2AudioForConditionalGeneration, hf_config)  # whole or ZeRO-3 partitioned
+    return AudioModelBundle(
+        model=model,
+        tokenizer=audio_processor.tokenizer,
+        name=name,
+        shard_units=(Qwen2DecoderLayer, Qwen2AudioEncoderLayer),
+        encoder_units=(Qwen2AudioEncoderLayer,),
+        processor=audio_processor,
+    )
+
+
+# ---------------------------------------------------------------- processor
+
+
+def build_builtin_audio_processor(num_mel_bins: int = 128) -> Qwen2AudioProcessor:
+    """The download-free processor: byte-level tokenizer + audio specials, Whisper's 16 kHz log-mel
+    feature extractor with `num_mel_bins` bins (the encoder's), padding clips to 30 s."""
+    return Qwen2AudioProcessor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=num_mel_bins),
+        tokenizer=build_audio_tokenizer(),
+        chat_template=AUDIO_CHAT_TEMPLATE,
+    )
+
+
+def build_audio_tokenizer() -> PreTrainedTokenizerBase:
+    """The built-in byte-level ChatML tokenizer with Qwen's audio specials and audio chat template."""
+    tokenizer = build_byte_tokenizer()
+    specials = [AddedToken(token, special=True, normalized=False) for token in AUDIO_SPECIALS]
+    tokenizer.add_tokens(specials, special_tokens=True)
+    tokenizer.chat_template = AUDIO_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _load_processor(path: str | None, trust_remote_code: bool, config: Mapping[str, Any] | None):
+    if path is None:
+        audio_config = _plain(config or {}).get("audio_config") or {}
+        return build_builtin_audio_processor(int(audio_config.get("num_mel_bins", 128)))
+    loaded = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if not hasattr(loaded, "feature_extractor") or not hasattr(loaded, "tokenizer"):
+        raise ValueError(
+            f"model.processor={path!r} loaded a {type(loaded).__name__}, not an audio-language processor "
+            "with a feature_extractor and a tokenizer; point it at a Qwen2-Audio checkpoint or processor folder"
+        )
+    return loaded
+
+
+# ---------------------------------------------------------------- model and config
+
+
+def _hf_config(
+    pretrained: str | None,
+    config: Mapping[str, Any] | None,
+    trust_remote_code: bool,
+    tokenizer: PreTrainedTokenizerBase,
+    name: str,
+) -> Qwen2AudioConfig:
+    if pretrained:
+        hf_config = AutoConfig.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+        _check_model_type(hf_config.model_type, pretrained)
+        return hf_config
+    values = _plain(config)
+    values["audio_token_index"] = _audio_token_id_from_preset(values, tokenizer, name)
+    values["text_config"] = _with_tokenizer_ids(values.get("text_config") or {}, tokenizer)
+    if values["text_config"].get("tie_word_embeddings"):
+        raise ValueError(
+            f"model {name!r}: text_config.tie_word_embeddings=true, but Qwen2-Audio keeps its own lm_head "
+            "(transformers never ties it to the embedding); set it to false"
+        )
+    return Qwen2AudioConfig(**values)
+
+
+def _with_tokenizer_ids(text_config: dict, tokenizer: PreTrainedTokenizerBase) -> dict:
+    """bos / eos / pad ids from the tokenizer unless the preset names them (transformers' defaults
+    are Qwen's ids, outside a small vocabulary)."""
+    defaults = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    return {**defaults, **text_config}
+
+
+def _audio_token_id_from_preset(values: dict, tokenizer: PreTrainedTokenizerBase, name: str) -> int:
+    """The tokenizer's id of <|AUDIO|>; a preset may name it too, but then it must agree."""
+    token_id = tokenizer.convert_tokens_to_ids(AUDIO_PAD)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"model {name!r}: the tokenizer has no {AUDIO_PAD} token, which Qwen2-Audio needs")
+    if "audio_token_index" in values and values["audio_token_index"] != token_id:
+        raise ValueError(
+            f"model {name!r}: config.audio_token_index={values['audio_token_index']} but the tokenizer's "
+            f"{AUDIO_PAD} is id {token_id}; drop audio_token_index from the preset (it is taken from the "
+            "tokenizer) or use the matching tokenizer"
+        )
+    return token_id
+
+
+def _load_pretrained(path: str, trust_remote_code: bool) -> Qwen2AudioForConditionalGeneration:
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(
+        path, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
+    _check_model_type(model.config.model_type, path)
+    log.info("loaded pretrained %s (%s)", path, model.config.model_type)
+    return model
+
+
+def _check_model_type(model_type: str, path: str) -> None:
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"model.pretrained={path!r} is a {model_type!r} model; this builder supports {SUPPORTED_MODEL_TYPES}"
+        )
+
+
+def _plain(value):
+    """Nested mappings / sequences (e.g. Hydra's DictConfig) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(item) for item in value]
+    return value
+
+
+# ---------------------------------------------------------------- consistency checks
+
+
+def _check_vocab_fits(config: Qwen2AudioConfig, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+    vocab_size = config.text_config.vocab_size
+    if len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"model {name!r}: tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}; "
+            "use a matching tokenizer or raise model.config.text_config.vocab_size"
+        )
+
+
+def _check_audio_token_id(config: Qwen2AudioConfig, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+    """The model finds the audio placeholders by this id: it must be the tokenizer's."""
+    expected = tokenizer.convert_tokens_to_ids(AUDIO_PAD)
+    if config.audio_token_index != expected:
+        raise ValueError(
+            f"model {name!r}: config.audio_token_index={config.audio_token_index} but the processor's tokenizer "
+            f"maps {AUDIO_PAD} to {expected}; load the processor that belongs to this checkpoint"
+        )
+
+
+def _check_feature_extractor(audio_config, processor: Qwen2AudioProcessor, name: str) -> None:
+    """The encoder's conv1 takes `num_mel_bins` channels and at most its 30 s of frames: the
+    feature extractor must make exactly those, or features and placeholders stop matching."""
+    extractor = processor.feature_extractor
+    expected = {"mel bins": audio_config.num_mel_bins,
+                "max frames": audio_config.max_source_positions * 2}  # conv2's stride
+    actual = {"mel bins": extractor.feature_size, "max frames": extractor.nb_max_frames}
+    if actual != expected:
+        raise ValueError(
+            f"model {name!r}: the feature extractor makes {actual} but the audio encoder expects {expected}; "
+            "use the processor that belongs to this model (or match audio_config.num_mel_bins)"
+        )
+
+
+# ---------------------------------------------------------------- packed forward
+
+
+def audio_hidden_states(
+    model: Qwen2AudioForConditionalGeneration,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    audio_features: torch.Tensor | None = None,
+    audio_frames: torch.Tensor | None = None,
+    audio_lengths: torch.Tensor | None = None,
+    **text_kwargs,
+) -> torch.Tensor:
+    """Decoder output (B, T, hidden) of a packed row (B = 1, cu_seq_lens_* in text_kwargs) or a
+    padded batch (attention_mask), with the audio inputs of the batch contract (module docstring).
+
+    The audio encoder runs exactly ONCE per call, on all clips together, and on a 3-frame dummy clip
+    when the micro-batch has none: every rank then runs the same sharded encoder layers the same
+    number of times, so FSDP2 / ZeRO-3 gathers match across ranks (a rank without audio would
+    otherwise skip them and hang the others). The dummy's features enter the output multiplied by
+    zero: no effect on the loss, but gradients (zeros) reach every encoder and projector parameter.
+    """
+    embeds = model.model.get_input_embeddings()(input_ids)
+    if audio_features is not None:
+        embeds = _scatter_audio(model, input_ids, embeds, audio_features, audio_frames, audio_lengths)
+    else:
+        embeds = embeds + 0.0 * _dummy_audio_features(model).sum().to(embeds.dtype)
+    outputs = model.model.language_model(
+        inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask, use_cache=False, **text_kwargs
+    )
+    return outputs.last_hidden_state
+
+
+def _project_audio(model, clips, lengths) -> torch.Tensor:
+    """Encoder (rmpad) + projector -> (sum P, text hidden), clip after clip."""
+    encoded = audio_features_varlen(model.model.audio_tower, clips, lengths)
+    return model.model.multi_modal_projector(encoded.features)
+
+
+def _scatter_audio(model, input_ids, embeds, features, frames, lengths) -> torch.Tensor:
+    if features.dim() != 2:
+        raise ValueError(f"audio_features must be packed (n_mels, frames); got shape {tuple(features.shape)}")
+    if lengths is None:
+        raise ValueError("audio_features need audio_lengths (valid mel frames per clip)")
+    # Split on the frames each clip carries; the encoder reads frames past L_i as conv context only.
+    clips = features if frames is None else list(features.split(frames.tolist(), dim=1))
+    projected = _project_audio(model, clips, lengths)
+    mask = input_ids == model.config.audio_token_index
+    placeholders = int(mask.sum())
+    if placeholders != projected.shape[0]:
+        raise ValueError(
+            f"{placeholders} <|AUDIO|> placeholder tokens but the audio encoder made {projected.shape[0]} features "
+            f"from {len(lengths)} clips (valid mel frames {_ints(lengths)}); input_ids and audio_lengths "
+            "do not belong together"
+        )
+    return embeds.masked_scatter(mask.unsqueeze(-1), projected.to(embeds.dtype))
+
+
+def _ints(values) -> list[int]:
+    return [int(v) for v in (values.tolist() if torch.is_tensor(values) else values)]
+
+
+def _dummy_audio_features(model) -> torch.Tensor:
+    """Encoder + projector on DUMMY_MEL_FRAMES frames of zeros (one output feature)."""
+    encoder = model.model.audio_tower
+    clip = torch.zeros(encoder.num_mel_bins, DUMMY_MEL_FRAMES, device=encoder.conv1.weight.device)
+    return _project_audio(model, [clip], [DUMMY_MEL_FRAMES])
+
+
+# ---------------------------------------------------------------- training facts
+
+
+def audio_step_flops(model: Qwen2AudioForConditionalGeneration, batch) -> float:
+    """Decoder FLOPs over the documents (models/flops.py on the text config) plus the audio
+    encoder's and projector's on every clip of the micro-batch (models/audio_flops.py); frozen
+    parts count their forward only. The dummy clip of an audio-free micro-batch is not counted."""
+    flops = train_flops(model.config.text_config, batch["doc_lengths"])
+    if "audio_lengths" not in batch:
+        return flops
+    tower = model.model.audio_tower
+    return flops + audio_train_flops(
+        model.config.audio_config,
+        model.config.text_config.hidden_size,
+        batch["audio_lengths"].tolist(),
+        encoder_trainable=any(p.requires_grad for p in tower.layers.parameters()),
+        projector_trainable=any(p.requires_grad for p in model.model.multi_modal_projector.parameters()),
+    )
+
+
+def placeholder_count(mel_length: int) -> int:
+    """`<|AUDIO|>` tokens for a clip of `mel_length` valid frames (the processor's expansion)."""
+    return int(feat_extract_output_lengths(mel_length)[1])
+
