@@ -1,5 +1,5 @@
 """Data pipeline: sources -> chat messages -> tokens + label masks (+ images / video for
-vision-language models) -> packed / padded batches.
+vision-language models, audio for audio-language models) -> packed / padded batches.
 
 The Hydra `_target_` is `lmms_engine.data.build_sft_dataset` (see docs/data_prep.md).
 """
@@ -8,13 +8,17 @@ from .collate import collate_packed, collate_padded
 from .dataset import SFTDataset, build_sft_dataset
 from .errors import DataError, DataSourceError, TemplateError
 from .media import MediaSettings
+from .media_audio import AudioSettings
+from .modalities import MediaSupport
 from .types import MediaItem, Sample
 
 __all__ = [
+    "AudioSettings",
     "DataError",
     "DataSourceError",
     "MediaItem",
     "MediaSettings",
+    "MediaSupport",
     "SFTDataset",
     "Sample",
     "TemplateError",

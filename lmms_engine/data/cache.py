@@ -2,10 +2,12 @@
 
 One uncompressed `.npz` per (source file, tokenizer, settings): flat int32 tokens and labels,
 int64 offsets and record locations, the skip counters, and the media table (`media_*` arrays:
-kinds and paths as numpy unicode arrays, grids, seconds per grid step, frame counts; empty for
-text data). Media settings (pixel bounds, frame sampling) are part of the key. No pickle anywhere (the file is loaded
-with allow_pickle=False), so a cache file can be trusted as much as a numpy array. Files are written
-to a temporary name and moved into place with os.replace, so a reader never sees half a file.
+kinds and paths as numpy unicode arrays, grids, seconds per grid step, frame counts, audio sample
+counts / rates / clip lengths; empty for text data). Media settings (pixel bounds, frame sampling,
+audio clip length, feature extractor geometry) are part of the key. No pickle anywhere (the file
+is loaded with allow_pickle=False), so a cache file can be trusted as much as a numpy array. Files
+are written to a temporary name and moved into place with os.replace, so a reader never sees half
+a file.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from .media import MediaSettings
+from .modalities import MediaSupport
 from .sources import SourceFile
 from .types import MediaTable, TokenizedFile
 
 logger = logging.getLogger("lmms_engine.data")
 
 # Bump when tokenization or label masking changes: old cache files then stop matching.
-CACHE_FORMAT_VERSION = 2
+CACHE_FORMAT_VERSION = 3
 CACHE_ENV_VAR = "LMMS_ENGINE_CACHE"
 
 
@@ -54,7 +56,7 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def cache_file_for(
-    cache_dir: Path, source: SourceFile, fingerprint: str, on_error: str, media: MediaSettings | None = None
+    cache_dir: Path, source: SourceFile, fingerprint: str, on_error: str, media: MediaSupport | None = None
 ) -> Path:
     key = {
         "version": CACHE_FORMAT_VERSION,

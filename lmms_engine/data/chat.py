@@ -15,13 +15,14 @@ into a per-token Python list: the same answer, 2-3x faster on large files.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import jinja2
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from .errors import DataError, TemplateError
-from .types import Message, Record
+from .types import ContentPart, Message, Record
 
 IGNORE_INDEX = -100
 # ChatML closes every turn with <|im_end|>; tokenizers of other families close it with their eos.
@@ -53,15 +54,29 @@ def end_of_turn_markers(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
     return tuple(markers)
 
 
-def template_messages(record: Record, vision: bool = False) -> list[dict]:
+@dataclass(frozen=True)
+class MediaRendering:
+    """How media parts reach the chat template: which kinds the model takes ("image", "video",
+    "audio"; none = a text model), and `audio_text`, the text an audio part is rendered as when the
+    template does not render audio parts itself (None: it does; see `audio_part_text`)."""
+
+    kinds: frozenset[str] = frozenset()
+    audio_text: str | None = None
+
+
+TEXT_ONLY = MediaRendering()
+
+
+def template_messages(record: Record, rendering: MediaRendering = TEXT_ONLY) -> list[dict]:
     """The record as chat-template input.
 
-    Text-only model (vision=False): content flattened to a string; media parts are an error.
-    Vision model: content kept as parts, `{"type": "image", "image": path}` / `{"type": "video",
-    ...}` / `{"type": "text", "text": ...}`, which both Qwen2.5-VL's template and ours render as one
-    placeholder per image / video. Audio parts are an error there.
+    Text model (no media kinds): content flattened to a string; media parts are an error.
+    Media model: content kept as parts, `{"type": "image", "image": path}` / `{"type": "video",
+    ...}` / `{"type": "audio", ...}` / `{"type": "text", "text": ...}`, which Qwen's templates and
+    ours render as one placeholder per part (or an audio part as the text `audio_text`). A part of
+    a kind the model does not take is an error.
     """
-    if not vision:
+    if not rendering.kinds:
         if record.has_media:
             raise DataError(
                 record.provenance.where,
@@ -69,15 +84,26 @@ def template_messages(record: Record, vision: bool = False) -> list[dict]:
                 "record has image/video/audio parts but the model takes text only",
             )
         return [_as_template_message(m) for m in record.messages]
-    if any(
-        p.type == "audio_url" for m in record.messages if not isinstance(m.content, str) for p in m.content
-    ):
+    _check_media_kinds(record, rendering.kinds)
+    return [_as_media_template_message(m, rendering) for m in record.messages]
+
+
+def _check_media_kinds(record: Record, kinds: frozenset[str]) -> None:
+    found = {
+        MEDIA_PART_KINDS[p.type]
+        for m in record.messages
+        if not isinstance(m.content, str)
+        for p in m.content
+        if p.type != "text"
+    }
+    unsupported = sorted(found - kinds)
+    if unsupported:
         raise DataError(
             record.provenance.where,
             "media_unsupported",
-            "record has audio parts but the model takes images and video only",
+            f"record has {'/'.join(unsupported)} parts but the model (its processor) takes "
+            f"{', '.join(k for k in ('image', 'video', 'audio') if k in kinds)} only",
         )
-    return [_as_vision_template_message(m) for m in record.messages]
 
 
 def _as_template_message(message: Message) -> dict[str, str]:
@@ -85,14 +111,39 @@ def _as_template_message(message: Message) -> dict[str, str]:
     return {"role": message.role, "content": message.text}
 
 
-VISION_PART_TYPES = {"image_url": "image", "video_url": "video", "text": "text"}
+MEDIA_PART_KINDS = {"image_url": "image", "video_url": "video", "audio_url": "audio"}
 
 
-def _as_vision_template_message(message: Message) -> dict:
+def _as_media_template_message(message: Message, rendering: MediaRendering) -> dict:
     if isinstance(message.content, str):
         return {"role": message.role, "content": message.content}
-    parts = [{"type": VISION_PART_TYPES[p.type], VISION_PART_TYPES[p.type]: p.value} for p in message.content]
-    return {"role": message.role, "content": parts}
+    return {"role": message.role, "content": [_template_part(p, rendering) for p in message.content]}
+
+
+def _template_part(part: ContentPart, rendering: MediaRendering) -> dict:
+    if part.type == "text":
+        return {"type": "text", "text": part.value}
+    kind = MEDIA_PART_KINDS[part.type]
+    if kind == "audio" and rendering.audio_text is not None:
+        return {"type": "text", "text": rendering.audio_text}
+    return {"type": kind, kind: part.value}
+
+
+def audio_part_text(tokenizer: PreTrainedTokenizerBase, audio_token: str, bos: str, eos: str) -> str | None:
+    """None if the chat template renders an audio part (`{"type": "audio", ...}`, as Qwen2-Audio's
+    and Qwen2.5-Omni's do) with exactly one `audio_token`; else the text to render audio parts as,
+    `bos + audio_token + eos` (what Qwen's templates write), so any ChatML-like template works."""
+    probe = [{"role": "user", "content": [{"type": "audio", "audio": "probe.wav"}, {"type": "text", "text": "Hi"}]}]
+    try:
+        rendered = tokenizer.apply_chat_template(probe, tokenize=False)
+    except (jinja2.TemplateError, TypeError, KeyError):
+        rendered = ""
+    count = rendered.count(audio_token)
+    if count == 1:
+        return None
+    if count > 1:
+        raise TemplateError(f"the chat template renders one audio part with {count} {audio_token} tokens; expected 1")
+    return bos + audio_token + eos
 
 
 def tokenize_record(tokenizer: PreTrainedTokenizerBase, record: Record) -> tuple[np.ndarray, np.ndarray]:
@@ -104,19 +155,19 @@ def tokenize_record(tokenizer: PreTrainedTokenizerBase, record: Record) -> tuple
 
 
 def tokenize_batch(
-    tokenizer: PreTrainedTokenizerBase, records: Sequence[Record], vision: bool = False
+    tokenizer: PreTrainedTokenizerBase, records: Sequence[Record], rendering: MediaRendering = TEXT_ONLY
 ) -> list[tuple[np.ndarray, np.ndarray] | DataError]:
     """Tokenize many records with one batched call of the Rust tokenizer.
 
     Returns, per record, `(input_ids, labels)` or the DataError that rejects it, so the caller
-    applies its own on_error policy. A TemplateError (unusable template) is raised. With `vision`,
-    each image / video is ONE placeholder token here; `expand_placeholders` expands them.
+    applies its own on_error policy. A TemplateError (unusable template) is raised. With media
+    kinds, each image / video / audio is ONE placeholder token here; `expand_placeholders` expands them.
     """
     markers = end_of_turn_markers(tokenizer)
     texts, spans, results = [], [], []
     for record in records:
         try:
-            messages = template_messages(record, vision)
+            messages = template_messages(record, rendering)
             text = _render(tokenizer, messages, False, record.provenance.where)
             spans.append(_assistant_spans(tokenizer, messages, text, markers, record.provenance.where))
             texts.append(text)
@@ -221,7 +272,8 @@ def expand_placeholders(
     """Expand the k-th placeholder token (any of `placeholder_ids`, in token order) to expected[k]
     = (token id it must be, number of copies).
 
-    The template renders one placeholder per image / video; the model needs one per visual token.
+    The template renders one placeholder per image / video / audio; the model needs one per visual
+    or audio token.
     Expanding after tokenization keeps the character-span label masks above untouched; the
     expanded tokens are never trained (label -100), wherever they stand.
     """
@@ -232,7 +284,7 @@ def expand_placeholders(
             where,
             "placeholder_mismatch",
             f"the rendered conversation has placeholder tokens {found} where its media parts need "
-            f"{[token_id for token_id, _ in expected]} (does a text part spell a placeholder such as <|image_pad|>?)",
+            f"{[token_id for token_id, _ in expected]} (does a text part spell a placeholder such as <|image_pad|> or <|AUDIO|>?)",
         )
     repeats = np.ones(len(input_ids), dtype=np.int64)
     repeats[positions] = [count for _, count in expected]

@@ -6,7 +6,11 @@ from (seed, epoch) only) and `collate(indices)` turns one into model inputs.
 
 Given a Qwen2.5-VL style `processor` (and the model's `mrope_spec`), records may hold images and
 videos: their grids are measured and placeholders expanded at prepare time (cached), pixels are
-made at collate time, and position ids are 3-D mrope ids. Without one, media is an error.
+made at collate time, and position ids are 3-D mrope ids. Given a Qwen2-Audio style processor (a
+`feature_extractor`), records may hold audio: decoded and split into clips at prepare time, log-mel
+features made at collate time (media_audio.py), plain 1-D position ids unless an `mrope_spec` is
+given too (an omni model: audio tokens are text-like for mrope). Without a processor, media is an
+error; a media kind the processor has no piece for is an error of its record.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from .cache import resolve_cache_dir, tokenizer_fingerprint
 from .chat import IGNORE_INDEX, check_tokenizer
 from .collate import collate_packed, collate_padded, mrope_position_ids_packed, mrope_position_ids_padded
 from .errors import DataSourceError
-from .media import MediaSettings, media_settings, pixel_inputs
+from .media import pixel_inputs
+from .media_audio import audio_inputs, clip_sample_counts
+from .modalities import MediaSupport, media_support
 from .packing import OVERLONG_POLICIES, apply_overlong, pack_best_fit_decreasing
 from .prepare import ON_ERROR_POLICIES, default_num_proc, prepare_file
 from .sources import DatasetEntry, SourceFile, resolve_sources
@@ -53,23 +59,27 @@ def build_sft_dataset(
     video_min_frames: int = 4,
     video_max_frames: int = 16,
     video_max_pixels: int | None = None,
+    audio_max_seconds: float = 30.0,
 ) -> SFTDataset:
     """Read, validate, tokenize (cached, in parallel) and index the data at `dataset_path`.
 
     packing_length is the token budget of a pack, and the maximum sample length either way;
-    longer samples are dropped or truncated (`overlong`; visual tokens count, and a sample whose
-    cut would fall inside or before an image / video is dropped, not truncated). micro_batch_size
+    longer samples are dropped or truncated (`overlong`; visual and audio tokens count, and a
+    sample whose cut would fall inside or before a media item is dropped, not truncated). micro_batch_size
     only applies without packing (with packing, one pack is one micro-batch).
 
     processor: a Qwen2.5-VL style processor (`.image_processor`, `.video_processor`, `.tokenizer`)
-      to train on images and video; None = text only. mrope_spec (required with it): the model's
-      `MropeSpec`, for 3-D position ids. image_min/max_pixels (null = the processor's bounds),
-      video_fps / video_min_frames / video_max_frames (frame sampling) and video_max_pixels (null =
-      the processor's) decide how many visual tokens each item costs; see data/media.py.
+      to train on images and video, and / or a Qwen2-Audio style one (`.feature_extractor`) for
+      audio; None = text only. mrope_spec (required with images / video): the model's `MropeSpec`,
+      for 3-D position ids. image_min/max_pixels (null = the processor's bounds), video_fps /
+      video_min_frames / video_max_frames (frame sampling) and video_max_pixels (null = the
+      processor's) decide how many visual tokens each item costs; see data/media.py.
+      audio_max_seconds: longer audio is split into clips of this length (at most the feature
+      extractor's 30 s window); see data/media_audio.py.
     """
     _check_settings(packing_length, micro_batch_size, on_error, overlong, num_proc)
     check_tokenizer(tokenizer)
-    vision = _vision_inputs(
+    inputs = _media_inputs(
         processor,
         mrope_spec,
         tokenizer,
@@ -79,9 +89,10 @@ def build_sft_dataset(
         video_min_frames,
         video_max_frames,
         video_max_pixels,
+        audio_max_seconds,
     )
     entries = resolve_sources(dataset_path)
-    media = vision.settings if vision else None
+    media = inputs.support if inputs else None
     tokenized = _tokenize_sources(tokenizer, entries, on_error, num_proc, cache_dir, media)
     store = _SampleStore.from_files(tokenized)
     overlong_counts = store.apply_overlong(packing_length, overlong, media)
@@ -93,7 +104,7 @@ def build_sft_dataset(
             f"skipped records: {_merged_skips(tokenized.values())}, overlong: {overlong_counts}",
         )
     dataset = SFTDataset(
-        store, sample_index, packing, packing_length, micro_batch_size, _pad_token_id(tokenizer), seed, vision
+        store, sample_index, packing, packing_length, micro_batch_size, _pad_token_id(tokenizer), seed, inputs
     )
     dataset.stats.update(_source_stats(tokenized.values(), overlong_counts))
     logger.info("dataset %s: %s", dataset_path, dataset.stats)
@@ -116,25 +127,32 @@ def _check_settings(
 
 
 @dataclass(frozen=True)
-class _VisionInputs:
-    """What a vision-language dataset needs beyond the tokenizer."""
+class _MediaInputs:
+    """What a multimodal dataset needs beyond the tokenizer."""
 
     processor: object
-    settings: MediaSettings
-    mrope_spec: MropeSpec
+    support: MediaSupport
+    mrope_spec: MropeSpec | None  # None: 1-D position ids (audio-only models)
 
 
-def _vision_inputs(
+def _media_inputs(
     processor, mrope_spec: MropeSpec | None, tokenizer: PreTrainedTokenizerBase, *media_args
-) -> _VisionInputs | None:
+) -> _MediaInputs | None:
     if processor is None:
         return None
+    support = media_support(processor, tokenizer, *media_args)
+    if support.vision is not None:
+        _check_mrope_spec(mrope_spec, support)
+    return _MediaInputs(processor=processor, support=support, mrope_spec=mrope_spec)
+
+
+def _check_mrope_spec(mrope_spec: MropeSpec | None, support: MediaSupport) -> None:
     if mrope_spec is None:
         raise ValueError(
             "a vision-language dataset (processor given) needs the model's mrope_spec for its 3-D position "
             "ids: MropeSpec.from_config(model.config)"
         )
-    settings = media_settings(processor, tokenizer, *media_args)
+    settings = support.vision
     model_side = (mrope_spec.image_token_id, mrope_spec.video_token_id, mrope_spec.spatial_merge_size)
     data_side = (settings.image_token_id, settings.video_token_id, settings.merge_size)
     if model_side != data_side:
@@ -142,7 +160,6 @@ def _vision_inputs(
             f"mrope_spec (image, video token ids, merge size) = {model_side} but the tokenizer and processor "
             f"give {data_side}; the processor does not belong to the model"
         )
-    return _VisionInputs(processor=processor, settings=settings, mrope_spec=mrope_spec)
 
 
 def _tokenize_sources(
@@ -151,7 +168,7 @@ def _tokenize_sources(
     on_error: str,
     num_proc: int | None,
     cache_dir: str | Path | None,
-    media: MediaSettings | None,
+    media: MediaSupport | None,
 ) -> dict[SourceFile, TokenizedFile]:
     """Every distinct file once (an entry listed twice is not tokenized twice)."""
     fingerprint = tokenizer_fingerprint(tokenizer)
@@ -236,19 +253,20 @@ class _SampleStore:
         ids = [self.files.index(f) for f in files]
         return np.flatnonzero(np.isin(self.file_ids, ids) & self.usable)
 
-    def apply_overlong(self, max_length: int, policy: str, media: MediaSettings | None) -> dict[str, int]:
+    def apply_overlong(self, max_length: int, policy: str, media: MediaSupport | None) -> dict[str, int]:
         long_ones = np.flatnonzero(self.lengths > max_length)
         # Shifted labels never use position 0, so a truncated sample is trained iff labels[1:max_length] are.
         trained = np.ones(len(self.lengths), dtype=bool)
-        # A cut may not split an image / video or drop one: every placeholder must stay before it.
+        # A cut may not split a media item or drop one: every placeholder must stay before it.
         cuttable = np.ones(len(self.lengths), dtype=bool)
+        placeholder_ids = list(media.placeholder_ids().values()) if media is not None else []
         for k in long_ones:
             start = self.starts[k]
             trained[k] = bool((self.labels[start + 1 : start + max_length] != IGNORE_INDEX).any())
             if media is not None:
                 ids = self.input_ids[start : start + self.lengths[k]]
-                visual = np.flatnonzero(np.isin(ids, (media.image_token_id, media.video_token_id)))
-                cuttable[k] = len(visual) == 0 or visual[-1] < max_length
+                placeholders = np.flatnonzero(np.isin(ids, placeholder_ids))
+                cuttable[k] = len(placeholders) == 0 or placeholders[-1] < max_length
         result = apply_overlong(self.lengths, trained, max_length, policy, cuttable)
         self.usable[:] = False
         self.usable[result.keep] = True
@@ -266,17 +284,32 @@ class _SampleStore:
             media=self.media.items_of(k),
         )
 
-    def media_counts(self, media: MediaSettings) -> dict[str, np.ndarray]:
-        """Per sample: how many images, videos and visual tokens it has."""
+    def media_counts(self, media: MediaSupport) -> dict[str, np.ndarray]:
+        """Per sample: how many images, videos and visual tokens it has (vision), how many audio
+        files (before splitting into clips), seconds of audio, clips and audio tokens (audio)."""
         table = self.media
-        owner = np.repeat(np.arange(len(self.lengths)), np.diff(table.offsets))
-        tokens = table.grids.prod(axis=1) // media.merge_size**2
         n = len(self.lengths)
-        return {
-            "images": np.bincount(owner[table.kinds == "image"], minlength=n),
-            "videos": np.bincount(owner[table.kinds == "video"], minlength=n),
-            "visual_tokens": np.bincount(owner, weights=tokens, minlength=n).astype(np.int64),
-        }
+        owner = np.repeat(np.arange(n), np.diff(table.offsets))
+
+        def per_sample(rows: np.ndarray, weights=None) -> np.ndarray:
+            return np.bincount(owner[rows], weights=weights, minlength=n)
+
+        counts = {}
+        if media.vision is not None:
+            visual = np.flatnonzero(table.kinds != "audio")
+            tokens = table.grids[visual].prod(axis=1) // media.vision.merge_size**2
+            counts["images"] = per_sample(np.flatnonzero(table.kinds == "image"))
+            counts["videos"] = per_sample(np.flatnonzero(table.kinds == "video"))
+            counts["visual_tokens"] = per_sample(visual, tokens).astype(np.int64)
+        if media.audio is not None:
+            audio = np.flatnonzero(table.kinds == "audio")
+            items = [table.item(row) for row in audio]
+            clips = [len(clip_sample_counts(item, media.audio)) for item in items]
+            counts["audios"] = per_sample(audio)
+            counts["audio_clips"] = per_sample(audio, clips).astype(np.int64)
+            counts["audio_seconds"] = per_sample(audio, [item.seconds for item in items])
+            counts["audio_tokens"] = per_sample(audio, [media.num_tokens(item) for item in items]).astype(np.int64)
+        return counts
 
 
 def _weighted_sample_index(store: _SampleStore, entries: list[DatasetEntry], seed: int) -> np.ndarray:
@@ -327,7 +360,7 @@ class SFTDataset:
         micro_batch_size: int,
         pad_token_id: int,
         seed: int,
-        vision: _VisionInputs | None = None,
+        media: _MediaInputs | None = None,
     ):
         self.packing = packing
         self.packing_length = packing_length
@@ -336,7 +369,7 @@ class SFTDataset:
         self.seed = seed
         self.num_samples = len(sample_index)
         self._store = store
-        self._vision = vision
+        self._media = media
         self._sample_index = sample_index
         self._lengths = store.lengths[sample_index]
         # Packs are computed once; only their order changes between epochs.
@@ -361,15 +394,19 @@ class SFTDataset:
     def collate(self, indices: list[int]) -> dict:
         samples = [self[i] for i in indices]
         batch = collate_packed(samples) if self.packing else collate_padded(samples, self.pad_token_id)
-        if self._vision is None:
+        if self._media is None:
             return batch
-        spec = self._vision.mrope_spec
-        if self.packing:
-            batch["position_ids"] = mrope_position_ids_packed(samples, spec)
-        else:
-            batch["position_ids"] = mrope_position_ids_padded(samples, spec)
+        spec, support = self._media.mrope_spec, self._media.support
+        if spec is not None:  # else the 1-D position ids stay (audio models: plain RoPE)
+            if self.packing:
+                batch["position_ids"] = mrope_position_ids_packed(samples, spec)
+            else:
+                batch["position_ids"] = mrope_position_ids_padded(samples, spec)
         media = [item for sample in samples for item in sample.media]
-        batch.update(pixel_inputs(media, self._vision.processor, self._vision.settings))
+        if support.vision is not None:
+            batch.update(pixel_inputs(media, self._media.processor, support.vision))
+        if support.audio is not None:
+            batch.update(audio_inputs(media, self._media.processor, support.audio))
         return batch
 
     def _sample_stats(self) -> dict:
@@ -382,9 +419,9 @@ class SFTDataset:
         if self.packing:
             stats["packs"] = len(self.packs)
             stats["pack_fill"] = round(tokens / (len(self.packs) * self.packing_length), 4)
-        if self._vision is not None:
-            counts = self._store.media_counts(self._vision.settings)
-            stats.update(
-                {name: int(per_sample[self._sample_index].sum()) for name, per_sample in counts.items()}
-            )
+        if self._media is not None:
+            counts = self._store.media_counts(self._media.support)
+            for name, per_sample in counts.items():
+                total = per_sample[self._sample_index].sum()
+                stats[name] = round(float(total), 3) if name == "audio_seconds" else int(total)
         return stats

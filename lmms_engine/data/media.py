@@ -1,16 +1,16 @@
 """Images and videos of vision-language samples: where they are, how big they become, their pixels.
 
 Two moments:
-  * prepare time (tokenizer workers, cached): `measure_record_media` resolves every image / video
-    path of a record and measures it, giving a `MediaItem` with the patch grid the processor will
-    produce, so the sample's token count (and so packing) is known before training. Images are
+  * prepare time (tokenizer workers, cached): `modalities.measure_record_media` resolves every
+    image / video path of a record and measures it, giving a `MediaItem` with the patch grid the
+    processor will produce, so the sample's token count (and so packing) is known before training. Images are
     fully decoded here (`img.load()`), videos decoded frame by frame, so corrupt files are caught
     as DataErrors that follow `on_error`, not mid-training.
   * collate time: `pixel_inputs` loads the files again and runs the processor's image / video
     processor, and checks the grids it returns against the cached ones (a file changed since it
     was cached is a ValueError naming it).
 
-Paths: `image_url` / `video_url` values are relative paths (under the source's `data_folder`, or
+Paths: `image_url` / `video_url` / `audio_url` values are relative paths (under the source's `data_folder`, or
 the working directory when it has none), absolute paths, or `file://` URLs. Nothing is downloaded:
 http(s) and other URL schemes are refused (`media_url_unsupported`).
 
@@ -44,10 +44,7 @@ from PIL import Image
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from .errors import DataError
-from .types import MediaItem, Record
-
-PART_KINDS = {"image_url": "image", "video_url": "video"}
-
+from .types import MediaItem
 
 @dataclass(frozen=True)
 class MediaSettings:
@@ -170,23 +167,6 @@ def resolve_media_path(url: str, data_folder: str | None, where: str) -> Path:
 # ---------------------------------------------------------------- prepare time
 
 
-def measure_record_media(record: Record, settings: MediaSettings) -> tuple[MediaItem, ...]:
-    """Every image / video of the record, in the order of their placeholders, measured."""
-    where = record.provenance.where
-    items = []
-    for message in record.messages:
-        if isinstance(message.content, str):
-            continue
-        for part in message.content:
-            kind = PART_KINDS.get(part.type)
-            if kind is None:
-                continue
-            path = resolve_media_path(part.value, record.provenance.data_folder, where)
-            measure = measure_image if kind == "image" else measure_video
-            items.append(measure(path, where, settings))
-    return tuple(items)
-
-
 def measure_image(path: Path, where: str, settings: MediaSettings) -> MediaItem:
     width, height = _decoded_image_size(path, where)
     resized = _resized(height, width, settings.factor, settings.image_min_pixels, settings.image_max_pixels)
@@ -230,7 +210,7 @@ def measure_video(path: Path, where: str, settings: MediaSettings) -> MediaItem:
 
 def _scan_video(path: Path, where: str) -> tuple[int, float, int, int]:
     """(decoded frame count, frame rate, height, width); decoding every frame catches corruption."""
-    av = _import_av(where)
+    av = import_av(where)
 
     total, rate, height, width = 0, None, 0, 0
     try:
@@ -278,19 +258,22 @@ def load_image(path: str) -> Image.Image:
         return image.convert("RGB")
 
 
-def _import_av(where: str):
-    """PyAV, which only video data needs (a dependency of lmms-engine, so missing = a broken env)."""
+def import_av(where: str, what: str = "video"):
+    """PyAV, which only video and audio data need (a dependency of lmms-engine, so missing = a
+    broken env). `what` names the part kind in the error."""
     try:
         import av
     except ImportError:
-        raise ValueError(f"{where}: video parts need PyAV (`av`), which is not installed in this environment; "
-                         "install the project's dependencies (uv sync) or `pip install av`") from None
+        raise ValueError(
+            f"{where}: {what} parts need PyAV (`av`), which is not installed in this environment; "
+            "install the project's dependencies (uv sync) or `pip install av`"
+        ) from None
     return av
 
 
 def read_video_frames(item: MediaItem) -> np.ndarray:
     """The sampled frames (num_frames, H, W, 3) uint8 of a video measured at prepare time."""
-    av = _import_av(item.path)
+    av = import_av(item.path)
 
     indices = frame_indices(item.total_frames, item.num_frames)
     wanted, last = set(indices.tolist()), int(indices[-1])

@@ -28,9 +28,9 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from .cache import cache_file_for, load_tokenized, locked, save_tokenized
-from .chat import expand_placeholders, tokenize_batch
+from .chat import TEXT_ONLY, expand_placeholders, tokenize_batch
 from .errors import DataError
-from .media import MediaSettings, measure_record_media
+from .modalities import MediaSupport, measure_record_media
 from .messages import parse_record
 from .sources import SourceFile, read_chunks
 from .types import MediaItem, MediaTable, Provenance, Record, TokenizedFile, format_location
@@ -63,10 +63,10 @@ def prepare_file(
     on_error: str,
     num_proc: int,
     cache_dir: Path,
-    media: MediaSettings | None = None,
+    media: MediaSupport | None = None,
 ) -> TokenizedFile:
     """Tokens and labels of every valid record of `source`, from the cache when it is fresh.
-    `media`: measure images / videos and expand placeholders (vision-language models)."""
+    `media`: measure images / videos / audio and expand placeholders (multimodal models)."""
     assert on_error in ON_ERROR_POLICIES, on_error
     cache_file = cache_file_for(cache_dir, source, tokenizer_fingerprint, on_error, media)
     # The lock makes concurrent ranks on one host tokenize once: the others wait, then load.
@@ -97,7 +97,7 @@ def tokenize_file(
     tokenizer: PreTrainedTokenizerBase,
     on_error: str,
     num_proc: int,
-    media: MediaSettings | None = None,
+    media: MediaSupport | None = None,
 ) -> TokenizedFile:
     """Tokenize a whole source (no cache); raise the first DataError unless on_error == 'skip'."""
     chunks = list(read_chunks(source, CHUNK_SIZE))
@@ -121,7 +121,7 @@ def _map_chunks(
     source: SourceFile,
     tokenizer: PreTrainedTokenizerBase,
     num_proc: int,
-    media: MediaSettings | None,
+    media: MediaSupport | None,
 ) -> Iterator[_ChunkResult]:
     """Chunk results in file order; in-process when one process would do (starting workers costs)."""
     if num_proc <= 1 or len(chunks) <= 1:
@@ -142,7 +142,7 @@ def _init_worker(tokenizer: PreTrainedTokenizerBase) -> None:
     _WORKER_TOKENIZER = tokenizer
 
 
-def _tokenize_in_worker(job: tuple[SourceFile, list, MediaSettings | None]) -> _ChunkResult:
+def _tokenize_in_worker(job: tuple[SourceFile, list, MediaSupport | None]) -> _ChunkResult:
     assert _WORKER_TOKENIZER is not None, "worker not initialised"
     source, items, media = job
     return _tokenize_items(_WORKER_TOKENIZER, source, items, media)
@@ -179,7 +179,7 @@ def _tokenize_items(
     tokenizer: PreTrainedTokenizerBase,
     source: SourceFile,
     items: list[tuple[int, Any]],
-    media: MediaSettings | None = None,
+    media: MediaSupport | None = None,
 ) -> _ChunkResult:
     """Decode, validate and tokenize a chunk; bad records come back as errors, in order."""
     records, errors = [], []  # errors as (location, DataError)
@@ -190,7 +190,7 @@ def _tokenize_items(
             errors.append((location, error))
     ids, labels, lengths, locations, sample_media = [], [], [], [], []
     for record, result in zip(
-        records, tokenize_batch(tokenizer, records, vision=media is not None), strict=True
+        records, tokenize_batch(tokenizer, records, media.rendering if media else TEXT_ONLY), strict=True
     ):
         try:
             if isinstance(result, DataError):
@@ -216,15 +216,16 @@ def _tokenize_items(
 
 
 def _with_media(
-    record: Record, input_ids: np.ndarray, labels: np.ndarray, media: MediaSettings | None
+    record: Record, input_ids: np.ndarray, labels: np.ndarray, media: MediaSupport | None
 ) -> tuple[np.ndarray, np.ndarray, tuple[MediaItem, ...]]:
-    """Measure the record's images / videos (after tokenizing: records the template rejects are
-    never decoded) and expand each placeholder to that item's visual token count."""
+    """Measure the record's media (after tokenizing: records the template rejects are never
+    decoded) and expand each placeholder to that item's token count (an audio item's: the sum over
+    its clips, their runs one after another inside the part's <|audio_bos|> ... <|audio_eos|>)."""
     if media is None:
         return input_ids, labels, ()
     items = measure_record_media(record, media)
-    placeholders = {"image": media.image_token_id, "video": media.video_token_id}
-    expected = [(placeholders[item.kind], item.num_tokens(media.merge_size)) for item in items]
+    placeholders = media.placeholder_ids()
+    expected = [(placeholders[item.kind], media.num_tokens(item)) for item in items]
     where = record.provenance.where
     input_ids, labels = expand_placeholders(input_ids, labels, list(placeholders.values()), expected, where)
     return input_ids, labels, items

@@ -75,39 +75,52 @@ class Record:
         return any(m.has_media for m in self.messages)
 
 
-MEDIA_KINDS = ("image", "video")
+MEDIA_KINDS = ("image", "video", "audio")
 
 
 @dataclass(frozen=True)
 class MediaItem:
-    """One image or video of a sample, as measured at prepare time.
+    """One image, video or audio file of a sample, as measured at prepare time.
 
-    grid_thw: the patch grid (before the spatial merge) the processor will produce; the sample's
-    input_ids hold grid_t * grid_h * grid_w // merge_size**2 placeholder tokens for it.
-    Videos only: second_per_grid_t (seconds of video per temporal grid step), and total_frames /
-    num_frames, from which `media.frame_indices` re-derives the sampled frames at collate time.
+    Images / videos: grid_thw is the patch grid (before the spatial merge) the processor will
+    produce; the sample's input_ids hold grid_t * grid_h * grid_w // merge_size**2 placeholder
+    tokens for it. Videos also: second_per_grid_t (seconds of video per temporal grid step), and
+    total_frames / num_frames, from which `media.frame_indices` re-derives the sampled frames at
+    collate time.
+    Audio: audio_samples decoded mono samples at sampling_rate (so its duration), split into clips
+    of at most chunk_samples (`media_audio.clip_sample_counts`); grid_thw is (0, 0, 0).
     """
 
-    kind: str  # "image" | "video"
+    kind: str  # "image" | "video" | "audio"
     path: str  # resolved, absolute
-    grid_thw: tuple[int, int, int]
+    grid_thw: tuple[int, int, int] = (0, 0, 0)
     second_per_grid_t: float = 0.0
     total_frames: int = 0
     num_frames: int = 0
+    audio_samples: int = 0
+    sampling_rate: int = 0
+    chunk_samples: int = 0
 
     def __post_init__(self):
         assert self.kind in MEDIA_KINDS, self.kind
 
     def num_tokens(self, merge_size: int) -> int:
+        """Visual tokens of an image / video (audio: see `media_audio.audio_token_count`)."""
+        assert self.kind != "audio", "audio tokens depend on the feature extractor"
         t, h, w = self.grid_thw
         return t * h * w // merge_size**2
+
+    @property
+    def seconds(self) -> float:
+        """Duration of an audio item (0 for images and videos)."""
+        return self.audio_samples / self.sampling_rate if self.sampling_rate else 0.0
 
 
 @dataclass(frozen=True)
 class Sample:
     """A tokenized sample. `labels` are NOT shifted: labels[t] is input_ids[t] where that token is
-    trained and -100 elsewhere. Collation shifts them per sample. `media` lists the sample's images
-    and videos in the order of their placeholders (empty for text)."""
+    trained and -100 elsewhere. Collation shifts them per sample. `media` lists the sample's images,
+    videos and audio in the order of their placeholders (empty for text)."""
 
     input_ids: np.ndarray
     labels: np.ndarray
@@ -132,8 +145,9 @@ class MediaTable:
     grids: np.ndarray  # int64, (m, 3)
     seconds: np.ndarray  # float64, (m,): second_per_grid_t (0 for images)
     frames: np.ndarray  # int64, (m, 2): (total_frames, num_frames) of videos, 0 for images
+    audio: np.ndarray  # int64, (m, 3): (audio_samples, sampling_rate, chunk_samples) of audio, 0 else
 
-    ARRAYS = ("offsets", "kinds", "paths", "grids", "seconds", "frames")
+    ARRAYS = ("offsets", "kinds", "paths", "grids", "seconds", "frames", "audio")
 
     @classmethod
     def from_items(cls, per_sample: list[tuple[MediaItem, ...]]) -> MediaTable:
@@ -147,6 +161,9 @@ class MediaTable:
             grids=np.asarray([i.grid_thw for i in items], dtype=np.int64).reshape(-1, 3),
             seconds=np.asarray([i.second_per_grid_t for i in items], dtype=np.float64),
             frames=np.asarray([(i.total_frames, i.num_frames) for i in items], dtype=np.int64).reshape(-1, 2),
+            audio=np.asarray(
+                [(i.audio_samples, i.sampling_rate, i.chunk_samples) for i in items], dtype=np.int64
+            ).reshape(-1, 3),
         )
 
     @classmethod
@@ -164,13 +181,15 @@ class MediaTable:
             grids=np.concatenate([t.grids for t in tables]).reshape(-1, 3),
             seconds=np.concatenate([t.seconds for t in tables]),
             frames=np.concatenate([t.frames for t in tables]).reshape(-1, 2),
+            audio=np.concatenate([t.audio for t in tables]).reshape(-1, 3),
         )
 
     def items_of(self, k: int) -> tuple[MediaItem, ...]:
-        return tuple(self._item(row) for row in range(self.offsets[k], self.offsets[k + 1]))
+        return tuple(self.item(row) for row in range(self.offsets[k], self.offsets[k + 1]))
 
-    def _item(self, row: int) -> MediaItem:
+    def item(self, row: int) -> MediaItem:
         total, num = (int(v) for v in self.frames[row])
+        samples, rate, chunk = (int(v) for v in self.audio[row])
         return MediaItem(
             kind=str(self.kinds[row]),
             path=str(self.paths[row]),
@@ -178,6 +197,9 @@ class MediaTable:
             second_per_grid_t=float(self.seconds[row]),
             total_frames=total,
             num_frames=num,
+            audio_samples=samples,
+            sampling_rate=rate,
+            chunk_samples=chunk,
         )
 
 
@@ -190,7 +212,7 @@ class TokenizedFile:
     offsets: np.ndarray  # int64, (n + 1,)
     locations: np.ndarray  # int64, (n,): 1-based line (jsonl) or 0-based record index
     records: int  # records read (valid + skipped)
-    media: MediaTable  # images / videos of every sample (none for text data)
+    media: MediaTable  # images / videos / audio of every sample (none for text data)
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
     skip_examples: list[str] = field(default_factory=list)
 

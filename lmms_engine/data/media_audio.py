@@ -1,0 +1,218 @@
+"""Audio of audio-language samples (Qwen2-Audio style): decoding, clips, placeholder counts, log-mel.
+
+Two moments, as for images and video (media.py):
+  * prepare time (cached): `measure_audio` decodes the whole file (so a corrupt file is a DataError
+    of its record that follows `on_error`, not a crash mid-training) and records its length in
+    samples; the record's placeholder is expanded to the audio's token count.
+  * collate time: `audio_inputs` decodes the files again, runs the processor's feature extractor
+    and cuts each clip to the frames the rmpad encoder needs (the batch contract below).
+
+Decoding: PyAV (`av`, the library media.py uses for video: one decoder for wav / flac / mp3 /
+anything FFmpeg reads), downmixed to mono and resampled to the feature extractor's sampling rate by
+`av.AudioResampler` (libswresample), float32. Paths resolve as for images (media.py).
+
+Long audio: a file longer than `audio_max_seconds` (default and maximum: the extractor's 30 s
+window) is split into consecutive clips of that length, the last one shorter. Each clip is encoded
+on its own and its tokens follow the previous clip's, all inside the one `<|audio_bos|> ...
+<|audio_eos|>` of the part: what the original engine does. A tail clip too short to give one
+encoder output (under 3 mel frames, ~20 ms) is dropped; a whole file that short is unreadable.
+
+Per clip of n samples (Whisper's extractor, hop 160 at 16 kHz = 100 frames/s, 3000-frame window):
+  L = min(ceil(n / hop_length), nb_max_frames)   valid mel frames = the extractor's
+                                                 attention_mask.sum() with padding="max_length"
+  P = feat_extract_output_lengths(L)[1]          `<|AUDIO|>` tokens (models/audio_encoder.py)
+  T = min(L + CONV_CONTEXT_FRAMES, nb_max_frames) frames the clip carries in the batch
+
+Batch contract (the model side, models/qwen2_audio.py, reads exactly this; keys absent when a
+micro-batch has no audio):
+  audio_features  float32 (n_mels, sum T_i): each clip's log-mel from the extractor run with
+                  padding="max_length" (frames past L are the extractor's own silence padding, the
+                  conv context of the last valid frames), its first T_i frames, clips concatenated
+                  in placeholder order
+  audio_frames    int64 (clips,): T_i
+  audio_lengths   int64 (clips,): L_i
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmms_engine.models.audio_encoder import CONV_CONTEXT_FRAMES, feat_extract_output_lengths
+
+from .errors import DataError
+from .media import import_av
+from .types import MediaItem
+
+AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    """Everything that decides an audio item's clips and placeholders. Picklable (prepare workers)
+    and part of the cache key."""
+
+    audio_token_id: int  # the tokenizer's <|AUDIO|>
+    # Text an audio part is rendered as when the chat template does not render audio parts itself
+    # (None: it does; see chat.audio_part_text).
+    audio_text: str | None
+    sampling_rate: int
+    hop_length: int
+    max_frames: int  # the extractor's window in mel frames (nb_max_frames, 3000)
+    n_mels: int
+    chunk_samples: int  # the longest clip: audio_max_seconds * sampling_rate
+
+    def cache_key(self) -> dict:
+        return asdict(self)
+
+
+def audio_settings(
+    processor, tokenizer, audio_max_seconds: float, audio_token: str, audio_text: str | None
+) -> AudioSettings:
+    """Settings from the processor's feature extractor, the tokenizer's id of `audio_token` and the
+    data config. The extractor must be Whisper-like: fixed window, hop_length, padding="max_length"."""
+    extractor = processor.feature_extractor
+    rate, window = int(extractor.sampling_rate), int(extractor.n_samples)
+    if not 0 < audio_max_seconds <= window / rate:
+        raise ValueError(
+            f"audio_max_seconds must be in (0, {window / rate:g}] (the feature extractor's window), "
+            f"got {audio_max_seconds}"
+        )
+    token_id = tokenizer.convert_tokens_to_ids(audio_token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"the tokenizer has no {audio_token} token; use the processor's own tokenizer")
+    return AudioSettings(
+        audio_token_id=int(token_id),
+        audio_text=audio_text,
+        sampling_rate=rate,
+        hop_length=int(extractor.hop_length),
+        max_frames=int(extractor.nb_max_frames),
+        n_mels=int(extractor.feature_size),
+        chunk_samples=min(window, round(audio_max_seconds * rate)),
+    )
+
+
+# ---------------------------------------------------------------- clip arithmetic
+
+
+def mel_frames(num_samples: int, settings: AudioSettings) -> int:
+    """L: valid mel frames of a clip of num_samples samples. The extractor's attention mask is the
+    sample mask taken every hop_length samples, so it counts the frames starting before the end."""
+    return min(math.ceil(num_samples / settings.hop_length), settings.max_frames)
+
+
+def placeholder_count(mel_length: int) -> int:
+    """P: `<|AUDIO|>` tokens of a clip of mel_length valid frames (the encoder's output length)."""
+    return int(feat_extract_output_lengths(mel_length)[1])
+
+
+def clip_sample_counts(item: MediaItem, settings: AudioSettings) -> list[int]:
+    """Samples per clip: consecutive chunk_samples-long clips, the last one shorter. A tail clip
+    with no encoder output (P = 0) is dropped: it would add no token and no feature."""
+    full, rest = divmod(item.audio_samples, item.chunk_samples)
+    counts = [item.chunk_samples] * full
+    if rest and (not counts or placeholder_count(mel_frames(rest, settings)) > 0):
+        counts.append(rest)
+    return counts
+
+
+def clip_mel_lengths(item: MediaItem, settings: AudioSettings) -> list[int]:
+    return [mel_frames(n, settings) for n in clip_sample_counts(item, settings)]
+
+
+def audio_token_count(item: MediaItem, settings: AudioSettings) -> int:
+    """The `<|AUDIO|>` tokens of an audio item: the sum over its clips."""
+    return sum(placeholder_count(length) for length in clip_mel_lengths(item, settings))
+
+
+# ---------------------------------------------------------------- prepare time
+
+
+def measure_audio(path: Path, where: str, settings: AudioSettings) -> MediaItem:
+    samples = decode_audio(path, settings.sampling_rate, where)
+    item = MediaItem(
+        kind="audio",
+        path=str(path),
+        audio_samples=len(samples),
+        sampling_rate=settings.sampling_rate,
+        chunk_samples=settings.chunk_samples,
+    )
+    if audio_token_count(item, settings) == 0:
+        raise DataError(
+            where,
+            "media_unreadable",
+            f"audio {str(path)!r} is {len(samples)} samples long: too short for one audio token",
+        )
+    return item
+
+
+def decode_audio(path: Path | str, sampling_rate: int, where: str) -> np.ndarray:
+    """The whole file as float32 mono samples at sampling_rate; DataError if it cannot be decoded."""
+    av = import_av(where, "audio")
+    try:
+        pieces = _decode_mono(av, str(path), sampling_rate)
+    except (av.FFmpegError, OSError, ValueError) as error:
+        raise DataError(where, "media_unreadable", f"cannot decode audio {str(path)!r}: {error}") from error
+    if pieces is None:
+        raise DataError(where, "media_unreadable", f"{str(path)!r} has no audio stream")
+    samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+    if len(samples) == 0:
+        raise DataError(where, "media_unreadable", f"audio {str(path)!r} has no decodable samples")
+    return samples
+
+
+def _decode_mono(av, path: str, sampling_rate: int) -> list[np.ndarray] | None:
+    """Decoded, downmixed and resampled pieces; None when the file has no audio stream."""
+    with av.open(path) as container:
+        if not container.streams.audio:
+            return None
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sampling_rate)
+        pieces = []
+        for frame in container.decode(container.streams.audio[0]):
+            pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+        pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))  # flush
+        return pieces
+
+
+# ---------------------------------------------------------------- collate time
+
+
+def audio_clips(item: MediaItem, settings: AudioSettings) -> list[np.ndarray]:
+    """The item's clips (float32 samples), decoded again; ValueError if the file changed."""
+    samples = decode_audio(item.path, settings.sampling_rate, item.path)
+    if len(samples) != item.audio_samples:
+        raise ValueError(
+            f"audio {item.path!r} now decodes to {len(samples)} samples but {item.audio_samples} were cached; "
+            "the file changed since caching: clear the data cache"
+        )
+    bounds = np.cumsum([0, *clip_sample_counts(item, settings)])
+    return [samples[start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def audio_inputs(items: Sequence[MediaItem], processor, settings: AudioSettings) -> dict:
+    """The batch contract's audio keys for a micro-batch's audio items (in placeholder order);
+    empty when there is none."""
+    clips = [clip for item in items if item.kind == "audio" for clip in audio_clips(item, settings)]
+    if not clips:
+        return {}
+    out = processor.feature_extractor(
+        clips,
+        sampling_rate=settings.sampling_rate,
+        padding="max_length",  # every clip in the 30 s window: frames past L are its silence padding
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    lengths = [mel_frames(len(clip), settings) for clip in clips]
+    assert out["attention_mask"].sum(-1).tolist() == lengths, "mel_frames disagrees with the extractor"
+    frames = [min(length + CONV_CONTEXT_FRAMES, settings.max_frames) for length in lengths]
+    features = out["input_features"]
+    return {
+        "audio_features": torch.cat([features[i, :, :t] for i, t in enumerate(frames)], dim=1).float(),
+        "audio_frames": torch.tensor(frames, dtype=torch.long),
+        "audio_lengths": torch.tensor(lengths, dtype=torch.long),
+    }
