@@ -198,6 +198,34 @@ def test_zero3_export_gathers_the_same_weights_as_ddp(distributed_runs):
         torch.testing.assert_close(zero3[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def _one_image_one_text(tmp_path: Path) -> Path:
+    """Two samples, one with an image: with one unpacked sample per micro-batch, every step gives
+    one rank an image and the other none."""
+    demo = REPO / "lmms_engine" / "data" / "demo"
+    image_record = (demo / "vl_chat.jsonl").read_text().splitlines()[0]
+    text_record = (demo / "text_chat.jsonl").read_text().splitlines()[0]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text(f"{image_record}\n{text_record}\n")
+    (tmp_path / "mixed.yaml").write_text(
+        f"datasets:\n  - path: {data}\n    data_folder: {demo / 'media'}\n    data_type: jsonl\n")
+    return tmp_path / "mixed.yaml"
+
+
+@pytest.mark.parametrize("parallel", ["fsdp2", pytest.param("zero3", marks=needs_deepspeed)])
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_rank_without_images_neither_hangs_nor_changes_the_loss(parallel, tmp_path, token_cache):
+    """Tiny Qwen2.5-VL with every parameter sharded / partitioned: the rank whose micro-batch has no
+    image still runs the vision blocks (dummy input), so the collectives match; losses equal the
+    single process's."""
+    data = ["data=sft", f"data.dataset_path={_one_image_one_text(tmp_path)}", "data.packing=false",
+            "data.micro_batch_size=1", "trainer.max_steps=4", "trainer.save_every=0"]
+    reference = losses(train_single(tmp_path / "single", token_cache, "trainer.grad_accum=2", *data))
+    extra = ["parallel.param_persistence_threshold=0"] if parallel == "zero3" else []
+    got = losses(torchrun(tmp_path / parallel, token_cache, f"parallel={parallel}", *data, *extra))
+    assert got == pytest.approx(reference, abs=1e-5)
+
+
 # ---- quick checks (no processes launched) ----
 
 @pytest.mark.parametrize("parallel", ["ddp", "zero1", "zero2", "zero3"])
