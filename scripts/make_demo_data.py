@@ -12,13 +12,21 @@ about small PNG images of one coloured shape (56..224 px; "what colour / what sh
 images, multi-turn chats with images in later turns, and a few about one short video (16 frames,
 64x64, a square moving left to right, encoded with PyAV's mpeg4). Well under 1 MB in all.
 
-Deterministic: the same files on every run.
+audio_chat.jsonl + media/audio/ + demo_audio.yaml (text and audio-language data together): about
+100 chats about short synthetic clips (16 kHz mono PCM16 wav: sine tones of one note, 1-2.5 s, and
+chords, 3-8 s; "what is the pitch / is it a chord / how long is it"), pairs of clips, multi-turn
+chats with a clip in a later turn, and a few about one 35 s ascending scale (FLAC, longer than the
+30 s audio window, so it is split into two clips). About 1 MB in all.
+
+Deterministic: the same files on every run (`--audio-only` rewrites just the audio demo).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import sys
+import wave
 from collections.abc import Callable
 from pathlib import Path
 
@@ -422,7 +430,184 @@ def write_vl_demo() -> int:
     return len(records)
 
 
+# ---------------------------------------------------------------- audio-language demo
+
+AUDIO_DIR = MEDIA_DIR / "audio"
+NUM_AUDIO_RECORDS = 100
+AUDIO_SEED = 2468
+AUDIO_RATE = 16000
+NOTES = {
+    "G3": 196.00,
+    "A3": 220.00,
+    "B3": 246.94,
+    "C4": 261.63,
+    "D4": 293.66,
+    "E4": 329.63,
+    "F4": 349.23,
+    "G4": 392.00,
+    "A4": 440.00,
+    "B4": 493.88,
+    "C5": 523.25,
+}
+TONE_NOTES = ("C4", "D4", "E4", "F4", "G4", "A4", "B4", "C5")
+TONE_SECONDS = (1.0, 1.5, 2.0, 2.5)
+CHORDS = {"C major": ("C4", "E4", "G4"), "A minor": ("A3", "C4", "E4"), "G major": ("G3", "B3", "D4")}
+CHORD_SECONDS = (3.0, 4.0, 8.0)
+SCALE_NAME, SCALE_SECONDS = "c_major_scale_35s.flac", 35.0
+
+
+def synth(frequencies: tuple[float, ...], seconds: float) -> np.ndarray:
+    """int16 samples of equal-amplitude sines, with 20 ms fades so clips do not click."""
+    t = np.arange(round(seconds * AUDIO_RATE)) / AUDIO_RATE
+    signal = sum(np.sin(2 * np.pi * f * t) for f in frequencies) / len(frequencies)
+    fade = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.02)
+    return np.round(0.3 * 32767 * signal * fade).astype(np.int16)
+
+
+def write_wav(path: Path, samples: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(AUDIO_RATE)
+        handle.writeframes(samples.tobytes())
+
+
+def write_flac(path: Path, samples: np.ndarray) -> None:
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("flac", rate=AUDIO_RATE, layout="mono", format="s16")
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
+        frame.sample_rate = AUDIO_RATE
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def make_audio_clips() -> list[dict]:
+    """Tones (one per note, durations cycling through TONE_SECONDS), chords and the long scale."""
+    AUDIO_DIR.mkdir(parents=True, exist_ok=True)
+    clips = []
+    for i, note in enumerate(TONE_NOTES):
+        seconds = TONE_SECONDS[i % len(TONE_SECONDS)]
+        name = f"tone_{note}.wav"
+        write_wav(AUDIO_DIR / name, synth((NOTES[note],), seconds))
+        clips.append({"file": name, "kind": "tone", "note": note, "seconds": seconds})
+    for (chord, notes), seconds in zip(CHORDS.items(), CHORD_SECONDS, strict=True):
+        name = f"chord_{chord.replace(' ', '_').lower()}.wav"
+        write_wav(AUDIO_DIR / name, synth(tuple(NOTES[n] for n in notes), seconds))
+        clips.append({"file": name, "kind": "chord", "chord": chord, "notes": notes, "seconds": seconds})
+    scale = ("C4", "D4", "E4", "F4", "G4", "A4", "B4", "C5")
+    step = SCALE_SECONDS / len(scale)
+    write_flac(AUDIO_DIR / SCALE_NAME, np.concatenate([synth((NOTES[n],), step) for n in scale]))
+    clips.append({"file": SCALE_NAME, "kind": "scale", "seconds": SCALE_SECONDS})
+    return clips
+
+
+def audio_part(clip: dict) -> dict:
+    return {"type": "audio_url", "audio_url": clip["file"]}
+
+
+def describe(clip: dict) -> str:
+    if clip["kind"] == "tone":
+        return f"a single tone, {clip['note']} ({NOTES[clip['note']]:g} Hz)"
+    if clip["kind"] == "chord":
+        return f"a {clip['chord']} chord ({', '.join(clip['notes'])})"
+    return "an ascending C major scale from C4 to C5"
+
+
+def audio_question(rng: random.Random, clip: dict) -> tuple[str, str]:
+    choices = [
+        ("How long is the clip?", f"About {clip['seconds']:g} seconds."),
+        ("Describe the sound.", f"It is {describe(clip)}."),
+    ]
+    if clip["kind"] == "tone":
+        choices += [
+            ("What is the pitch?", f"The pitch is {clip['note']}, {NOTES[clip['note']]:g} Hz."),
+            ("What note is this?", f"It is {clip['note']}."),
+            ("Is this a single note or a chord?", "It is a single note."),
+        ]
+    elif clip["kind"] == "chord":
+        choices += [
+            (
+                "What is the pitch?",
+                f"It is a chord, not one pitch: {clip['chord']} ({', '.join(clip['notes'])}).",
+            ),
+            ("Is this a single note or a chord?", f"It is a chord: {clip['chord']}."),
+        ]
+    else:
+        choices += [("What notes are played?", "C4, D4, E4, F4, G4, A4, B4 and C5, one after another.")]
+    return rng.choice(choices)
+
+
+def single_audio(rng: random.Random, clips: list[dict]) -> list[dict]:
+    clip = rng.choice(clips)
+    question, answer = audio_question(rng, clip)
+    parts = [audio_part(clip), {"type": "text", "text": question}]
+    if rng.random() < 0.3:
+        parts.reverse()  # question first, audio after it
+    return [{"role": "user", "content": parts}, {"role": "assistant", "content": answer}]
+
+
+def two_tones(rng: random.Random, clips: list[dict]) -> list[dict]:
+    first, second = rng.sample([c for c in clips if c["kind"] == "tone"], 2)
+    higher = "first" if NOTES[first["note"]] > NOTES[second["note"]] else "second"
+    content = [
+        audio_part(first),
+        audio_part(second),
+        {"type": "text", "text": "Which of the two notes is higher?"},
+    ]
+    answer = f"The {higher} one: {first['note']} then {second['note']}."
+    return [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
+
+
+def audio_multi_turn(rng: random.Random, clips: list[dict]) -> list[dict]:
+    """A question about one clip, then a new clip in a later turn."""
+    first, second = rng.sample(clips, 2)
+    messages = single_audio(rng, [first])
+    messages.append(
+        {"role": "user", "content": [{"type": "text", "text": "And this one?"}, audio_part(second)]}
+    )
+    messages.append({"role": "assistant", "content": f"This one is {describe(second)}."})
+    return messages
+
+
+AUDIO_TASKS = [single_audio] * 5 + [two_tones] * 2 + [audio_multi_turn] * 2
+
+
+def write_audio_demo() -> int:
+    rng = random.Random(AUDIO_SEED)
+    clips = make_audio_clips()
+    records = []
+    for _ in range(NUM_AUDIO_RECORDS):
+        messages = rng.choice(AUDIO_TASKS)(rng, clips)
+        if rng.random() < 0.2:
+            messages.insert(0, {"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+        records.append({"messages": messages})
+    with (DEMO_DIR / "audio_chat.jsonl").open("w") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    (DEMO_DIR / "demo_audio.yaml").write_text(
+        "# Bundled audio-language demo data: the text chats plus chats about short tones and chords.\n"
+        "# Regenerate with: uv run python scripts/make_demo_data.py --audio-only\n"
+        "# Relative paths (path and data_folder) are tried against the working directory first, then\n"
+        "# this file's folder. Audio paths in audio_chat.jsonl resolve under data_folder.\n"
+        "datasets:\n"
+        "  - path: text_chat.jsonl\n"
+        '    data_folder: ""\n'
+        "    data_type: jsonl\n"
+        "  - path: audio_chat.jsonl\n"
+        "    data_folder: media/audio\n"
+        "    data_type: jsonl\n"
+    )
+    return len(records)
+
+
 def main() -> None:
+    if "--audio-only" in sys.argv[1:]:
+        print(f"wrote {write_audio_demo()} records to {DEMO_DIR / 'audio_chat.jsonl'} (audio in {AUDIO_DIR})")
+        return
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     records = make_records(NUM_RECORDS, SEED)
     with (DEMO_DIR / "text_chat.jsonl").open("w") as handle:
@@ -439,6 +624,7 @@ def main() -> None:
     )
     print(f"wrote {len(records)} records to {DEMO_DIR / 'text_chat.jsonl'}")
     print(f"wrote {write_vl_demo()} records to {DEMO_DIR / 'vl_chat.jsonl'} (media in {MEDIA_DIR})")
+    print(f"wrote {write_audio_demo()} records to {DEMO_DIR / 'audio_chat.jsonl'} (audio in {AUDIO_DIR})")
 
 
 if __name__ == "__main__":

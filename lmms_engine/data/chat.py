@@ -133,7 +133,9 @@ def audio_part_text(tokenizer: PreTrainedTokenizerBase, audio_token: str, bos: s
     """None if the chat template renders an audio part (`{"type": "audio", ...}`, as Qwen2-Audio's
     and Qwen2.5-Omni's do) with exactly one `audio_token`; else the text to render audio parts as,
     `bos + audio_token + eos` (what Qwen's templates write), so any ChatML-like template works."""
-    probe = [{"role": "user", "content": [{"type": "audio", "audio": "probe.wav"}, {"type": "text", "text": "Hi"}]}]
+    probe = [
+        {"role": "user", "content": [{"type": "audio", "audio": "probe.wav"}, {"type": "text", "text": "Hi"}]}
+    ]
     try:
         rendered = tokenizer.apply_chat_template(probe, tokenize=False)
     except (jinja2.TemplateError, TypeError, KeyError):
@@ -142,7 +144,9 @@ def audio_part_text(tokenizer: PreTrainedTokenizerBase, audio_token: str, bos: s
     if count == 1:
         return None
     if count > 1:
-        raise TemplateError(f"the chat template renders one audio part with {count} {audio_token} tokens; expected 1")
+        raise TemplateError(
+            f"the chat template renders one audio part with {count} {audio_token} tokens; expected 1"
+        )
     return bos + audio_token + eos
 
 

@@ -308,7 +308,9 @@ class _SampleStore:
             counts["audios"] = per_sample(audio)
             counts["audio_clips"] = per_sample(audio, clips).astype(np.int64)
             counts["audio_seconds"] = per_sample(audio, [item.seconds for item in items])
-            counts["audio_tokens"] = per_sample(audio, [media.num_tokens(item) for item in items]).astype(np.int64)
+            counts["audio_tokens"] = per_sample(audio, [media.num_tokens(item) for item in items]).astype(
+                np.int64
+            )
         return counts
 
 

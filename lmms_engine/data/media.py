@@ -46,6 +46,7 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 from .errors import DataError
 from .types import MediaItem
 
+
 @dataclass(frozen=True)
 class MediaSettings:
     """Everything that decides a media item's grid and placeholders (and so its tokens). Picklable:

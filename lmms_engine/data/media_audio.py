@@ -8,8 +8,9 @@ Two moments, as for images and video (media.py):
     and cuts each clip to the frames the rmpad encoder needs (the batch contract below).
 
 Decoding: PyAV (`av`, the library media.py uses for video: one decoder for wav / flac / mp3 /
-anything FFmpeg reads), downmixed to mono and resampled to the feature extractor's sampling rate by
-`av.AudioResampler` (libswresample), float32. Paths resolve as for images (media.py).
+anything FFmpeg reads), resampled to the feature extractor's sampling rate by `av.AudioResampler`
+(libswresample), float32, downmixed to mono as the mean of the channels. Paths resolve as for
+images (media.py).
 
 Long audio: a file longer than `audio_max_seconds` (default and maximum: the extractor's 30 s
 window) is split into consecutive clips of that length, the last one shorter. Each clip is encoded
@@ -114,6 +115,9 @@ def placeholder_count(mel_length: int) -> int:
 def clip_sample_counts(item: MediaItem, settings: AudioSettings) -> list[int]:
     """Samples per clip: consecutive chunk_samples-long clips, the last one shorter. A tail clip
     with no encoder output (P = 0) is dropped: it would add no token and no feature."""
+    # Long audio becomes several clips, each encoded on its own (the encoder's window is 30 s) and
+    # their tokens concatenated inside the part's <|audio_bos|> ... <|audio_eos|>, as the original
+    # engine does.
     full, rest = divmod(item.audio_samples, item.chunk_samples)
     counts = [item.chunk_samples] * full
     if rest and (not counts or placeholder_count(mel_frames(rest, settings)) > 0):
@@ -167,16 +171,23 @@ def decode_audio(path: Path | str, sampling_rate: int, where: str) -> np.ndarray
 
 
 def _decode_mono(av, path: str, sampling_rate: int) -> list[np.ndarray] | None:
-    """Decoded, downmixed and resampled pieces; None when the file has no audio stream."""
+    """Decoded, resampled and downmixed pieces; None when the file has no audio stream."""
     with av.open(path) as container:
         if not container.streams.audio:
             return None
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sampling_rate)
+        # Planar float at the target rate, channels kept: the downmix is their mean (as librosa's
+        # `mono=True`, which Qwen2-Audio's reference code loads with), not libswresample's
+        # 1/sqrt(2) per channel.
+        resampler = av.AudioResampler(format="fltp", rate=sampling_rate)
         pieces = []
         for frame in container.decode(container.streams.audio[0]):
-            pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
-        pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))  # flush
+            pieces.extend(_mono(out) for out in resampler.resample(frame))
+        pieces.extend(_mono(out) for out in resampler.resample(None))  # flush
         return pieces
+
+
+def _mono(frame) -> np.ndarray:
+    return frame.to_ndarray().mean(axis=0, dtype=np.float32)  # (channels, samples) -> (samples,)
 
 
 # ---------------------------------------------------------------- collate time
@@ -187,8 +198,8 @@ def audio_clips(item: MediaItem, settings: AudioSettings) -> list[np.ndarray]:
     samples = decode_audio(item.path, settings.sampling_rate, item.path)
     if len(samples) != item.audio_samples:
         raise ValueError(
-            f"audio {item.path!r} now decodes to {len(samples)} samples but {item.audio_samples} were cached; "
-            "the file changed since caching: clear the data cache"
+            f"audio {item.path!r} now decodes to {len(samples)} samples but {item.audio_samples} were "
+            "cached; the file changed since caching: clear the data cache"
         )
     bounds = np.cumsum([0, *clip_sample_counts(item, settings)])
     return [samples[start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]

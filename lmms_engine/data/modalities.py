@@ -13,9 +13,16 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from .chat import MediaRendering, audio_part_text
-from .media import MediaSettings, media_settings, measure_image, measure_video, resolve_media_path
-from .media_audio import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN, AudioSettings, audio_settings, audio_token_count
-from .media_audio import measure_audio
+from .media import MediaSettings, measure_image, measure_video, media_settings, resolve_media_path
+from .media_audio import (
+    AUDIO_BOS,
+    AUDIO_EOS,
+    AUDIO_TOKEN,
+    AudioSettings,
+    audio_settings,
+    audio_token_count,
+    measure_audio,
+)
 from .types import MediaItem, Record
 
 PART_KINDS = {"image_url": "image", "video_url": "video", "audio_url": "audio"}

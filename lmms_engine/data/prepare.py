@@ -30,8 +30,8 @@ from transformers import PreTrainedTokenizerBase
 from .cache import cache_file_for, load_tokenized, locked, save_tokenized
 from .chat import TEXT_ONLY, expand_placeholders, tokenize_batch
 from .errors import DataError
-from .modalities import MediaSupport, measure_record_media
 from .messages import parse_record
+from .modalities import MediaSupport, measure_record_media
 from .sources import SourceFile, read_chunks
 from .types import MediaItem, MediaTable, Provenance, Record, TokenizedFile, format_location
 
