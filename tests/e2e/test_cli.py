@@ -29,16 +29,20 @@ def _losses(run_dir: Path) -> list[float]:
 
 
 @pytest.mark.slow
-def test_main_job_trains_the_tiny_model_and_loss_falls(tmp_path):
-    """`uv run lmms-train` with no arguments: the embedded default run."""
+def test_main_job_trains_the_tiny_vl_model_and_loss_falls(tmp_path):
+    """`uv run lmms-train` with no arguments: the embedded default run (tiny Qwen2.5-VL on the
+    text + image + video demo data)."""
     result = _train([f"output_root={tmp_path}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = _run_dirs(tmp_path)
-    assert run_dir.parent.name == "tiny"  # outputs/<name>/<timestamp>/
+    assert run_dir.parent.name == "tiny_qwen2_5_vl"  # outputs/<name>/<timestamp>/
+    stats = json.loads((run_dir / "data_stats.json").read_text())
+    assert stats["images"] > 0 and stats["videos"] > 0
     losses = _losses(run_dir)
     assert len(losses) == 120
     assert sum(losses[-10:]) / 10 < 0.75 * sum(losses[:10]) / 10
-    for item in (".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", "checkpoints/step_120/COMPLETE", "hf/config.json"):
+    for item in (".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", "checkpoints/step_120/COMPLETE", "hf/config.json",
+                 "hf/processor_config.json"):
         assert (run_dir / item).exists(), item
     assert "step 120" in (run_dir / "train.log").read_text()
 
@@ -46,7 +50,7 @@ def test_main_job_trains_the_tiny_model_and_loss_falls(tmp_path):
 def test_cfg_job_prints_the_composed_config(tmp_path):
     result = _train(["--cfg", "job"], tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "max_steps: 120" in result.stdout and "_target_: lmms_engine.models.qwen2.build_qwen2" in result.stdout
+    assert "max_steps: 120" in result.stdout and "_target_: lmms_engine.models.qwen2_5_vl.build_qwen2_5_vl" in result.stdout
 
 
 def test_user_mistake_exits_with_a_one_line_message(tmp_path):

@@ -80,3 +80,10 @@ def test_shipped_experiment_composes_and_validates():
     assert rc.groups["parallel"]._target_ == "lmms_engine.parallel.fsdp2.FSDP2"
     assert rc.groups["kernels"].use_liger_kernel is True and rc.groups["data"].packing_length == 16384
     assert rc.groups["model"].pretrained == "Qwen/Qwen2.5-1.5B-Instruct" and rc.optim.lr == 1e-5
+
+
+def test_vl_example_maps_the_seed_switches_and_keeps_vl_keys():
+    node = load_experiment(REPO / "examples" / "qwen2_5_vl_7b_sft.yaml")
+    assert node.kernels.use_liger_kernel is True and node.kernels.use_rmpad is True
+    assert OmegaConf.to_container(node)["defaults"][0] == {"override /model": "qwen2_5_vl"}
+    assert list(node.optim.freeze) == ["vision"] and node.data.image_max_pixels == 1280 * 28 * 28
