@@ -96,7 +96,7 @@ def audio_features_varlen(
     patch_audio_attention(encoder)
     conv_lengths = [feat_extract_output_lengths(n)[0] for n in mel_lengths]
     hidden = _conv_stream(encoder, clips, mel_lengths)
-    hidden = hidden + encoder.embed_positions.weight[_positions(conv_lengths, device)]
+    hidden = hidden + encoder.embed_positions(_positions(conv_lengths, device))  # a module call: ZeRO-3 gathers it
     hidden = F.dropout(hidden, p=encoder.dropout, training=encoder.training)
     hidden = _run_layers(encoder, hidden, conv_lengths, backend)
     pooled, output_lengths = _avg_pool_per_clip(hidden, conv_lengths)
