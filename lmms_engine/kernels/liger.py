@@ -144,3 +144,12 @@ def patch_qwen2_audio(model: nn.Module) -> list[str]:
     modeling_qwen2.apply_rotary_pos_emb = liger_rotary_pos_emb
     return [f"qwen2_audio (lmms_engine registry): {len(norms)} RMSNorm, {len(text.layers)} SwiGLU MLPs, "
             "rope (liger_rotary_pos_emb)"]
+
+
+@register_liger("lmms_omni")
+def patch_lmms_omni(model: nn.Module) -> list[str]:
+    """The omni model's Qwen2.5-VL part (decoder and vision tower) as `patch_qwen2_5_vl` does it;
+    its Whisper-style audio encoder has nothing Liger replaces and is left as it is."""
+    from lmms_engine.models.omni import vl_view
+
+    return [f"lmms_omni: {name}" for name in patch_qwen2_5_vl(vl_view(model))]

@@ -387,17 +387,24 @@ def build_builtin_omni_processor(vision_config: Mapping[str, Any] | None = None,
 
 def omni_processor_from_parts(vl_processor, audio_processor) -> LmmsOmniProcessor:
     """The VL model's processor (tokenizer, image / video processors, chat template) with the audio
-    model's feature extractor; the audio specials are added to the tokenizer where missing."""
+    model's feature extractor; the audio specials are added to the tokenizer where missing.
+
+    The built-in VL template becomes the omni one (it renders audio parts too). A checkpoint's own
+    template (Qwen's) is kept: it renders no audio part, so the data side writes audio placeholders
+    itself (data/chat.py), and inference callers put `<|audio_bos|><|AUDIO|><|audio_eos|>` in the text."""
     tokenizer = vl_processor.tokenizer
     missing = [t for t in audio.AUDIO_SPECIALS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
     if missing:
         tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+    template = vl_processor.chat_template
+    if template == vl.VL_CHAT_TEMPLATE:
+        template = tokenizer.chat_template = OMNI_CHAT_TEMPLATE
     return LmmsOmniProcessor(
         image_processor=vl_processor.image_processor,
         tokenizer=tokenizer,
         video_processor=vl_processor.video_processor,
         feature_extractor=audio_processor.feature_extractor,
-        chat_template=vl_processor.chat_template,
+        chat_template=template,
     )
 
 
