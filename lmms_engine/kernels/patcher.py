@@ -79,7 +79,10 @@ def _set_attention(model: torch.nn.Module, text_impl: str, device: torch.device)
     for name, encoder in encoders.items():
         encoder.set_attn_implementation("sdpa")
         patched = patch_vision_attention(encoder, backend) if backend else 0
-        log.info("attention: %s for %s", f"{backend} varlen (bidirectional)" if patched else "sdpa", name)
+        if patched:
+            log.info("attention: %s varlen (bidirectional) for %s", backend, name)
+        else:  # e.g. the audio encoder, whose rmpad path picks its own varlen kernel (models/audio_encoder.py)
+            log.info("attention: %s keeps its own (sdpa config; a family's rmpad path may run varlen)", name)
 
 
 def _encoders(model: torch.nn.Module) -> dict[str, PreTrainedModel]:
