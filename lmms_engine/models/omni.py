@@ -58,8 +58,8 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VLVisionBlock,
 )
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder, Qwen2AudioEncoderLayer
-from transformers.processing_utils import ProcessorMixin
 from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.processing_utils import ProcessorMixin
 
 from lmms_engine.models import qwen2_5_vl as vl
 from lmms_engine.models import qwen2_audio as audio
@@ -179,7 +179,8 @@ class LmmsOmniForConditionalGeneration(LmmsOmniPreTrainedModel, GenerationMixin)
         if position_ids is None:
             grids = {"image_grid_thw": image_grid_thw, "video_grid_thw": video_grid_thw,
                      "second_per_grid_ts": second_per_grid_ts}
-            position_ids = batch_mrope_position_ids(input_ids, attention_mask, MropeSpec.from_config(self.config.vl_config), **grids)
+            spec = MropeSpec.from_config(self.config.vl_config)
+            position_ids = batch_mrope_position_ids(input_ids, attention_mask, spec, **grids)
         audio_inputs = _packed_audio(input_features, feature_attention_mask)
         hidden = omni_hidden_states(
             self, input_ids, position_ids, attention_mask=attention_mask, pixel_values=pixel_values,

@@ -1,6 +1,7 @@
 """End-to-end runs of the multimodal tiny presets on their bundled demo data, on CPU: the default
-config (tiny Qwen2.5-VL on text + image + video) and tiny Qwen2-Audio on text + audio. Each trains,
-resumes exactly, and exports a checkpoint that transformers' own classes load."""
+config (tiny Qwen2.5-VL on text + image + video), tiny Qwen2-Audio on text + audio and the tiny omni
+model on all of them. Each trains, resumes exactly, and exports a checkpoint that transformers' own
+(Auto) classes load."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from PIL import Image
-from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, Qwen2AudioForConditionalGeneration
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2AudioForConditionalGeneration,
+)
+
+import lmms_engine.models.omni  # noqa: F401  registers lmms_omni with the Auto classes
 
 from lmms_engine.checkpoint.manager import latest_checkpoint, load_checkpoint
 from lmms_engine.parallel.single import SingleDevice
@@ -27,6 +35,7 @@ from tests.conftest import compose_config
 FAMILIES = {
     "vl": ([], Qwen2_5_VLForConditionalGeneration, ("images", "videos")),
     "audio": (["model=tiny_qwen2_audio", "data=demo_audio"], Qwen2AudioForConditionalGeneration, ("audios",)),
+    "omni": (["model=tiny_omni", "data=demo_omni"], AutoModelForImageTextToText, ("images", "audios")),
 }
 
 
@@ -83,14 +92,15 @@ def test_resume_reproduces_the_remaining_steps(family_run, tmp_path):
 
 
 def _processor_inputs(family: str, processor) -> dict:
-    if family == "vl":
-        part = {"type": "image_url", "image_url": "x.png"}
-        media = {"images": [Image.fromarray(np.full((56, 56, 3), 255, dtype=np.uint8))]}
-    else:
-        part = {"type": "audio_url", "audio_url": "x.wav"}
+    parts, media = [], {}
+    if family in ("vl", "omni"):
+        parts.append({"type": "image_url", "image_url": "x.png"})
+        media["images"] = [Image.fromarray(np.full((56, 56, 3), 255, dtype=np.uint8))]
+    if family in ("audio", "omni"):
+        parts.append({"type": "audio_url", "audio_url": "x.wav"})
         tone = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)
-        media = {"audio": [tone], "sampling_rate": 16000}
-    messages = [{"role": "user", "content": [part, {"type": "text", "text": "What is it?"}]}]
+        media.update(audio=[tone], sampling_rate=16000)
+    messages = [{"role": "user", "content": [*parts, {"type": "text", "text": "What is it?"}]}]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return processor(text=[text], return_tensors="pt", **media)
 
@@ -99,7 +109,9 @@ def test_export_loads_with_transformers_classes(family_run):
     family, cfg, run_dir = family_run
     bundle = instantiate(cfg.model, _convert_="all")
     module = CausalLMWithLoss(bundle.model, loss_fn=None)
-    optimizer = build_adamw(module, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8)
+    # The run's parameter groups (one pair per component), so the checkpoint's optimizer state maps onto them.
+    optimizer = build_adamw(module, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8,
+                            components=bundle.components())
     load_checkpoint(latest_checkpoint(run_dir / "checkpoints"), module, optimizer, SingleDevice(device="cpu"))
     exported = FAMILIES[family][1].from_pretrained(run_dir / "hf")
     inputs = _processor_inputs(family, AutoProcessor.from_pretrained(run_dir / "hf"))
