@@ -60,6 +60,7 @@ def build_sft_dataset(
     video_max_frames: int = 16,
     video_max_pixels: int | None = None,
     audio_max_seconds: float = 30.0,
+    allow_path_escape: bool = False,
 ) -> SFTDataset:
     """Read, validate, tokenize (cached, in parallel) and index the data at `dataset_path`.
 
@@ -76,6 +77,9 @@ def build_sft_dataset(
       processor's) decide how many visual tokens each item costs; see data/media.py.
       audio_max_seconds: longer audio is split into clips of this length (at most the feature
       extractor's 30 s window); see data/media_audio.py.
+    allow_path_escape: let a relative media path climb out of its source's data_folder (`..`);
+      refused by default as a `media_path_escape` record error (follows on_error). Absolute paths
+      and file:// URLs are always allowed.
     """
     _check_settings(packing_length, micro_batch_size, on_error, overlong, num_proc)
     check_tokenizer(tokenizer)
@@ -90,6 +94,7 @@ def build_sft_dataset(
         video_max_frames,
         video_max_pixels,
         audio_max_seconds,
+        allow_path_escape=allow_path_escape,
     )
     entries = resolve_sources(dataset_path)
     media = inputs.support if inputs else None
@@ -136,11 +141,15 @@ class _MediaInputs:
 
 
 def _media_inputs(
-    processor, mrope_spec: MropeSpec | None, tokenizer: PreTrainedTokenizerBase, *media_args
+    processor,
+    mrope_spec: MropeSpec | None,
+    tokenizer: PreTrainedTokenizerBase,
+    *media_args,
+    allow_path_escape: bool = False,
 ) -> _MediaInputs | None:
     if processor is None:
         return None
-    support = media_support(processor, tokenizer, *media_args)
+    support = media_support(processor, tokenizer, *media_args, allow_path_escape=allow_path_escape)
     if support.vision is not None:
         _check_mrope_spec(mrope_spec, support)
     return _MediaInputs(processor=processor, support=support, mrope_spec=mrope_spec)

@@ -12,7 +12,10 @@ Two moments:
 
 Paths: `image_url` / `video_url` / `audio_url` values are relative paths (under the source's `data_folder`, or
 the working directory when it has none), absolute paths, or `file://` URLs. Nothing is downloaded:
-http(s) and other URL schemes are refused (`media_url_unsupported`).
+http(s) and other URL schemes are refused (`media_url_unsupported`). A relative path that climbs out
+of its data_folder (`../../etc/passwd`) is refused (`media_path_escape`) unless `allow_path_escape`:
+the check is lexical (`..` is collapsed without following symlinks), so a symlink inside the
+data_folder that points elsewhere is still allowed, as are absolute paths and `file://` URLs.
 
 Grids follow the processor's own resize rule: transformers' `smart_resize` with factor
 patch_size * merge_size and the min / max pixel bounds (`image_*_pixels`, null = the processor's
@@ -33,6 +36,7 @@ per temporal grid step that mrope's temporal positions follow.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -137,8 +141,9 @@ def _check_settings(s: MediaSettings) -> None:
 # ---------------------------------------------------------------- paths
 
 
-def resolve_media_path(url: str, data_folder: str | None, where: str) -> Path:
-    """The local file a media part names; DataError if it is a remote URL or does not exist."""
+def resolve_media_path(url: str, data_folder: str | None, where: str, allow_escape: bool = False) -> Path:
+    """The local file a media part names; DataError if it is a remote URL, a relative path that
+    leaves `data_folder` (unless `allow_escape`), or does not exist."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
@@ -154,7 +159,7 @@ def resolve_media_path(url: str, data_folder: str | None, where: str) -> Path:
     else:
         path = Path(url)
         if not path.is_absolute():
-            path = Path(data_folder or ".") / path
+            path = _under_data_folder(path, data_folder, url, where, allow_escape)
     path = path.absolute()
     if not path.is_file():
         raise DataError(
@@ -163,6 +168,26 @@ def resolve_media_path(url: str, data_folder: str | None, where: str) -> Path:
             f"media file {str(path)!r} not found (part value {url!r}, data_folder {data_folder!r})",
         )
     return path
+
+
+def _under_data_folder(
+    path: Path, data_folder: str | None, url: str, where: str, allow_escape: bool
+) -> Path:
+    """`data_folder / path`, refused when its `..` parts climb out of data_folder (checked on the
+    normalised text, no symlinks followed)."""
+    root = os.path.normpath(Path(data_folder or ".").absolute())
+    joined = os.path.normpath(os.path.join(root, path))
+    if not allow_escape and os.path.commonpath([root, joined]) != root:
+        folder = (
+            f"data_folder {data_folder!r}" if data_folder else f"working directory {root!r} (no data_folder)"
+        )
+        raise DataError(
+            where,
+            "media_path_escape",
+            f"media path {url!r} leaves its {folder} (resolves to {joined!r}); "
+            "use a path inside data_folder, an absolute path, or set data.allow_path_escape=true",
+        )
+    return Path(joined)
 
 
 # ---------------------------------------------------------------- prepare time

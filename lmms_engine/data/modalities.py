@@ -35,6 +35,8 @@ class MediaSupport:
 
     vision: MediaSettings | None = None
     audio: AudioSettings | None = None
+    # Relative media paths may leave their source's data_folder (media.resolve_media_path).
+    allow_path_escape: bool = False
 
     @property
     def kinds(self) -> frozenset[str]:
@@ -63,6 +65,7 @@ class MediaSupport:
         return {
             "vision": self.vision.cache_key() if self.vision else None,
             "audio": self.audio.cache_key() if self.audio else None,
+            "allow_path_escape": self.allow_path_escape,
         }
 
 
@@ -76,6 +79,7 @@ def media_support(
     video_max_frames: int,
     video_max_pixels: int | None,
     audio_max_seconds: float,
+    allow_path_escape: bool = False,
 ) -> MediaSupport:
     """Settings of each kind the processor has a piece for (see the module docstring)."""
     has_vision, has_audio = hasattr(processor, "image_processor"), hasattr(processor, "feature_extractor")
@@ -102,7 +106,7 @@ def media_support(
         # None if the chat template renders audio parts itself, else the placeholder text they become.
         audio_text = audio_part_text(tokenizer, token, bos, eos)
         audio = audio_settings(processor, tokenizer, audio_max_seconds, token, audio_text)
-    return MediaSupport(vision=vision, audio=audio)
+    return MediaSupport(vision=vision, audio=audio, allow_path_escape=allow_path_escape)
 
 
 def _audio_tokens(processor) -> tuple[str, str, str]:
@@ -124,7 +128,9 @@ def measure_record_media(record: Record, support: MediaSupport) -> tuple[MediaIt
             kind = PART_KINDS.get(part.type)
             if kind is None:
                 continue
-            path = resolve_media_path(part.value, record.provenance.data_folder, where)
+            path = resolve_media_path(
+                part.value, record.provenance.data_folder, where, support.allow_path_escape
+            )
             if kind == "audio":
                 items.append(measure_audio(path, where, support.audio))
             else:

@@ -98,8 +98,11 @@ def tokenize_file(
     on_error: str,
     num_proc: int,
     media: MediaSupport | None = None,
+    all_errors: list[DataError] | None = None,
 ) -> TokenizedFile:
-    """Tokenize a whole source (no cache); raise the first DataError unless on_error == 'skip'."""
+    """Tokenize a whole source (no cache); raise the first DataError unless on_error == 'skip'.
+    `all_errors`: a list that receives every skipped record's DataError, in file order (the result
+    keeps only the first MAX_LOGGED_SKIPS messages); `lmms-data check` uses it."""
     chunks = list(read_chunks(source, CHUNK_SIZE))
     results, skipped, examples = [], Counter(), []
     # closing(): on an error, stop the worker pool now rather than when the generator is collected.
@@ -109,6 +112,8 @@ def tokenize_file(
                 raise result.errors[0]
             for error in result.errors:
                 skipped[error.reason] += 1
+                if all_errors is not None:
+                    all_errors.append(error)
                 if len(examples) < MAX_LOGGED_SKIPS:
                     examples.append(str(error))
             results.append(result)
