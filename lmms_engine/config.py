@@ -34,6 +34,8 @@ class TrainerConfig:
     log_every: int = 1  # console / train.log line every N steps (metrics.jsonl gets every step)
     export_hf: bool = True  # write <run_dir>/hf at the end
     data_workers: int | None = None  # processes collating upcoming micro-batches (null: 4 on CUDA, 0 = in the step)
+    max_bad_steps: int = 5  # consecutive non-finite (skipped) steps that stop the run (0: never stop)
+    keep_last: int | None = None  # complete checkpoints kept, newest first (null: all)
 
 
 @dataclass
@@ -96,6 +98,10 @@ def _check_values(trainer: TrainerConfig) -> None:
         raise ValueError(f"trainer.max_steps must be >= 1, got {trainer.max_steps}")
     if trainer.grad_accum < 1:
         raise ValueError(f"trainer.grad_accum must be >= 1, got {trainer.grad_accum}")
+    if trainer.max_bad_steps < 0:
+        raise ValueError(f"trainer.max_bad_steps must be >= 0 (0: never stop), got {trainer.max_bad_steps}")
+    if trainer.keep_last is not None and trainer.keep_last < 1:
+        raise ValueError(f"trainer.keep_last must be >= 1 or null (keep all), got {trainer.keep_last}")
 
 
 def _check_target_keys(group: str, node: DictConfig) -> None:

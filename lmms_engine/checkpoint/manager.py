@@ -5,6 +5,10 @@ data position, RNG) as a weights-only torch file.
 Atomicity: everything is written into `step_<N>.tmp/`; once every rank is done, rank 0 writes the
 `COMPLETE` marker and renames the folder to `step_<N>/`. A folder without the marker, or still named
 `.tmp`, is never resumed from, so a run killed mid-save resumes from the previous checkpoint.
+
+Retention (`keep_last`): once the new checkpoint is sealed and every rank has passed the barrier,
+rank 0 deletes the older complete `step_<N>/` folders beyond the newest `keep_last`; it never
+touches the folder just written, nor `.tmp` folders or anything without the marker.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ def latest_checkpoint(root: Path) -> Path | None:
     return max(complete, key=lambda p: int(STEP_DIR.match(p.name).group(1)), default=None)
 
 
-def save_checkpoint(root: Path, step: int, module: nn.Module, optimizer, train_state: dict, strategy) -> Path:
-    """Write checkpoint `step` atomically; every rank calls this."""
+def save_checkpoint(root: Path, step: int, module: nn.Module, optimizer, train_state: dict, strategy,
+                    keep_last: int | None = None) -> Path:
+    """Write checkpoint `step` atomically; every rank calls this. keep_last: prune older ones (None: keep all)."""
     final, tmp = checkpoint_dir(root, step), root / f"step_{step}.tmp"
     if strategy.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -54,7 +59,20 @@ def save_checkpoint(root: Path, step: int, module: nn.Module, optimizer, train_s
         _seal(tmp, final)
     strategy.barrier()
     log.info("saved checkpoint %s", final)
+    if keep_last is not None and strategy.is_main:
+        prune_checkpoints(root, keep_last, keep=final)
     return final
+
+
+def prune_checkpoints(root: Path, keep_last: int, keep: Path) -> list[Path]:
+    """Delete complete checkpoints older than the newest `keep_last` (never `keep`); return them."""
+    complete = sorted((p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / COMPLETE_MARKER).is_file()),
+                      key=lambda p: int(STEP_DIR.match(p.name).group(1)), reverse=True)
+    doomed = [p for p in complete[keep_last:] if p != keep]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed checkpoint %s (trainer.keep_last=%d)", path, keep_last)
+    return doomed
 
 
 def _seal(tmp: Path, final: Path) -> None:

@@ -78,7 +78,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
                               bundle.encoder_units)
     optimizer = strategy.build_optimizer(
         module, functools.partial(_make_optimizer, optim=rc.optim, components=bundle.components()))
-    start_step, position = _maybe_resume(rc, run_dir, module, optimizer, strategy)
+    start_step, position, bad_steps = _maybe_resume(rc, run_dir, module, optimizer, strategy)
     step_batches = StepBatches(dataset, rc.trainer.grad_accum, strategy.rank, strategy.world_size, position)
     ctx = TrainContext(
         module=module, optimizer=optimizer, strategy=strategy, patcher=patcher, dataset=dataset,
@@ -90,13 +90,14 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
         checkpoint_root=run_dir / "checkpoints", max_steps=rc.trainer.max_steps,
         max_grad_norm=rc.trainer.max_grad_norm if rc.trainer.max_grad_norm > 0 else float("inf"),
         save_every=rc.trainer.save_every, save_final=rc.trainer.save_final, unpad=patcher.use_rmpad and not dataset.packing,
+        max_bad_steps=rc.trainer.max_bad_steps, keep_last=rc.trainer.keep_last, bad_steps=bad_steps,
     )
     try:
-        train(ctx, start_step)
+        finished = train(ctx, start_step)
     finally:
         ctx.collator.close()
         ctx.sinks.close()
-    if rc.trainer.export_hf:
+    if finished and rc.trainer.export_hf:  # stopped by a signal: the checkpoint is the output, no export
         export_hf(module, bundle.artifacts(), run_dir / "hf", strategy)
 
 
@@ -160,14 +161,15 @@ def _lr(step: int, rc: RunConfig) -> float:
                  min_lr_ratio=o.min_lr_ratio, decay_ratio=o.decay_ratio)
 
 
-def _maybe_resume(rc: RunConfig, run_dir: Path, module, optimizer, strategy) -> tuple[int, DataPosition | None]:
+def _maybe_resume(rc: RunConfig, run_dir: Path, module, optimizer, strategy) -> tuple[int, DataPosition | None, int]:
+    """(step, data position, bad steps so far) of the checkpoint to resume from; (0, None, 0) when fresh."""
     path = _resume_path(rc.trainer.resume, run_dir)
     if path is None:
-        return 0, None
+        return 0, None, 0
     state = load_checkpoint(path, module, optimizer, strategy)
     restore_rng(state["rng"])
     log.info("resumed from %s at step %d", path, state["step"])
-    return state["step"], DataPosition(**state["data"])
+    return state["step"], DataPosition(**state["data"]), state.get("bad_steps", 0)
 
 
 def _resume_path(resume: str | None, run_dir: Path) -> Path | None:

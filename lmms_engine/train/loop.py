@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +20,7 @@ from lmms_engine.train.state import capture_rng
 
 log = logging.getLogger("lmms_engine.train")
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass
@@ -38,24 +43,85 @@ class TrainContext:
     input_keys: tuple[str, ...] = ModelBundle.input_keys  # batch keys the model's forward takes
     collator: object = None  # train.prefetch collator (None: dataset.collate in the step)
     save_final: bool = True  # checkpoint after the last step
+    max_bad_steps: int = 5  # this many consecutive non-finite steps stop the run (0: never)
+    keep_last: int | None = None  # complete checkpoints kept (None: all)
+    bad_steps: int = 0  # non-finite (skipped) steps so far, carried through checkpoints
 
 
-def train(ctx: TrainContext, start_step: int) -> None:
+def train(ctx: TrainContext, start_step: int) -> bool:
+    """Steps start_step+1 .. max_steps. Returns False when a SIGTERM / SIGINT stopped it early
+    (after a checkpoint of the step it was in), True when it ran to the end."""
     run_start = time.perf_counter()
     ctx.module.train()
-    for step in range(start_step + 1, ctx.max_steps + 1):
-        step_start = time.perf_counter()
-        _reset_peak_memory(ctx.strategy.device)
-        lr = ctx.lr_at(step)
-        for group in ctx.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        stats = train_step(ctx, ctx.step_batches.next_step())
-        seconds = time.perf_counter() - step_start
-        ctx.sinks.log(_step_metrics(ctx, step, lr, stats, seconds, time.perf_counter() - run_start))
-        if ctx.save_every and step % ctx.save_every == 0 and step != ctx.max_steps:
-            save(ctx, step)
+    bad_in_row, saved_at = 0, None
+    with _stop_signals() as stop:
+        for step in range(start_step + 1, ctx.max_steps + 1):
+            step_start = time.perf_counter()
+            _reset_peak_memory(ctx.strategy.device)
+            lr = ctx.lr_at(step)
+            for group in ctx.optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            stats = train_step(ctx, ctx.step_batches.next_step())
+            seconds = time.perf_counter() - step_start
+            bad_in_row = bad_in_row + 1 if stats["skipped"] else 0
+            if stats["skipped"]:
+                ctx.bad_steps += 1
+                log.warning("step %d: non-finite loss %s / grad norm %s, update skipped (rank %d sample_ids %s)",
+                            step, stats["loss"], stats["grad_norm"], ctx.strategy.rank, stats["sample_ids"])
+            metrics = _step_metrics(ctx, step, lr, stats, seconds, time.perf_counter() - run_start)
+            ctx.sinks.log({**metrics, "skipped": stats["skipped"], "bad_steps": ctx.bad_steps})
+            if ctx.max_bad_steps and bad_in_row >= ctx.max_bad_steps:
+                raise ValueError(f"{bad_in_row} consecutive non-finite steps (loss or grad norm), the last at step "
+                                 f"{step}; stopping (trainer.max_bad_steps={ctx.max_bad_steps}): lower optim.lr or "
+                                 f"check the data of the sample_ids in the warnings above")
+            if ctx.save_every and step % ctx.save_every == 0 and step != ctx.max_steps:
+                save(ctx, step)
+                saved_at = step
+            if step != ctx.max_steps and _any_rank(ctx.strategy, stop.received is not None):
+                if saved_at != step:
+                    save(ctx, step)
+                log.info("received %s: checkpoint at step %d, resume with trainer.resume=auto",
+                         stop.received or "a stop signal on another rank", step)
+                return False
     if start_step < ctx.max_steps and ctx.save_final:
         save(ctx, ctx.max_steps)
+    return True
+
+
+def _any_rank(strategy, flag: bool) -> bool:
+    """True on every rank when `flag` is true on any (one all-reduce; none on a single process)."""
+    if strategy.world_size == 1:
+        return flag
+    return strategy.all_reduce_sum(torch.tensor([float(flag)], device=strategy.device)).item() > 0
+
+
+class _StopFlag:
+    received: str | None = None
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """SIGTERM / SIGINT set a flag the loop reads at the end of each step; a second SIGINT
+    interrupts at once. The previous handlers come back afterwards. (Main thread only: signal
+    handlers cannot be installed elsewhere; there the flag simply never sets.)"""
+    stop = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if stop.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.received = name
+        log.warning("received %s: stopping after this step (with a checkpoint)", name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def train_step(ctx: TrainContext, micro_batch_indices: list[list[int]]) -> dict:
@@ -80,16 +146,53 @@ def train_step(ctx: TrainContext, micro_batch_indices: list[list[int]]) -> dict:
             strategy.backward(batch_loss * scale, ctx.module)
         loss_sum += batch_loss.detach().double()
         flops += ctx.flops_fn(batch)
-    grad_norm = strategy.clip_grad_norm(ctx.module, ctx.max_grad_norm)
-    strategy.optimizer_step(ctx.optimizer, ctx.module)
     totals = strategy.all_reduce_sum(torch.stack([loss_sum, torch.tensor(flops, dtype=torch.float64, device=strategy.device)]))
+    loss = totals[0].item() / max(label_tokens, 1.0)  # all-reduced: every rank sees the same value
+    grad_norm, skipped = _update(ctx, loss)
     return {
-        "loss": totals[0].item() / max(label_tokens, 1.0),
-        "grad_norm": float(grad_norm),
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "skipped": skipped,
+        "sample_ids": [b.get("sample_ids") for b in batches],
         "tokens": int(real_tokens),
         "label_tokens": int(label_tokens),
         "flops": totals[1].item(),
     }
+
+
+def _update(ctx: TrainContext, loss: float) -> tuple[float, bool]:
+    """Clip and step, unless the loss or the global gradient norm is not finite: then the
+    gradients are dropped and the weights (and optimizer state) stay as they were.
+
+    DeepSpeed (zero*) clips and updates in one call, so only the loss can be checked before the
+    update there; a non-finite gradient norm with a finite loss is left to DeepSpeed.
+    """
+    strategy = ctx.strategy
+    if strategy.name.startswith("zero"):
+        if not math.isfinite(loss):
+            _drop_deepspeed_gradients(strategy)
+            return float("nan"), True
+        return float(strategy.clip_grad_norm(ctx.module, ctx.max_grad_norm)), False
+    grad_norm = float(strategy.clip_grad_norm(ctx.module, ctx.max_grad_norm))
+    skipped = _any_rank(strategy, not (math.isfinite(loss) and math.isfinite(grad_norm)))
+    if skipped:
+        ctx.optimizer.zero_grad(set_to_none=True)
+    else:
+        strategy.optimizer_step(ctx.optimizer, ctx.module)
+    return grad_norm, skipped
+
+
+def _drop_deepspeed_gradients(strategy) -> None:
+    """What DeepSpeed's ZeRO-1/2 optimizer does on an fp16 overflow: forget this step's gradients
+    (param grads, the reduced partitions, the flat buffers) without an update."""
+    optimizer = strategy.engine.optimizer
+    optimizer.zero_grad(set_to_none=True)
+    for key in getattr(optimizer, "averaged_gradients", {}):
+        optimizer.averaged_gradients[key] = None
+    if hasattr(optimizer, "_release_preflattened_grad_buffers"):
+        optimizer._release_preflattened_grad_buffers()
+    if getattr(optimizer, "cpu_offload", False) and hasattr(optimizer, "reset_cpu_buffers"):
+        optimizer.reset_cpu_buffers()
 
 
 def _prepare(ctx: TrainContext, batch: dict) -> dict:
@@ -127,8 +230,8 @@ def _step_metrics(ctx: TrainContext, step: int, lr: float, stats: dict, seconds:
 
 
 def save(ctx: TrainContext, step: int) -> None:
-    state = {"step": step, "data": ctx.step_batches.state_dict(), "rng": capture_rng()}
-    save_checkpoint(ctx.checkpoint_root, step, ctx.module, ctx.optimizer, state, ctx.strategy)
+    state = {"step": step, "data": ctx.step_batches.state_dict(), "rng": capture_rng(), "bad_steps": ctx.bad_steps}
+    save_checkpoint(ctx.checkpoint_root, step, ctx.module, ctx.optimizer, state, ctx.strategy, keep_last=ctx.keep_last)
 
 
 def _reset_peak_memory(device: torch.device) -> None:
