@@ -66,6 +66,7 @@ from lmms_engine.models import qwen2_audio as audio
 from lmms_engine.models.audio_encoder import CONV_CONTEXT_FRAMES
 from lmms_engine.models.audio_flops import audio_train_flops
 from lmms_engine.models.base import ModelBundle
+from lmms_engine.models.builder_utils import check_model_type, check_text_vocab_fits, plain
 from lmms_engine.models.mrope import MropeSample, MropeSpec, mrope_position_ids
 from lmms_engine.models.random_init import build_random
 from lmms_engine.models.tokenizer import build_byte_tokenizer
@@ -501,7 +502,7 @@ def _load_processor(pretrained, vision_lm, audio_encoder, processor, config, tru
     if vision_lm:
         vl_processor = vl._load_processor(vision_lm, trust_remote_code, None)
         return omni_processor_from_parts(vl_processor, audio._load_processor(audio_encoder, trust_remote_code, None))
-    values = vl._plain(config)
+    values = plain(config)
     audio_config = values.get("audio_config") or {}
     return build_builtin_omni_processor((values.get("vl_config") or {}).get("vision_config"),
                                         int(audio_config.get("num_mel_bins", 128)))
@@ -518,9 +519,9 @@ def _hf_config(pretrained, vision_lm, audio_encoder, config, trust_remote_code, 
     if vision_lm:
         vl_config = vl._hf_config(vision_lm, None, trust_remote_code, tokenizer, name)
         audio_config = AutoConfig.from_pretrained(audio_encoder, trust_remote_code=trust_remote_code)
-        audio._check_model_type(audio_config.model_type, audio_encoder)
+        check_model_type(audio_config.model_type, audio_encoder, audio.SUPPORTED_MODEL_TYPES)
         return LmmsOmniConfig(vl_config=vl_config, audio_config=audio_config.audio_config, audio_token_id=audio_id)
-    values = vl._plain(config)
+    values = plain(config)
     if "audio_token_id" in values and values["audio_token_id"] != audio_id:
         raise ValueError(f"model {name!r}: config.audio_token_id={values['audio_token_id']} but the tokenizer's "
                          f"{audio.AUDIO_PAD} is id {audio_id}; drop audio_token_id from the preset")
@@ -538,7 +539,7 @@ def _audio_token_id(tokenizer: PreTrainedTokenizerBase, name: str) -> int:
 
 def _check_config(config: LmmsOmniConfig, processor: LmmsOmniProcessor, name: str) -> None:
     """Token ids, vocabulary and feature geometry agree with the processor (before any weights)."""
-    vl._check_vocab_fits(config.vl_config, processor.tokenizer, name)
+    check_text_vocab_fits(config.vl_config, processor.tokenizer, name)
     vl._check_special_token_ids(config.vl_config, processor.tokenizer, name)
     vl._check_patch_geometry(config.vl_config.vision_config, processor, name)
     audio._check_feature_extractor(config.audio_config, processor, name)

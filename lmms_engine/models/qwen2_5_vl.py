@@ -16,7 +16,7 @@ attention backend.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,13 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLDecoder
 from transformers.utils import is_torchvision_available
 
 from lmms_engine.models.base import ModelBundle
+from lmms_engine.models.builder_utils import (
+    check_model_type,
+    check_text_vocab_fits,
+    load_pretrained,
+    plain,
+    with_tokenizer_ids,
+)
 from lmms_engine.models.random_init import build_random
 from lmms_engine.models.flops import train_flops
 from lmms_engine.models.mrope import MropeSpec
@@ -125,13 +132,13 @@ def build_qwen2_5_vl(
     vl_processor = _load_processor(processor or pretrained, trust_remote_code, config)
     hf_config = _hf_config(pretrained, config, trust_remote_code, vl_processor.tokenizer, name)
     # Checked on the config, before any weights are made or read.
-    _check_vocab_fits(hf_config, vl_processor.tokenizer, name)
+    check_text_vocab_fits(hf_config, vl_processor.tokenizer, name)
     _check_special_token_ids(hf_config, vl_processor.tokenizer, name)
     _check_patch_geometry(hf_config.vision_config, vl_processor, name)
     if structure_only:
         model = Qwen2_5_VLForConditionalGeneration(hf_config)
     elif pretrained:
-        model = _load_pretrained(pretrained, trust_remote_code)
+        model = load_pretrained(Qwen2_5_VLForConditionalGeneration, pretrained, trust_remote_code, SUPPORTED_MODEL_TYPES)
     else:
         model = build_random(Qwen2_5_VLForConditionalGeneration, hf_config)  # whole or ZeRO-3 partitioned
     return VLModelBundle(
@@ -186,7 +193,7 @@ def _patch_geometry(vision_config: Mapping[str, Any]) -> dict[str, int]:
 
 def _load_processor(path: str | None, trust_remote_code: bool, config: Mapping[str, Any] | None):
     if path is None:
-        return build_builtin_processor(_plain(config or {}).get("vision_config"))
+        return build_builtin_processor(plain(config or {}).get("vision_config"))
     _require_torchvision()
     loaded = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     if not hasattr(loaded, "image_processor") or not hasattr(loaded, "tokenizer"):
@@ -218,24 +225,13 @@ def _hf_config(
 ) -> Qwen2_5_VLConfig:
     if pretrained:
         hf_config = AutoConfig.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-        _check_model_type(hf_config.model_type, pretrained)
+        check_model_type(hf_config.model_type, pretrained, SUPPORTED_MODEL_TYPES)
         return hf_config
-    values = _plain(config)
+    values = plain(config)
     for field, token in TOKEN_ID_FIELDS.items():
         values[field] = _token_id_from_preset(values, field, token, tokenizer, name)
-    values["text_config"] = _with_tokenizer_ids(values.get("text_config") or {}, tokenizer)
+    values["text_config"] = with_tokenizer_ids(values.get("text_config") or {}, tokenizer)
     return Qwen2_5_VLConfig(**values)
-
-
-def _with_tokenizer_ids(text_config: dict, tokenizer: PreTrainedTokenizerBase) -> dict:
-    """bos / eos / pad ids from the tokenizer unless the preset names them (transformers' defaults
-    are Qwen's ids, outside a small vocabulary)."""
-    defaults = {
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    return {**defaults, **text_config}
 
 
 def _token_id_from_preset(
@@ -253,41 +249,7 @@ def _token_id_from_preset(
     return token_id
 
 
-def _load_pretrained(path: str, trust_remote_code: bool) -> Qwen2_5_VLForConditionalGeneration:
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        path, dtype=torch.float32, trust_remote_code=trust_remote_code
-    )
-    _check_model_type(model.config.model_type, path)
-    log.info("loaded pretrained %s (%s)", path, model.config.model_type)
-    return model
-
-
-def _check_model_type(model_type: str, path: str) -> None:
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"model.pretrained={path!r} is a {model_type!r} model; this builder supports {SUPPORTED_MODEL_TYPES}"
-        )
-
-
-def _plain(value):
-    """Nested mappings / sequences (e.g. Hydra's DictConfig) as plain dicts and lists."""
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        return [_plain(item) for item in value]
-    return value
-
-
 # ---------------------------------------------------------------- consistency checks
-
-
-def _check_vocab_fits(config: Qwen2_5_VLConfig, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
-    vocab_size = config.text_config.vocab_size
-    if len(tokenizer) > vocab_size:
-        raise ValueError(
-            f"model {name!r}: tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}; "
-            "use a matching tokenizer or raise model.config.text_config.vocab_size"
-        )
 
 
 def _check_special_token_ids(config: Qwen2_5_VLConfig, tokenizer: PreTrainedTokenizerBase, name: str) -> None:

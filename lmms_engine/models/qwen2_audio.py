@@ -23,7 +23,7 @@ with, in input_ids, P_i = feat_extract_output_lengths(L_i)[1] `<|AUDIO|>` tokens
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,13 @@ from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncod
 from lmms_engine.models.audio_encoder import audio_features_varlen, feat_extract_output_lengths
 from lmms_engine.models.audio_flops import audio_train_flops
 from lmms_engine.models.base import ModelBundle
+from lmms_engine.models.builder_utils import (
+    check_model_type,
+    check_text_vocab_fits,
+    load_pretrained,
+    plain,
+    with_tokenizer_ids,
+)
 from lmms_engine.models.flops import train_flops
 from lmms_engine.models.random_init import build_random
 from lmms_engine.models.tokenizer import build_byte_tokenizer
@@ -136,13 +143,13 @@ def build_qwen2_audio(
     audio_processor = _load_processor(processor or pretrained, trust_remote_code, config)
     hf_config = _hf_config(pretrained, config, trust_remote_code, audio_processor.tokenizer, name)
     # Checked on the config, before any weights are made or read.
-    _check_vocab_fits(hf_config, audio_processor.tokenizer, name)
+    check_text_vocab_fits(hf_config, audio_processor.tokenizer, name)
     _check_audio_token_id(hf_config, audio_processor.tokenizer, name)
     _check_feature_extractor(hf_config.audio_config, audio_processor, name)
     if structure_only:
         model = Qwen2AudioForConditionalGeneration(hf_config)
     elif pretrained:
-        model = _load_pretrained(pretrained, trust_remote_code)
+        model = load_pretrained(Qwen2AudioForConditionalGeneration, pretrained, trust_remote_code, SUPPORTED_MODEL_TYPES)
     else:
         model = build_random(Qwen2AudioForConditionalGeneration, hf_config)  # whole or ZeRO-3 partitioned
     return AudioModelBundle(
@@ -179,7 +186,7 @@ def build_audio_tokenizer() -> PreTrainedTokenizerBase:
 
 def _load_processor(path: str | None, trust_remote_code: bool, config: Mapping[str, Any] | None):
     if path is None:
-        audio_config = _plain(config or {}).get("audio_config") or {}
+        audio_config = plain(config or {}).get("audio_config") or {}
         return build_builtin_audio_processor(int(audio_config.get("num_mel_bins", 128)))
     loaded = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     if not hasattr(loaded, "feature_extractor") or not hasattr(loaded, "tokenizer"):
@@ -202,28 +209,17 @@ def _hf_config(
 ) -> Qwen2AudioConfig:
     if pretrained:
         hf_config = AutoConfig.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-        _check_model_type(hf_config.model_type, pretrained)
+        check_model_type(hf_config.model_type, pretrained, SUPPORTED_MODEL_TYPES)
         return hf_config
-    values = _plain(config)
+    values = plain(config)
     values["audio_token_index"] = _audio_token_id_from_preset(values, tokenizer, name)
-    values["text_config"] = _with_tokenizer_ids(values.get("text_config") or {}, tokenizer)
+    values["text_config"] = with_tokenizer_ids(values.get("text_config") or {}, tokenizer)
     if values["text_config"].get("tie_word_embeddings"):
         raise ValueError(
             f"model {name!r}: text_config.tie_word_embeddings=true, but Qwen2-Audio keeps its own lm_head "
             "(transformers never ties it to the embedding); set it to false"
         )
     return Qwen2AudioConfig(**values)
-
-
-def _with_tokenizer_ids(text_config: dict, tokenizer: PreTrainedTokenizerBase) -> dict:
-    """bos / eos / pad ids from the tokenizer unless the preset names them (transformers' defaults
-    are Qwen's ids, outside a small vocabulary)."""
-    defaults = {
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    return {**defaults, **text_config}
 
 
 def _audio_token_id_from_preset(values: dict, tokenizer: PreTrainedTokenizerBase, name: str) -> int:
@@ -240,41 +236,7 @@ def _audio_token_id_from_preset(values: dict, tokenizer: PreTrainedTokenizerBase
     return token_id
 
 
-def _load_pretrained(path: str, trust_remote_code: bool) -> Qwen2AudioForConditionalGeneration:
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(
-        path, dtype=torch.float32, trust_remote_code=trust_remote_code
-    )
-    _check_model_type(model.config.model_type, path)
-    log.info("loaded pretrained %s (%s)", path, model.config.model_type)
-    return model
-
-
-def _check_model_type(model_type: str, path: str) -> None:
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"model.pretrained={path!r} is a {model_type!r} model; this builder supports {SUPPORTED_MODEL_TYPES}"
-        )
-
-
-def _plain(value):
-    """Nested mappings / sequences (e.g. Hydra's DictConfig) as plain dicts and lists."""
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        return [_plain(item) for item in value]
-    return value
-
-
 # ---------------------------------------------------------------- consistency checks
-
-
-def _check_vocab_fits(config: Qwen2AudioConfig, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
-    vocab_size = config.text_config.vocab_size
-    if len(tokenizer) > vocab_size:
-        raise ValueError(
-            f"model {name!r}: tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}; "
-            "use a matching tokenizer or raise model.config.text_config.vocab_size"
-        )
 
 
 def _check_audio_token_id(config: Qwen2AudioConfig, tokenizer: PreTrainedTokenizerBase, name: str) -> None:

@@ -1,0 +1,56 @@
+"""What the model-family builders share: config coercion, token-id defaults, pretrained loading and
+the consistency checks that run before any weights are made or read."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+
+def plain(value):
+    """Nested mappings / sequences (e.g. Hydra's DictConfig) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [plain(item) for item in value]
+    return value
+
+
+def with_tokenizer_ids(text_config: dict, tokenizer: PreTrainedTokenizerBase) -> dict:
+    """bos / eos / pad ids from the tokenizer unless the preset names them (transformers' defaults
+    are Qwen's ids, outside a small vocabulary)."""
+    defaults = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    return {**defaults, **text_config}
+
+
+def check_model_type(model_type: str, path: str, supported: tuple[str, ...]) -> None:
+    if model_type not in supported:
+        raise ValueError(f"model.pretrained={path!r} is a {model_type!r} model; this builder supports {supported}")
+
+
+def load_pretrained(model_class: type[PreTrainedModel], path: str, trust_remote_code: bool,
+                    supported: tuple[str, ...]) -> PreTrainedModel:
+    """fp32 weights of a hub id or local path, whose model type this builder supports."""
+    model = model_class.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    check_model_type(model.config.model_type, path, supported)
+    log.info("loaded pretrained %s (%s)", path, model.config.model_type)
+    return model
+
+
+def check_text_vocab_fits(config, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+    """A multimodal config's decoder (config.text_config) must have an embedding row per token."""
+    vocab_size = config.text_config.vocab_size
+    if len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"model {name!r}: tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}; "
+            "use a matching tokenizer or raise model.config.text_config.vocab_size"
+        )
