@@ -54,3 +54,16 @@ def check_text_vocab_fits(config, tokenizer: PreTrainedTokenizerBase, name: str)
             f"model {name!r}: tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}; "
             "use a matching tokenizer or raise model.config.text_config.vocab_size"
         )
+
+
+def make_model(model_class: type[PreTrainedModel], hf_config, pretrained: str | None, trust_remote_code: bool,
+               supported: tuple[str, ...], structure_only: bool) -> PreTrainedModel:
+    """The module tree only (ranks that receive weights from rank 0; under the meta device no
+    initialisation either), a pretrained checkpoint's weights, or a seeded random init."""
+    from lmms_engine.models.random_init import build_random
+
+    if structure_only:
+        return model_class(hf_config)
+    if pretrained:
+        return load_pretrained(model_class, pretrained, trust_remote_code, supported)
+    return build_random(model_class, hf_config)  # whole, or partitioned under ZeRO-3's zero.Init

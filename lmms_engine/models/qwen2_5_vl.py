@@ -37,11 +37,10 @@ from lmms_engine.models.base import ModelBundle
 from lmms_engine.models.builder_utils import (
     check_model_type,
     check_text_vocab_fits,
-    load_pretrained,
+    make_model,
     plain,
     with_tokenizer_ids,
 )
-from lmms_engine.models.random_init import build_random
 from lmms_engine.models.flops import train_flops
 from lmms_engine.models.mrope import MropeSpec
 from lmms_engine.models.vision_flops import vision_train_flops
@@ -135,12 +134,7 @@ def build_qwen2_5_vl(
     check_text_vocab_fits(hf_config, vl_processor.tokenizer, name)
     _check_special_token_ids(hf_config, vl_processor.tokenizer, name)
     _check_patch_geometry(hf_config.vision_config, vl_processor, name)
-    if structure_only:
-        model = Qwen2_5_VLForConditionalGeneration(hf_config)
-    elif pretrained:
-        model = load_pretrained(Qwen2_5_VLForConditionalGeneration, pretrained, trust_remote_code, SUPPORTED_MODEL_TYPES)
-    else:
-        model = build_random(Qwen2_5_VLForConditionalGeneration, hf_config)  # whole or ZeRO-3 partitioned
+    model = make_model(Qwen2_5_VLForConditionalGeneration, hf_config, pretrained, trust_remote_code, SUPPORTED_MODEL_TYPES, structure_only)
     return VLModelBundle(
         model=model,
         tokenizer=vl_processor.tokenizer,

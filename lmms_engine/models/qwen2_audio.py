@@ -47,12 +47,11 @@ from lmms_engine.models.base import ModelBundle
 from lmms_engine.models.builder_utils import (
     check_model_type,
     check_text_vocab_fits,
-    load_pretrained,
+    make_model,
     plain,
     with_tokenizer_ids,
 )
 from lmms_engine.models.flops import train_flops
-from lmms_engine.models.random_init import build_random
 from lmms_engine.models.tokenizer import build_byte_tokenizer
 
 log = logging.getLogger(__name__)
@@ -146,12 +145,7 @@ def build_qwen2_audio(
     check_text_vocab_fits(hf_config, audio_processor.tokenizer, name)
     _check_audio_token_id(hf_config, audio_processor.tokenizer, name)
     _check_feature_extractor(hf_config.audio_config, audio_processor, name)
-    if structure_only:
-        model = Qwen2AudioForConditionalGeneration(hf_config)
-    elif pretrained:
-        model = load_pretrained(Qwen2AudioForConditionalGeneration, pretrained, trust_remote_code, SUPPORTED_MODEL_TYPES)
-    else:
-        model = build_random(Qwen2AudioForConditionalGeneration, hf_config)  # whole or ZeRO-3 partitioned
+    model = make_model(Qwen2AudioForConditionalGeneration, hf_config, pretrained, trust_remote_code, SUPPORTED_MODEL_TYPES, structure_only)
     return AudioModelBundle(
         model=model,
         tokenizer=audio_processor.tokenizer,
