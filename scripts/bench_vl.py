@@ -24,7 +24,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +33,17 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import CONFIGS, environment, make_strategy, markdown_table, with_ratios  # noqa: E402
 
-from lmms_engine.data.collate import collate_packed, collate_padded  # noqa: E402
+from lmms_engine.data.collate import (  # noqa: E402
+    collate_packed,
+    collate_padded,
+    mrope_position_ids_packed,
+    mrope_position_ids_padded,
+)
 from lmms_engine.data.packing import pack_best_fit_decreasing  # noqa: E402
-from lmms_engine.data.types import Sample  # noqa: E402
+from lmms_engine.data.types import MediaItem, Sample  # noqa: E402
 from lmms_engine.kernels.patcher import KernelPatcher  # noqa: E402
 from lmms_engine.models.flops import peak_flops  # noqa: E402
-from lmms_engine.models.mrope import MropeSample, MropeSpec, mrope_position_ids  # noqa: E402
+from lmms_engine.models.mrope import MropeSpec  # noqa: E402
 from lmms_engine.models.qwen2_5_vl import (  # noqa: E402
     TOKEN_ID_FIELDS,
     build_qwen2_5_vl,
@@ -58,12 +62,6 @@ MAX_PIXELS = 1280 * 28 * 28
 VL_CONFIGS = ("hf_padded_sdpa", "rmpad_varlen", "liger_rmpad_varlen", "liger_rmpad_varlen_ac2")
 
 
-@dataclass
-class VLSample:
-    sample: Sample
-    grids: np.ndarray  # (n_images, 3) patch grids
-
-
 def image_grid(rng: np.random.Generator, patch: int = 14, merge: int = 2) -> tuple[int, int, int]:
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
@@ -73,7 +71,8 @@ def image_grid(rng: np.random.Generator, patch: int = 14, merge: int = 2) -> tup
     return 1, h // patch, w // patch
 
 
-def make_vl_samples(n: int, seed: int, vocab: int, spec: MropeSpec, specials: dict[str, int]) -> list[VLSample]:
+def make_vl_samples(n: int, seed: int, vocab: int, spec: MropeSpec, specials: dict[str, int]) -> list[Sample]:
+    """Synthetic samples whose `media` are images of the documented mix (grids only: no files)."""
     rng = np.random.default_rng(seed)
     text_low = max(specials.values()) + 1  # random text ids never collide with a special token
     samples = []
@@ -90,38 +89,36 @@ def make_vl_samples(n: int, seed: int, vocab: int, spec: MropeSpec, specials: di
         input_ids = np.concatenate(ids).astype(np.int32)
         labels = np.full_like(input_ids, -100)
         labels[-answer:] = input_ids[-answer:]
-        samples.append(VLSample(Sample(input_ids, labels, f"synthetic_vl:{i}"), np.array(grids, dtype=np.int64).reshape(-1, 3)))
+        media = tuple(MediaItem("image", "synthetic", grid) for grid in grids)
+        samples.append(Sample(input_ids, labels, f"synthetic_vl:{i}", media))
     return samples
 
 
 class VLStepData:
-    """collate() for train_step: packed or padded text, per-sample mrope positions, random pixels."""
+    """collate() for train_step: the data pipeline's packed / padded collation and per-sample mrope
+    positions, with random pixels in place of decoded images."""
 
-    def __init__(self, samples: list[VLSample], packing: bool, pad_token_id: int, spec: MropeSpec, patch_dim: int):
+    def __init__(self, samples: list[Sample], packing: bool, pad_token_id: int, spec: MropeSpec, patch_dim: int):
         self.samples, self.packing, self.pad_token_id, self.spec, self.patch_dim = samples, packing, pad_token_id, spec, patch_dim
 
     def collate(self, indices: list[int]) -> dict:
         chosen = [self.samples[i] for i in indices]
-        texts = [s.sample for s in chosen]
-        batch = collate_packed(texts) if self.packing else collate_padded(texts, self.pad_token_id)
-        positions = [mrope_position_ids(MropeSample(s.sample.input_ids, s.grids), self.spec)[0] for s in chosen]
         if self.packing:
-            batch["position_ids"] = torch.from_numpy(np.concatenate(positions, axis=1)).unsqueeze(1)
+            batch = collate_packed(chosen)
+            batch["position_ids"] = mrope_position_ids_packed(chosen, self.spec)
         else:
-            padded = np.zeros((3, len(chosen), batch["input_ids"].shape[1]), dtype=np.int64)
-            for row, pos in enumerate(positions):
-                padded[:, row, : pos.shape[1]] = pos
-            batch["position_ids"] = torch.from_numpy(padded)
-        grids = np.concatenate([s.grids for s in chosen])
+            batch = collate_padded(chosen, self.pad_token_id)
+            batch["position_ids"] = mrope_position_ids_padded(chosen, self.spec)
+        grids = np.array([m.grid_thw for s in chosen for m in s.media], dtype=np.int64).reshape(-1, 3)
         if len(grids):
             batch["image_grid_thw"] = torch.from_numpy(grids)
             batch["pixel_values"] = torch.randn(int(grids.prod(axis=1).sum()), self.patch_dim)
         return batch
 
 
-def make_packs(samples: list[VLSample], tokens_per_step: int, n_packs: int) -> list[list[int]]:
-    packs = pack_best_fit_decreasing(np.array([len(s.sample) for s in samples]), tokens_per_step)
-    full = sorted(packs, key=lambda p: -sum(len(samples[i].sample) for i in p))[:n_packs]
+def make_packs(samples: list[Sample], tokens_per_step: int, n_packs: int) -> list[list[int]]:
+    packs = pack_best_fit_decreasing(np.array([len(s) for s in samples]), tokens_per_step)
+    full = sorted(packs, key=lambda p: -sum(len(samples[i]) for i in p))[:n_packs]
     if len(full) < n_packs:
         raise ValueError(f"only {len(full)} packs; generate more samples")
     return full
@@ -155,7 +152,7 @@ def profile_steps(ctx, steps, data, args) -> None:
     print(table[:5000])
 
 
-def run_config(name: str, model_cfg, samples: list[VLSample], packs: list[list[int]], args) -> dict:
+def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int]], args) -> dict:
     cfg = CONFIGS[name]
     torch.manual_seed(0)
     strategy = make_strategy(cfg, "single")

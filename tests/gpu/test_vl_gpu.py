@@ -14,10 +14,15 @@ import torch
 import yaml
 from PIL import Image
 
-from lmms_engine.data.collate import collate_packed, collate_padded
-from lmms_engine.data.types import Sample
+from lmms_engine.data.collate import (
+    collate_packed,
+    collate_padded,
+    mrope_position_ids_packed,
+    mrope_position_ids_padded,
+)
+from lmms_engine.data.types import MediaItem, Sample
 from lmms_engine.kernels.patcher import KernelPatcher
-from lmms_engine.models.mrope import MropeSample, MropeSpec, mrope_position_ids
+from lmms_engine.models.mrope import MropeSpec
 from lmms_engine.models.qwen2_5_vl import build_qwen2_5_vl
 from lmms_engine.train.module import CausalLMWithLoss
 
@@ -33,6 +38,7 @@ def _bundle():
 
 
 def _encoded(bundle):
+    """Samples (media: the processor's image grids) and their pixels, one per IMAGES entry."""
     rng = np.random.default_rng(0)
     out = []
     for i, size in enumerate(IMAGES):
@@ -45,25 +51,23 @@ def _encoded(bundle):
         ids = enc["input_ids"][0].numpy().astype(np.int32)
         labels = ids.copy()
         labels[: len(ids) // 2] = -100
-        out.append((Sample(ids, labels, f"s{i}"), enc.get("pixel_values"), enc.get("image_grid_thw")))
+        media = tuple(MediaItem("image", "x.png", tuple(g)) for g in enc["image_grid_thw"].tolist()) if size else ()
+        out.append((Sample(ids, labels, f"s{i}", media), enc.get("pixel_values")))
     return out
 
 
 def _batch(bundle, packed: bool) -> dict:
     encoded = _encoded(bundle)
-    samples = [sample for sample, _, _ in encoded]
-    batch = collate_packed(samples) if packed else collate_padded(samples, pad_token_id=0)
+    samples = [sample for sample, _ in encoded]
     spec = MropeSpec.from_config(bundle.model.config)
-    positions = [mrope_position_ids(MropeSample(s.input_ids, grid), spec)[0] for s, _, grid in encoded]
     if packed:
-        batch["position_ids"] = torch.from_numpy(np.concatenate(positions, axis=1)).unsqueeze(1)
+        batch = collate_packed(samples)
+        batch["position_ids"] = mrope_position_ids_packed(samples, spec)
     else:
-        padded = torch.zeros(3, len(samples), batch["input_ids"].shape[1], dtype=torch.long)
-        for row, pos in enumerate(positions):
-            padded[:, row, : pos.shape[1]] = torch.from_numpy(pos)
-        batch["position_ids"] = padded
-    batch["pixel_values"] = torch.cat([p for _, p, _ in encoded if p is not None])
-    batch["image_grid_thw"] = torch.cat([g for _, _, g in encoded if g is not None])
+        batch = collate_padded(samples, pad_token_id=0)
+        batch["position_ids"] = mrope_position_ids_padded(samples, spec)
+    batch["pixel_values"] = torch.cat([p for _, p in encoded if p is not None])
+    batch["image_grid_thw"] = torch.tensor([m.grid_thw for s in samples for m in s.media])
     return batch
 
 
