@@ -21,7 +21,7 @@ from lmms_engine.checkpoint.manager import latest_checkpoint, load_checkpoint
 from lmms_engine.config import RunConfig, validate
 from lmms_engine.models.flops import peak_flops
 from lmms_engine.parallel import dist as pdist
-from lmms_engine.train.data_iter import DataPosition, StepBatches
+from lmms_engine.train.data_iter import make_step_batches
 from lmms_engine.train.loop import TrainContext, train
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw, freeze_components
@@ -79,7 +79,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     optimizer = strategy.build_optimizer(
         module, functools.partial(_make_optimizer, optim=rc.optim, components=bundle.components()))
     start_step, position, bad_steps = _maybe_resume(rc, run_dir, module, optimizer, strategy)
-    step_batches = StepBatches(dataset, rc.trainer.grad_accum, strategy.rank, strategy.world_size, position)
+    step_batches = make_step_batches(dataset, rc.trainer.grad_accum, strategy.rank, strategy.world_size, position)
     ctx = TrainContext(
         module=module, optimizer=optimizer, strategy=strategy, patcher=patcher, dataset=dataset,
         step_batches=step_batches, collator=make_collator(dataset.collate, step_batches.plan(),
@@ -161,7 +161,7 @@ def _lr(step: int, rc: RunConfig) -> float:
                  min_lr_ratio=o.min_lr_ratio, decay_ratio=o.decay_ratio)
 
 
-def _maybe_resume(rc: RunConfig, run_dir: Path, module, optimizer, strategy) -> tuple[int, DataPosition | None, int]:
+def _maybe_resume(rc: RunConfig, run_dir: Path, module, optimizer, strategy) -> tuple[int, dict | None, int]:
     """(step, data position, bad steps so far) of the checkpoint to resume from; (0, None, 0) when fresh."""
     path = _resume_path(rc.trainer.resume, run_dir)
     if path is None:
@@ -169,7 +169,7 @@ def _maybe_resume(rc: RunConfig, run_dir: Path, module, optimizer, strategy) -> 
     state = load_checkpoint(path, module, optimizer, strategy)
     restore_rng(state["rng"])
     log.info("resumed from %s at step %d", path, state["step"])
-    return state["step"], DataPosition(**state["data"]), state.get("bad_steps", 0)
+    return state["step"], state["data"], state.get("bad_steps", 0)
 
 
 def _resume_path(resume: str | None, run_dir: Path) -> Path | None:

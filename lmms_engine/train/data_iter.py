@@ -45,3 +45,11 @@ class StepBatches:
 
     def state_dict(self) -> dict:
         return {"epoch": self.position.epoch, "index": self.position.index}
+
+
+def make_step_batches(dataset, grad_accum: int, rank: int, world_size: int, state: dict | None = None):
+    """The step source of `dataset`, at the data position `state` (a checkpoint's "data"; None: the start).
+    A streaming dataset brings its own (data/streaming.py); an indexed one is walked by StepBatches."""
+    if hasattr(dataset, "step_batches"):
+        return dataset.step_batches(grad_accum, rank, world_size, state)
+    return StepBatches(dataset, grad_accum, rank, world_size, DataPosition(**state) if state else None)
