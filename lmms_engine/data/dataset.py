@@ -61,6 +61,8 @@ def build_sft_dataset(
     video_max_pixels: int | None = None,
     audio_max_seconds: float = 30.0,
     allow_path_escape: bool = False,
+    streaming: bool = False,
+    stream_window: int = 2048,
 ) -> SFTDataset:
     """Read, validate, tokenize (cached, in parallel) and index the data at `dataset_path`.
 
@@ -80,6 +82,9 @@ def build_sft_dataset(
     allow_path_escape: let a relative media path climb out of its source's data_folder (`..`);
       refused by default as a `media_path_escape` record error (follows on_error). Absolute paths
       and file:// URLs are always allowed.
+    streaming: read the sources lazily and pack online, window by window (`stream_window` records),
+      each rank its own shard, in bounded memory; returns a StreamingSFTDataset (data/streaming.py).
+      No cache and no data_stats totals then: records are tokenized as the run reaches them.
     """
     _check_settings(packing_length, micro_batch_size, on_error, overlong, num_proc)
     check_tokenizer(tokenizer)
@@ -97,6 +102,9 @@ def build_sft_dataset(
         allow_path_escape=allow_path_escape,
     )
     entries = resolve_sources(dataset_path)
+    if streaming:
+        return _streaming_dataset(tokenizer, entries, dataset_path, packing, packing_length, micro_batch_size,
+                                  on_error, overlong, stream_window, seed, inputs)
     media = inputs.support if inputs else None
     tokenized = _tokenize_sources(tokenizer, entries, on_error, num_proc, cache_dir, media)
     store = _SampleStore.from_files(tokenized)
@@ -113,6 +121,17 @@ def build_sft_dataset(
     )
     dataset.stats.update(_source_stats(tokenized.values(), overlong_counts))
     logger.info("dataset %s: %s", dataset_path, dataset.stats)
+    return dataset
+
+
+def _streaming_dataset(tokenizer, entries, dataset_path, packing, packing_length, micro_batch_size, on_error,
+                       overlong, window, seed, inputs):
+    from .streaming import StreamingSFTDataset, check_streamable  # streaming builds on this module
+
+    check_streamable(entries)
+    dataset = StreamingSFTDataset(tokenizer, entries, str(dataset_path), packing, packing_length, micro_batch_size,
+                                  on_error, overlong, window, seed, _pad_token_id(tokenizer), inputs)
+    logger.info("dataset %s (streaming): %s", dataset_path, dataset.stats)
     return dataset
 
 
@@ -220,6 +239,42 @@ def _source_stats(files, overlong_counts: dict[str, int]) -> dict:
     }
 
 
+def placeholder_id_list(media: MediaSupport | None) -> list[int]:
+    """The token ids that stand for media items (none for text data)."""
+    return list(media.placeholder_ids().values()) if media is not None else []
+
+
+def cut_flags(input_ids: np.ndarray, labels: np.ndarray, max_length: int, placeholder_ids: list[int]) -> tuple[bool, bool]:
+    """For a sample longer than max_length: (has a trained label in its first max_length tokens,
+    may be cut at max_length). Shifted labels never use position 0, so a cut sample is trained iff
+    labels[1:max_length] are; a cut may not split or drop a media item: every placeholder must stay
+    before it."""
+    trained = bool((labels[1:max_length] != IGNORE_INDEX).any())
+    placeholders = np.flatnonzero(np.isin(input_ids, placeholder_ids)) if placeholder_ids else []
+    cuttable = len(placeholders) == 0 or placeholders[-1] < max_length
+    return trained, bool(cuttable)
+
+
+def collate_samples(samples: list[Sample], packing: bool, pad_token_id: int, media: _MediaInputs | None) -> dict:
+    """Model inputs of one micro-batch: packed or padded tokens, plus mrope position ids, pixels
+    and audio features when the data is multimodal."""
+    batch = collate_packed(samples) if packing else collate_padded(samples, pad_token_id)
+    if media is None:
+        return batch
+    spec, support = media.mrope_spec, media.support
+    if spec is not None:  # else the 1-D position ids stay (audio models: plain RoPE)
+        if packing:
+            batch["position_ids"] = mrope_position_ids_packed(samples, spec)
+        else:
+            batch["position_ids"] = mrope_position_ids_padded(samples, spec)
+    items = [item for sample in samples for item in sample.media]
+    if support.vision is not None:
+        batch.update(pixel_inputs(items, media.processor, support.vision))
+    if support.audio is not None:
+        batch.update(audio_inputs(items, media.processor, support.audio))
+    return batch
+
+
 # ---------------------------------------------------------------- samples
 
 
@@ -263,19 +318,14 @@ class _SampleStore:
         return np.flatnonzero(np.isin(self.file_ids, ids) & self.usable)
 
     def apply_overlong(self, max_length: int, policy: str, media: MediaSupport | None) -> dict[str, int]:
-        long_ones = np.flatnonzero(self.lengths > max_length)
-        # Shifted labels never use position 0, so a truncated sample is trained iff labels[1:max_length] are.
         trained = np.ones(len(self.lengths), dtype=bool)
-        # A cut may not split a media item or drop one: every placeholder must stay before it.
         cuttable = np.ones(len(self.lengths), dtype=bool)
-        placeholder_ids = list(media.placeholder_ids().values()) if media is not None else []
-        for k in long_ones:
-            start = self.starts[k]
-            trained[k] = bool((self.labels[start + 1 : start + max_length] != IGNORE_INDEX).any())
-            if media is not None:
-                ids = self.input_ids[start : start + self.lengths[k]]
-                placeholders = np.flatnonzero(np.isin(ids, placeholder_ids))
-                cuttable[k] = len(placeholders) == 0 or placeholders[-1] < max_length
+        placeholder_ids = placeholder_id_list(media)
+        for k in np.flatnonzero(self.lengths > max_length):
+            start, stop = self.starts[k], self.starts[k] + self.lengths[k]
+            trained[k], cuttable[k] = cut_flags(
+                self.input_ids[start:stop], self.labels[start:stop], max_length, placeholder_ids
+            )
         result = apply_overlong(self.lengths, trained, max_length, policy, cuttable)
         self.usable[:] = False
         self.usable[result.keep] = True
@@ -403,22 +453,7 @@ class SFTDataset:
         return [order[i : i + self.micro_batch_size].tolist() for i in range(0, full, self.micro_batch_size)]
 
     def collate(self, indices: list[int]) -> dict:
-        samples = [self[i] for i in indices]
-        batch = collate_packed(samples) if self.packing else collate_padded(samples, self.pad_token_id)
-        if self._media is None:
-            return batch
-        spec, support = self._media.mrope_spec, self._media.support
-        if spec is not None:  # else the 1-D position ids stay (audio models: plain RoPE)
-            if self.packing:
-                batch["position_ids"] = mrope_position_ids_packed(samples, spec)
-            else:
-                batch["position_ids"] = mrope_position_ids_padded(samples, spec)
-        media = [item for sample in samples for item in sample.media]
-        if support.vision is not None:
-            batch.update(pixel_inputs(media, self._media.processor, support.vision))
-        if support.audio is not None:
-            batch.update(audio_inputs(media, self._media.processor, support.audio))
-        return batch
+        return collate_samples([self[i] for i in indices], self.packing, self.pad_token_id, self._media)
 
     def _sample_stats(self) -> dict:
         tokens = int(self._lengths.sum())

@@ -43,17 +43,23 @@ class PrefetchCollator:
     def get(self, indices: list[int]) -> dict:
         batch = next(self._batches)
         expected = self._planned.popleft()
-        if list(expected) != list(indices):
-            raise RuntimeError(f"prefetched micro-batch {expected[:4]}... is not the requested {indices[:4]}...; "
-                               "the prefetch plan and the training loop disagree")
+        if _key(expected) != _key(indices):
+            raise RuntimeError(f"prefetched micro-batch {_key(expected)[:4]}... is not the requested "
+                               f"{_key(indices)[:4]}...; the prefetch plan and the training loop disagree")
         return batch
 
     def close(self) -> None:
         self._batches = None  # the DataLoader iterator shuts its workers down when released
 
 
+def _key(micro_batch) -> list | tuple:
+    """What names a micro-batch: its sample indices, or a stream micro-batch's key."""
+    return micro_batch.key if hasattr(micro_batch, "key") else list(micro_batch)
+
+
 class _IndexIdentity:
-    """A map-style dataset whose item i is i: the collate function receives the index list itself."""
+    """A map-style dataset whose item i is i: the collate function receives the index list itself
+    (a stream's micro-batch, iterated by the DataLoader, arrives as its list of samples)."""
 
     def __getitem__(self, index: int) -> int:
         return index

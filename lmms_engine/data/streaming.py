@@ -1,0 +1,467 @@
+"""Streaming SFT data (`data.streaming=true`): for data sets larger than memory.
+
+The indexed pipeline (dataset.py) tokenizes every record up front into a cache and packs the whole
+data set; its memory grows with the data. A stream instead reads its sources lazily and packs
+online, window by window, so host memory is bounded by one window, whatever the source size:
+
+  * Shards: each rank reads its own part of every source file (jsonl: a byte range, a line belonging
+    to the range its first byte is in; parquet / arrow: a row range) and nothing else.
+  * Windows: window w draws `window` record slots from the dataset entries by weight (the yaml's
+    `weight`, default 1 per entry: a mixing ratio), with a generator seeded by (seed, rank, w);
+    each entry's reader hands over its next records (cycling at the end of its shard, so a small
+    source repeats while a big one streams). Records are validated and tokenized in the training
+    process (the same code as the indexed path, the same `on_error` policy and skip reasons), the
+    overlong policy applies, and the window's samples are packed best-fit-decreasing; the packs,
+    in an order shuffled by the window's generator, are the micro-batches.
+  * Position: (window w, each reader's position at the start of w, micro-batches of w handed out).
+    It is saved in each rank's train state and restores the stream exactly: the window is rebuilt
+    from the readers' positions and the handed-out micro-batches are skipped. It does not depend on
+    the number of collating workers (`trainer.data_workers`), which only collate micro-batches the
+    stream has already decided; so a run may resume with another worker count.
+
+Not streamable: `.json` files (a JSON list is parsed whole; convert to jsonl) and `num_samples`
+(a stream has no fixed size; use `weight`). An epoch has no meaning either: a run ends at
+`trainer.max_steps`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dataset import _MediaInputs, collate_samples, cut_flags, placeholder_id_list
+from .errors import DataError, DataSourceError
+from .packing import apply_overlong, pack_best_fit_decreasing
+from .prepare import _tokenize_items
+from .sources import DatasetEntry, SourceFile, _load_arrow, _rows
+from .types import Sample, format_location
+
+logger = logging.getLogger("lmms_engine.data")
+
+STREAMABLE_TYPES = ("jsonl", "parquet", "arrow")
+ROW_BLOCK = 1000  # rows read at once from parquet / arrow
+LINE_COUNT_BLOCK = 1 << 24  # bytes per read when counting the lines before a shard
+
+
+def check_streamable(entries: list[DatasetEntry]) -> None:
+    """Refuse, with the entry named, what a stream cannot read."""
+    for entry in entries:
+        if entry.num_samples is not None:
+            raise DataSourceError(
+                entry.origin, "'num_samples' needs the whole data set counted; with data.streaming=true use 'weight'"
+            )
+        for source in entry.files:
+            if source.data_type not in STREAMABLE_TYPES:
+                raise DataSourceError(
+                    str(source.path),
+                    f"{source.data_type} sources are parsed whole and cannot be streamed; convert to jsonl "
+                    f"(or use one of {', '.join(STREAMABLE_TYPES)}) or set data.streaming=false",
+                )
+
+
+class StreamingSFTDataset:
+    """The Hydra-built data object of `data.streaming=true`: settings plus what every rank's stream
+    shares. Each rank's `SampleStream` is made by `step_batches(...)`, once the rank is known."""
+
+    def __init__(self, tokenizer, entries: list[DatasetEntry], origin: str, packing: bool, packing_length: int,
+                 micro_batch_size: int, on_error: str, overlong: str, window: int, seed: int, pad_token_id: int,
+                 media: _MediaInputs | None = None):
+        if window <= 0:
+            raise ValueError(f"data.stream_window must be a positive number of records, got {window}")
+        self.tokenizer, self.entries, self.origin = tokenizer, entries, origin
+        self.packing, self.packing_length, self.micro_batch_size = packing, packing_length, micro_batch_size
+        self.on_error, self.overlong, self.window, self.seed = on_error, overlong, window, seed
+        self.pad_token_id = pad_token_id
+        self._media = media
+        weights = np.asarray([e.weight if e.weight is not None else 1.0 for e in entries], dtype=np.float64)
+        self.mix = weights / weights.sum()
+        self.stats = {
+            "streaming": True,
+            "window": window,
+            "sources": [{"origin": e.origin, "files": len(e.files), "mix": round(float(p), 6)}
+                        for e, p in zip(entries, self.mix, strict=True)],
+        }
+
+    @property
+    def media_support(self):
+        return self._media.support if self._media is not None else None
+
+    def step_batches(self, grad_accum: int, rank: int, world_size: int, state: dict | None = None):
+        """This rank's step source, at `state` (a checkpoint's data position; None: the start)."""
+        return StreamStepBatches(SampleStream(self, rank, world_size, state), grad_accum)
+
+    def collate(self, micro_batch) -> dict:
+        return collate_samples(list(micro_batch), self.packing, self.pad_token_id, self._media)
+
+    def fit_lengths(self, samples: list[Sample], counters: StreamCounters) -> list[Sample]:
+        """The overlong policy over one window's samples (as the indexed path applies it)."""
+        lengths = np.asarray([len(s) for s in samples], dtype=np.int64)
+        trained = np.ones(len(samples), dtype=bool)
+        cuttable = np.ones(len(samples), dtype=bool)
+        placeholder_ids = placeholder_id_list(self.media_support)
+        for k in np.flatnonzero(lengths > self.packing_length):
+            trained[k], cuttable[k] = cut_flags(samples[k].input_ids, samples[k].labels, self.packing_length,
+                                                placeholder_ids)
+        result = apply_overlong(lengths, trained, self.packing_length, self.overlong, cuttable)
+        counters.truncated += result.truncated
+        counters.dropped_overlong += result.dropped
+        return [_cut(samples[k], int(n)) for k, n in zip(result.keep.tolist(), result.lengths.tolist(), strict=True)]
+
+    def group(self, samples: list[Sample], rng: np.random.Generator) -> list[tuple[Sample, ...]]:
+        """One window's micro-batches: packs (best-fit decreasing) or micro_batch_size samples
+        (a short tail is dropped), in an order shuffled by the window's generator."""
+        if self.packing:
+            packs = pack_best_fit_decreasing(np.asarray([len(s) for s in samples]), self.packing_length)
+            return [tuple(samples[i] for i in packs[j]) for j in rng.permutation(len(packs)).tolist()]
+        order = rng.permutation(len(samples)).tolist()
+        size = self.micro_batch_size
+        return [tuple(samples[i] for i in order[k : k + size]) for k in range(0, len(order) - size + 1, size)]
+
+
+def _cut(sample: Sample, length: int) -> Sample:
+    if length == len(sample):
+        return sample
+    return Sample(input_ids=sample.input_ids[:length], labels=sample.labels[:length], sample_id=sample.sample_id,
+                  media=sample.media)
+
+
+# ---------------------------------------------------------------- one rank's records of one entry
+
+
+@dataclass
+class ReaderPosition:
+    """Where a reader continues: pass over its shard, file of the entry, and inside that file the
+    byte offset and 1-based line number (jsonl) or the row index (parquet / arrow)."""
+
+    passes: int = 0
+    file: int = 0
+    offset: int | None = None  # None: the start of this rank's shard of the file
+    line: int = 0
+
+    def state_dict(self) -> dict:
+        return {"passes": self.passes, "file": self.file, "offset": self.offset, "line": self.line}
+
+
+class ShardReader:
+    """The records of one dataset entry that belong to `rank` of `world_size`, in file order,
+    starting again at the shard's start when it is exhausted."""
+
+    def __init__(self, entry: DatasetEntry, rank: int, world_size: int, position: dict | None = None):
+        self.entry, self.rank, self.world_size = entry, rank, world_size
+        self.position = ReaderPosition(**position) if position else ReaderPosition()
+        self._records: Iterator[tuple[int, Any, int, int]] | None = None
+        # Records read in this pass over the shard; None when it resumed mid-pass (not known).
+        self._read_this_pass: int | None = None if position else 0
+
+    def take(self, count: int) -> list[tuple[SourceFile, int, Any]]:
+        """The next `count` records as (source, location, payload)."""
+        taken = []
+        while len(taken) < count:
+            record = self._next_record()
+            if record is not None:
+                taken.append(record)
+        return taken
+
+    def _next_record(self) -> tuple[SourceFile, int, Any] | None:
+        """One record, or None when a file of the shard ended (the position moved on)."""
+        if self._records is None:
+            source = self.entry.files[self.position.file]
+            self._records = _file_records(source, self.rank, self.world_size, self.position)
+        item = next(self._records, None)
+        if item is None:
+            self._end_of_file()
+            return None
+        location, payload, offset, line = item
+        self.position.offset, self.position.line = offset, line
+        if self._read_this_pass is not None:
+            self._read_this_pass += 1
+        return self.entry.files[self.position.file], location, payload
+
+    def _end_of_file(self) -> None:
+        self._records = None
+        next_file = self.position.file + 1
+        if next_file < len(self.entry.files):
+            self.position = ReaderPosition(self.position.passes, next_file)
+            return
+        if self._read_this_pass == 0:
+            raise DataSourceError(
+                self.entry.origin,
+                f"rank {self.rank} of {self.world_size} has no records in its shard of this entry "
+                "(too few records for the number of ranks); add data or use fewer ranks",
+            )
+        self.position = ReaderPosition(self.position.passes + 1, 0)
+        self._read_this_pass = 0
+
+
+def _file_records(source: SourceFile, rank: int, world_size: int, position: ReaderPosition):
+    """(location, payload, position after it: offset, line) of this rank's part of `source`."""
+    if source.data_type == "jsonl":
+        return _jsonl_shard(source.path, rank, world_size, position)
+    return _row_shard(source, rank, world_size, position)
+
+
+def _shard_bounds(total: int, rank: int, world_size: int) -> tuple[int, int]:
+    return total * rank // world_size, total * (rank + 1) // world_size
+
+
+def _jsonl_shard(path: Path, rank: int, world_size: int, position: ReaderPosition):
+    """Lines whose first byte is in this rank's byte range; blank lines are skipped, as in sources.py."""
+    low, high = _shard_bounds(path.stat().st_size, rank, world_size)
+    with path.open("rb") as handle:
+        if position.offset is None:
+            offset = _first_line_start(handle, low)
+            line = _count_lines(handle, offset) + 1
+        else:
+            offset, line = position.offset, position.line
+        handle.seek(offset)
+        while offset < high:
+            raw = handle.readline()
+            if not raw:
+                return
+            offset += len(raw)
+            if raw.strip():
+                yield line, raw, offset, line + 1
+            line += 1
+
+
+def _first_line_start(handle, low: int) -> int:
+    """The offset of the first line starting at or after `low`."""
+    if low == 0:
+        return 0
+    handle.seek(low - 1)
+    return low - 1 + len(handle.readline())
+
+
+def _count_lines(handle, end: int) -> int:
+    """Newlines in the first `end` bytes (the line number of a shard's first line, minus one)."""
+    handle.seek(0)
+    count, left = 0, end
+    while left > 0:
+        block = handle.read(min(LINE_COUNT_BLOCK, left))
+        if not block:
+            break
+        count += block.count(b"\n")
+        left -= len(block)
+    return count
+
+
+def _row_shard(source: SourceFile, rank: int, world_size: int, position: ReaderPosition):
+    """Rows of this rank's row range of a parquet file or arrow data set, in blocks."""
+    table = _RowTable(source)
+    low, high = _shard_bounds(table.num_rows, rank, world_size)
+    row = low if position.offset is None else position.offset
+    while row < high:
+        stop = min(row + ROW_BLOCK, high)
+        for index, record in enumerate(table.rows(row, stop), start=row):
+            yield index, record, index + 1, 0
+        row = stop
+
+
+class _RowTable:
+    """Random access to row blocks of a parquet file (by row group) or a memory-mapped arrow set."""
+
+    def __init__(self, source: SourceFile):
+        self.source = source
+        if source.data_type == "parquet":
+            import pyarrow.parquet as pq
+
+            self._parquet = pq.ParquetFile(source.path)
+            metadata = self._parquet.metadata
+            sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+            self._group_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            self.num_rows = int(self._group_starts[-1])
+        else:
+            self._arrow = _load_arrow(source.path)
+            self.num_rows = len(self._arrow)
+
+    def rows(self, start: int, stop: int) -> list[dict]:
+        if self.source.data_type != "parquet":
+            return list(_rows(self._arrow[start:stop]))
+        first = int(np.searchsorted(self._group_starts, start, side="right")) - 1
+        last = int(np.searchsorted(self._group_starts, stop, side="left"))
+        table = self._parquet.read_row_groups(list(range(first, last)))
+        base = int(self._group_starts[first])
+        return table.slice(start - base, stop - start).to_pylist()
+
+
+# ---------------------------------------------------------------- the stream
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch of a stream: its samples, a key naming it (rank, window, index) and the
+    stream position right after it (what a checkpoint taken after it saves)."""
+
+    key: tuple[int, int, int]
+    samples: tuple[Sample, ...]
+    after: dict = field(repr=False)
+
+    def __iter__(self):
+        return iter(self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+@dataclass
+class StreamCounters:
+    """What the stream has met so far on this rank (logged, and summed into `stats`)."""
+
+    records: int = 0
+    skipped_by_reason: Counter = field(default_factory=Counter)
+    truncated: int = 0
+    dropped_overlong: int = 0
+
+
+class SampleStream:
+    """One rank's stream of micro-batches (see the module docstring)."""
+
+    def __init__(self, dataset, rank: int, world_size: int, state: dict | None = None):
+        self.dataset, self.rank, self.world_size = dataset, rank, world_size
+        self._check_state(state)
+        readers = state["readers"] if state else [None] * len(dataset.entries)
+        self.readers = [ShardReader(e, rank, world_size, r) for e, r in zip(dataset.entries, readers, strict=True)]
+        self.window = state["window"] if state else 0
+        self._skip = state["emitted"] if state else 0
+        self.counters = StreamCounters()
+
+    def _check_state(self, state: dict | None) -> None:
+        if state is None:
+            return
+        if "window" not in state:
+            raise ValueError("the checkpoint's data position is not a stream's (it was saved with "
+                             "data.streaming=false); resume with the same data.streaming setting")
+        saved = (state["rank"], state["world_size"], len(state["readers"]))
+        if saved != (self.rank, self.world_size, len(self.dataset.entries)):
+            raise ValueError(
+                f"the checkpoint's stream position belongs to rank {saved[0]} of {saved[1]} over {saved[2]} dataset "
+                f"entries, not rank {self.rank} of {self.world_size} over {len(self.dataset.entries)}: a stream "
+                "resumes with the same number of ranks and the same dataset entries"
+            )
+
+    def __iter__(self) -> Iterator[MicroBatch]:
+        while True:
+            start = [r.position.state_dict() for r in self.readers]
+            batches = self._window_batches()
+            end = [r.position.state_dict() for r in self.readers]
+            for i, samples in enumerate(batches):
+                if i < self._skip:
+                    continue
+                last = i == len(batches) - 1
+                after = self._position(self.window + 1, end, 0) if last else self._position(self.window, start, i + 1)
+                yield MicroBatch(key=(self.rank, self.window, i), samples=samples, after=after)
+            self.window, self._skip = self.window + 1, 0
+
+    def position(self) -> dict:
+        """The position before the next window is read (at a window boundary)."""
+        return self._position(self.window, [r.position.state_dict() for r in self.readers], self._skip)
+
+    def _position(self, window: int, readers: list[dict], emitted: int) -> dict:
+        return {"window": window, "readers": readers, "emitted": emitted, "rank": self.rank,
+                "world_size": self.world_size}
+
+    def _window_batches(self) -> list[tuple[Sample, ...]]:
+        rng = np.random.default_rng([self.dataset.seed, self.rank, self.window])
+        samples = self._window_samples(rng)
+        if not samples:
+            raise DataSourceError(
+                self.dataset.origin,
+                f"window {self.window} of rank {self.rank}: no usable sample in {self.dataset.window} records "
+                f"(skipped: {dict(self.counters.skipped_by_reason)}, overlong dropped: "
+                f"{self.counters.dropped_overlong})",
+            )
+        return self.dataset.group(samples, rng)
+
+    def _window_samples(self, rng: np.random.Generator) -> list[Sample]:
+        slots = rng.choice(len(self.readers), size=self.dataset.window, p=self.dataset.mix)
+        counts = np.bincount(slots, minlength=len(self.readers))
+        samples = []
+        for reader, count in zip(self.readers, counts.tolist(), strict=True):
+            if count:
+                samples.extend(self._tokenized(reader.take(count)))
+        return self.dataset.fit_lengths(samples, self.counters)
+
+    def _tokenized(self, records: list[tuple[SourceFile, int, Any]]) -> list[Sample]:
+        """Samples of the valid records (runs of one file tokenized together); bad ones per on_error."""
+        samples, run = [], []
+        for record in records + [None]:
+            if run and (record is None or record[0] != run[0][0]):
+                samples.extend(self._tokenize_run(run[0][0], [(loc, payload) for _, loc, payload in run]))
+                run = []
+            if record is not None:
+                run.append(record)
+        return samples
+
+    def _tokenize_run(self, source: SourceFile, items: list[tuple[int, Any]]) -> list[Sample]:
+        data = self.dataset
+        result = _tokenize_items(data.tokenizer, source, items, data.media_support)
+        self.counters.records += len(items)
+        for error in result.errors:
+            self._skip_record(error)
+        offsets = np.concatenate([[0], np.cumsum(result.lengths)])
+        return [
+            Sample(
+                input_ids=result.input_ids[offsets[k] : offsets[k + 1]].copy(),
+                labels=result.labels[offsets[k] : offsets[k + 1]].copy(),
+                sample_id=format_location(str(source.path), source.is_line_based, int(location)),
+                media=result.media[k],
+            )
+            for k, location in enumerate(result.locations.tolist())
+        ]
+
+    def _skip_record(self, error: DataError) -> None:
+        if self.dataset.on_error == "raise":
+            raise error
+        skipped = self.counters.skipped_by_reason
+        if sum(skipped.values()) < 5:
+            logger.warning("skipped %s", error)
+        skipped[error.reason] += 1
+
+
+class StreamStepBatches:
+    """Step n takes this rank's next `grad_accum` micro-batches of its stream (the step source of a
+    streaming dataset; the indexed one's is train.data_iter.StepBatches).
+
+    `plan()` (for the prefetching collator) and `next_step()` share the one stream: whatever one of
+    them pulls first is queued for the other, so every micro-batch is read and tokenized once.
+    """
+
+    def __init__(self, stream: SampleStream, grad_accum: int):
+        self.grad_accum = grad_accum
+        self._stream = stream
+        self._batches = iter(stream)
+        self._for_step: deque[MicroBatch] = deque()
+        self._for_plan: deque[MicroBatch] | None = None  # only once plan() was asked for
+        self._state = stream.position()
+
+    def next_step(self) -> list[MicroBatch]:
+        step = [self._for_step.popleft() if self._for_step else self._pull(for_step=False)
+                for _ in range(self.grad_accum)]
+        self._state = step[-1].after
+        return step
+
+    def plan(self) -> Iterator[MicroBatch]:
+        self._for_plan = deque()
+        while True:
+            yield self._for_plan.popleft() if self._for_plan else self._pull(for_plan=False)
+
+    def _pull(self, for_step: bool = True, for_plan: bool = True) -> MicroBatch:
+        batch = next(self._batches)
+        if for_step:
+            self._for_step.append(batch)
+        if for_plan and self._for_plan is not None:
+            self._for_plan.append(batch)
+        return batch
+
+    def state_dict(self) -> dict:
+        return self._state
+
+    @property
+    def counters(self) -> StreamCounters:
+        return self._stream.counters
