@@ -8,7 +8,14 @@ Atomicity: everything is written into `step_<N>.tmp/`; once every rank is done, 
 
 Retention (`keep_last`): once the new checkpoint is sealed and every rank has passed the barrier,
 rank 0 deletes the older complete `step_<N>/` folders beyond the newest `keep_last`; it never
-touches the folder just written, nor `.tmp` folders or anything without the marker.
+touches the folder just written. A folder is deleted by renaming it to `<name>.deleting` first, so
+an interrupted deletion never leaves a step folder with files missing; `.tmp` and `.deleting`
+leftovers of a killed run are removed after the next successful save.
+
+Failures: an OSError while writing (disk full, permissions, read-only file system) on any rank is
+raised on every rank as CheckpointWriteError (a ValueError: the run exits with status 1 and a
+message naming the checkpoint, the OS error and the previous complete checkpoint). The half-written
+folder is removed and nothing is pruned.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +37,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 COMPLETE_MARKER = "COMPLETE"
+DELETING_SUFFIX = ".deleting"
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -44,24 +53,109 @@ def latest_checkpoint(root: Path) -> Path | None:
     return max(complete, key=lambda p: int(STEP_DIR.match(p.name).group(1)), default=None)
 
 
+def check_writable(root: Path, rank: int = 0) -> None:
+    """Fail now, not at the first checkpoint hours later, if `root` cannot be created or written."""
+    probe = root / f".write_probe_rank{rank}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"checkpoint directory {root} is not writable: {_describe(err)}; choose another "
+                         f"output_root (or hydra.run.dir) or fix its permissions / free space") from err
+
+
 def save_checkpoint(root: Path, step: int, module: nn.Module, optimizer, train_state: dict, strategy,
                     keep_last: int | None = None) -> Path:
-    """Write checkpoint `step` atomically; every rank calls this. keep_last: prune older ones (None: keep all)."""
+    """Write checkpoint `step` atomically; every rank calls this. keep_last: prune older ones (None: keep all).
+
+    A write that fails on any rank (disk full, permissions, read-only file system) fails on every
+    rank with CheckpointWriteError: the half-written folder is removed, nothing is pruned, and the
+    previous complete checkpoint is left as it was.
+    """
     final, tmp = checkpoint_dir(root, step), root / f"step_{step}.tmp"
-    if strategy.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    strategy.barrier()
-    strategy.save_model_optimizer(tmp, module, optimizer)
-    torch.save(train_state, tmp / f"train_state_rank{strategy.rank}.pt")
-    strategy.barrier()
-    if strategy.is_main:
-        _seal(tmp, final)
-    strategy.barrier()
+    _all_ranks_or_fail(strategy, final, _on_main(strategy, _make_empty, tmp))
+    _all_ranks_or_fail(strategy, final, _attempt(_write_shards, tmp, module, optimizer, train_state, strategy))
+    _all_ranks_or_fail(strategy, final, _on_main(strategy, _seal, tmp, final))
     log.info("saved checkpoint %s", final)
-    if keep_last is not None and strategy.is_main:
-        prune_checkpoints(root, keep_last, keep=final)
+    if strategy.is_main:
+        if keep_last is not None:
+            prune_checkpoints(root, keep_last, keep=final)
+        remove_leftovers(root)
     return final
+
+
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (an OSError on some rank). A ValueError: the run stops
+    with its message and exit status 1, like other problems the user has to fix."""
+
+
+def _write_shards(tmp: Path, module: nn.Module, optimizer, train_state: dict, strategy) -> None:
+    strategy.save_model_optimizer(tmp, module, optimizer)
+    _save_synced(train_state, tmp / f"train_state_rank{strategy.rank}.pt")
+
+
+def _make_empty(tmp: Path) -> None:
+    _remove(tmp, strict=True)
+    tmp.mkdir(parents=True)
+
+
+def _attempt(fn, *args) -> BaseException | None:
+    """Run fn(*args); return the OSError it raised (None if it succeeded). DCP reports a failed
+    write on any rank as a CheckpointException (a BaseException) on every rank: unwrapped here."""
+    try:
+        fn(*args)
+    except OSError as err:
+        return err
+    except CheckpointException as err:
+        return _os_error_in(err) or err
+    return None
+
+
+def _on_main(strategy, fn, *args) -> BaseException | None:
+    return _attempt(fn, *args) if strategy.is_main else None
+
+
+def _os_error_in(err: CheckpointException) -> OSError | None:
+    for exc, _trace in err.failures.values():
+        if isinstance(exc, OSError):
+            return exc
+    return None
+
+
+def _all_ranks_or_fail(strategy, final: Path, error: BaseException | None) -> None:
+    """A barrier that also tells every rank whether any rank failed; then all raise together
+    (a rank that raised alone would leave the others waiting in the next collective)."""
+    failed = _any_rank(strategy, error is not None)
+    if not failed:
+        return
+    tmp = final.with_name(final.name + ".tmp")
+    if strategy.is_main:
+        _remove(tmp)  # best effort: the disk may still refuse
+    previous = latest_checkpoint(final.parent)
+    kept = (f"the previous complete checkpoint {previous} is intact; free space or fix permissions, then resume "
+            f"with trainer.resume=auto" if previous else "there is no earlier complete checkpoint of this run")
+    if error is None:
+        raise CheckpointWriteError(f"could not write checkpoint {final}: the write failed on another rank; {kept}")
+    if not isinstance(error, (OSError, CheckpointException)):
+        raise error
+    raise CheckpointWriteError(f"could not write checkpoint {final}: {_describe(error)}; {kept}") from error
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        where = f" ({error.filename})" if error.filename else ""
+        return f"[Errno {error.errno}] {error.strerror}{where}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _any_rank(strategy, flag: bool) -> bool:
+    if strategy.world_size == 1:
+        return flag
+    return strategy.all_reduce_sum(torch.tensor([float(flag)], device=strategy.device)).item() > 0
 
 
 def prune_checkpoints(root: Path, keep_last: int, keep: Path) -> list[Path]:
@@ -70,20 +164,56 @@ def prune_checkpoints(root: Path, keep_last: int, keep: Path) -> list[Path]:
                       key=lambda p: int(STEP_DIR.match(p.name).group(1)), reverse=True)
     doomed = [p for p in complete[keep_last:] if p != keep]
     for path in doomed:
-        shutil.rmtree(path, ignore_errors=True)
+        _remove(path)
         log.info("removed checkpoint %s (trainer.keep_last=%d)", path, keep_last)
     return doomed
+
+
+def remove_leftovers(root: Path) -> None:
+    """Folders a killed run left behind: unfinished saves (`.tmp`) and unfinished deletions
+    (`.deleting`). Called right after a save, when no other save can be in progress."""
+    for path in root.iterdir():
+        if path.name.endswith((".tmp", DELETING_SUFFIX)) and path.is_dir():
+            _remove(path)
+            log.info("removed %s (left by an interrupted save or deletion)", path)
+
+
+def _remove(path: Path, strict: bool = False) -> None:
+    """Rename, then delete: a deletion cut short leaves a `.deleting` folder, never a step folder
+    with some files gone (which could still carry the COMPLETE marker). strict: raise if the rename fails."""
+    if not path.exists():
+        return
+    doomed = path if path.name.endswith(DELETING_SUFFIX) else path.with_name(path.name + DELETING_SUFFIX)
+    if doomed != path:
+        shutil.rmtree(doomed, ignore_errors=True)
+        try:
+            os.replace(path, doomed)
+        except OSError:
+            if strict:
+                raise
+            doomed = path
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _seal(tmp: Path, final: Path) -> None:
     """Mark complete, then rename: the rename is the atomic commit point."""
     marker = tmp / COMPLETE_MARKER
-    marker.write_text("ok\n")
+    with open(marker, "w") as f:
+        f.write("ok\n")
+        f.flush()
+        os.fsync(f.fileno())
     _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
+    _remove(final, strict=True)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
+
+
+def _save_synced(obj, path: Path) -> None:
+    """torch.save, flushed to the disk before the checkpoint is sealed."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:

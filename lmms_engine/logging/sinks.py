@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -16,10 +17,16 @@ log = logging.getLogger("lmms_engine.train")
 
 
 class JsonlSink:
-    """One JSON object per optimizer step, flushed at once so a killed run keeps every line."""
+    """One JSON object per optimizer step, flushed at once so a killed run keeps every line.
 
-    def __init__(self, path: Path, append: bool):
-        self._file = open(path, "a" if append else "w", encoding="utf-8")
+    A run resumed at `start_step` keeps the lines of steps 1..start_step and drops the later ones
+    (steps a killed run logged after its last checkpoint, which the resumed run trains again), so
+    the file holds each step once, as the run that finished computed it."""
+
+    def __init__(self, path: Path, start_step: int = 0):
+        if start_step > 0 and path.is_file():
+            _keep_steps_up_to(path, start_step)
+        self._file = open(path, "a" if start_step > 0 else "w", encoding="utf-8")
 
     def log(self, metrics: dict) -> None:
         self._file.write(json.dumps(_json_safe(metrics)) + "\n")
@@ -83,10 +90,26 @@ def build_loggers(run_dir: Path, run_config: dict, max_steps: int, start_step: i
     """The `logger/` group's target. wandb: None, or {project, name, entity, mode, tags}."""
     if not is_main:
         return Sinks([])
-    sinks = [JsonlSink(run_dir / "metrics.jsonl", append=start_step > 0), ConsoleSink(max_steps, start_step, log_every)]
+    sinks = [JsonlSink(run_dir / "metrics.jsonl", start_step), ConsoleSink(max_steps, start_step, log_every)]
     if wandb is not None:
         sinks.append(WandbSink(run_dir, run_config, **wandb))
     return Sinks(sinks)
+
+
+def _keep_steps_up_to(path: Path, last_step: int) -> None:
+    """Rewrite `path` (atomically) without the lines of steps after `last_step`, nor a line cut
+    short by a kill."""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _format_line(m: dict) -> str:

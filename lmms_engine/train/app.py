@@ -17,7 +17,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmms_engine.checkpoint.export import export_hf
-from lmms_engine.checkpoint.manager import latest_checkpoint, load_checkpoint
+from lmms_engine.checkpoint.manager import check_writable, latest_checkpoint, load_checkpoint
 from lmms_engine.config import RunConfig, validate
 from lmms_engine.models.flops import peak_flops
 from lmms_engine.parallel import dist as pdist
@@ -56,6 +56,7 @@ def main(cfg: DictConfig) -> None:
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     """Train as `cfg` says, writing into `run_dir`. Returns the run directory."""
     rc = validate(cfg)
+    check_writable(run_dir / "checkpoints", pdist.env_rank())  # before any work, not at the first save
     strategy = instantiate(rc.groups["parallel"])
     strategy.setup()
     try:
