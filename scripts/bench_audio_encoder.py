@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -21,20 +22,52 @@ from omegaconf import OmegaConf
 from transformers import Qwen2AudioEncoderConfig
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
-from lmms_engine.models.audio_encoder import CONV_CONTEXT_FRAMES, audio_features_varlen
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import synchronize  # noqa: E402
+
+from lmms_engine.models.audio_encoder import CONV_CONTEXT_FRAMES, audio_features_varlen, max_mel_frames  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES_PER_SECOND = 100
 
 
-def timed(fn, iters: int, warmup: int) -> float:
+def timed(fn, iters: int, warmup: int, device: torch.device) -> float:
+    """Mean seconds of forward + backward of `fn()` over `iters` calls after `warmup` untimed ones."""
     for i in range(warmup + iters):
         if i == warmup:
-            torch.cuda.synchronize()
+            synchronize(device)
             start = time.perf_counter()
         fn().float().square().mean().backward()
-    torch.cuda.synchronize()
+    synchronize(device)
     return (time.perf_counter() - start) / iters
+
+
+def build_encoder(audio_config: dict, device: str, dtype: torch.dtype) -> Qwen2AudioEncoder:
+    """The stock encoder of a preset's `audio_config`, seeded random init, transformers' sdpa."""
+    torch.manual_seed(0)
+    config = Qwen2AudioEncoderConfig(**audio_config, attn_implementation="sdpa")
+    return Qwen2AudioEncoder(config).to(device=device, dtype=dtype)
+
+
+def encoder_costs(encoder: Qwen2AudioEncoder, lengths: list[int], iters: int, warmup: int = 2) -> dict:
+    """Forward + backward of the same clips (`lengths` valid mel frames each): the stock encoder on
+    the processor's layout (every clip padded to the 30 s window, padding zeroed) against
+    `audio_features_varlen` on each clip's real frames (+ conv context)."""
+    device, dtype = encoder.conv1.weight.device, encoder.conv1.weight.dtype
+    window = max_mel_frames(encoder)
+    padded = torch.randn(len(lengths), encoder.num_mel_bins, window, device=device, dtype=dtype)
+    for row, n in enumerate(lengths):
+        padded[row, :, n:] = 0
+    clips = [padded[row, :, : min(n + CONV_CONTEXT_FRAMES, window)] for row, n in enumerate(lengths)]
+    stock_s = timed(lambda: encoder(padded).last_hidden_state, iters, warmup, device)
+    varlen_s = timed(lambda: audio_features_varlen(encoder, clips, lengths).features, iters, warmup, device)
+    audio_seconds = float(sum(lengths)) / FRAMES_PER_SECOND
+    return {
+        "clips": len(lengths), "audio_seconds": audio_seconds, "padded_seconds": window / FRAMES_PER_SECOND * len(lengths),
+        "stock_step_s": stock_s, "rmpad_step_s": varlen_s, "speedup": stock_s / varlen_s,
+        "stock_ms_per_audio_second": 1000 * stock_s / audio_seconds,
+        "rmpad_ms_per_audio_second": 1000 * varlen_s / audio_seconds,
+    }
 
 
 def main() -> None:
@@ -45,24 +78,11 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     audio_config = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml").config.audio_config)
-    torch.manual_seed(0)
-    encoder = Qwen2AudioEncoder(Qwen2AudioEncoderConfig(**audio_config, attn_implementation="sdpa")).cuda().bfloat16()
+    encoder = build_encoder(audio_config, "cuda", torch.bfloat16)
     seconds = np.random.default_rng(0).uniform(2, 30, size=args.clips)
     lengths = [int(s * FRAMES_PER_SECOND) for s in seconds]
-    padded = torch.randn(args.clips, audio_config["num_mel_bins"], 3000, device="cuda", dtype=torch.bfloat16)
-    for row, n in enumerate(lengths):
-        padded[row, :, n:] = 0
-    clips = [padded[row, :, : min(n + CONV_CONTEXT_FRAMES, 3000)] for row, n in enumerate(lengths)]
-    stock_s = timed(lambda: encoder(padded).last_hidden_state, args.iters, 2)
-    varlen_s = timed(lambda: audio_features_varlen(encoder, clips, lengths).features, args.iters, 2)
-    audio_seconds = float(sum(lengths)) / FRAMES_PER_SECOND
-    report = {
-        "model": args.model, "card": torch.cuda.get_device_name(), "torch": torch.__version__, "clips": args.clips,
-        "audio_seconds": audio_seconds, "padded_seconds": 30.0 * args.clips,
-        "stock_step_s": stock_s, "rmpad_step_s": varlen_s, "speedup": stock_s / varlen_s,
-        "stock_ms_per_audio_second": 1000 * stock_s / audio_seconds,
-        "rmpad_ms_per_audio_second": 1000 * varlen_s / audio_seconds,
-    }
+    report = {"model": args.model, "card": torch.cuda.get_device_name(), "torch": torch.__version__,
+              **encoder_costs(encoder, lengths, args.iters)}
     print(json.dumps(report, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

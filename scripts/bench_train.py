@@ -18,13 +18,12 @@ import gc
 import json
 import math
 import os
-import platform
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import environment, throughput, timed_steps
 from omegaconf import OmegaConf
 
 from lmms_engine.data.collate import collate_packed, collate_padded
@@ -194,34 +193,19 @@ def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
         lr_at=None, flops_fn=bundle.step_flops, peak_flops=None, sinks=None,
         checkpoint_root=Path("/nonexistent"), max_steps=0, max_grad_norm=1.0, save_every=0, unpad=False,
     )
-    times, tokens, flops, losses = [], [], [], []
-    torch.cuda.reset_peak_memory_stats()
     # A step takes grad_accum packs per rank; rank r takes its own packs of the step.
     per_step = cfg.grad_accum * strategy.world_size
-    n_steps = len(data.steps) // per_step
-    for i in range(n_steps):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
+    steps = []
+    for i in range(len(data.steps) // per_step):
         packs = data.steps[i * per_step : (i + 1) * per_step][strategy.rank :: strategy.world_size]
-        step = sum(packs, [])
-        batches = packs if cfg.packing else micro_batches_for(step, False, args.baseline_micro_batch, seed=i)
-        stats = train_step(ctx, batches)
-        torch.cuda.synchronize()
-        if i >= math.ceil(args.warmup / cfg.grad_accum):
-            times.append(time.perf_counter() - start)
-            tokens.append(stats["tokens"])
-            flops.append(stats["flops"])
-        losses.append(stats["loss"])
+        steps.append(packs if cfg.packing else micro_batches_for(sum(packs, []), False, args.baseline_micro_batch, seed=i))
+    measured = timed_steps(ctx, steps, math.ceil(args.warmup / cfg.grad_accum), strategy.device)
     if args.profile == cfg.name:
         profile_steps(ctx, data, cfg, args)
-    seconds = sum(times)
     result = {
-        "config": cfg.name, **cfg.__dict__, "tokens_per_s": sum(tokens) / seconds,
-        "world_size": strategy.world_size, "parallel": args.parallel if not cfg.hf_style else "single",
-        "tokens_per_s_per_gpu": sum(tokens) / seconds / strategy.world_size,
-        "mfu": sum(flops) / seconds / peak_flops(torch.cuda.get_device_name()) / strategy.world_size,
-        "step_s": seconds / len(times), "tokens_per_step": sum(tokens) / len(tokens),
-        "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9, "loss_first": losses[0], "loss_last": losses[-1],
+        "config": cfg.name, **cfg.__dict__, "world_size": strategy.world_size,
+        "parallel": args.parallel if not cfg.hf_style else "single",
+        **throughput(measured, strategy.world_size, peak_flops(torch.cuda.get_device_name())),
         "attn_backend_resolved": patcher.backend,
     }
     del ctx, module, optimizer, bundle
@@ -240,21 +224,6 @@ def profile_steps(ctx, data: SyntheticSteps, cfg: BenchConfig, args) -> None:
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40)
     Path(args.profile_out).write_text(table)
     print(table[:6000])
-
-
-def environment() -> dict:
-    import transformers
-
-    try:
-        import liger_kernel
-
-        liger_version = liger_kernel.__version__ if hasattr(liger_kernel, "__version__") else "installed"
-    except ImportError:
-        liger_version = None
-    return {
-        "card": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "liger_kernel": liger_version, "python": platform.python_version(),
-    }
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ import gc
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,8 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import CONFIGS, environment, make_strategy, markdown_table, with_ratios  # noqa: E402
+from bench_train import CONFIGS, make_strategy, markdown_table, with_ratios  # noqa: E402
+from bench_common import environment, throughput, timed_steps  # noqa: E402
 
 from lmms_engine.data.collate import (  # noqa: E402
     collate_packed,
@@ -178,29 +178,13 @@ def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int
         max_steps=0, max_grad_norm=1.0, save_every=0, unpad=False, input_keys=bundle.input_keys,
         collator=make_collator(data.collate, [mb for step in steps for mb in step], args.data_workers, strategy.device),
     )
-    times, tokens, flops, losses = [], [], [], []
-    torch.cuda.reset_peak_memory_stats()
-    for i, batches in enumerate(steps):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        stats = train_step(ctx, batches)
-        torch.cuda.synchronize()
-        if i >= math.ceil(args.warmup / cfg.grad_accum):
-            times.append(time.perf_counter() - start)
-            tokens.append(stats["tokens"])
-            flops.append(stats["flops"])
-        losses.append(stats["loss"])
+    measured = timed_steps(ctx, steps, math.ceil(args.warmup / cfg.grad_accum), strategy.device)
     ctx.collator.close()
     if args.profile == name:
         profile_steps(ctx, steps[:2], data, args)
-    seconds = sum(times)
-
     result = {
-        "config": name, **cfg.__dict__, "world_size": 1, "tokens_per_s": sum(tokens) / seconds,
-        "tokens_per_s_per_gpu": sum(tokens) / seconds, "step_s": seconds / len(times),
-        "mfu": sum(flops) / seconds / peak_flops(torch.cuda.get_device_name()),
-        "tokens_per_step": sum(tokens) / len(tokens), "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9,
-        "loss_first": losses[0], "loss_last": losses[-1], "attn_backend_resolved": patcher.backend,
+        "config": name, **cfg.__dict__, "world_size": 1,
+        **throughput(measured, 1, peak_flops(torch.cuda.get_device_name())), "attn_backend_resolved": patcher.backend,
         "vision_attention": getattr(bundle.model.model.visual.blocks[0].attn, "lmms_varlen_backend", "sdpa"),
     }
     del ctx, module, optimizer, bundle

@@ -1,0 +1,107 @@
+"""What the training benchmarks share (bench_train.py, bench_vl.py, bench_audio.py): the timed loop
+over the framework's own training step, the throughput figures made from it, and the facts about
+the device and the software a report records.
+
+Timing: every step runs `lmms_engine.train.loop.train_step`; the first `warmup_steps` are not timed;
+the device is synchronised before and after each timed step. Peak memory is the accelerator's
+`max_memory_allocated` over the steps (on CPU, the process's peak resident memory so far).
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from lmms_engine.train.loop import train_step
+
+
+@dataclass
+class MeasuredSteps:
+    """Per timed step: wall seconds, real tokens and training FLOPs (global, all ranks); the loss of
+    every step (warm-up included); peak memory over all steps."""
+
+    seconds: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    flops: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    peak_mem_gb: float = 0.0
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    """The card's name on CUDA (what models/flops.py's peak table is keyed on), else the CPU's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux reports KiB
+
+
+def timed_steps(ctx, steps: list[list[list[int]]], warmup_steps: int, device: torch.device) -> MeasuredSteps:
+    """One train_step per entry of `steps` (its micro-batches); steps from `warmup_steps` on are timed."""
+    if len(steps) <= warmup_steps:
+        raise ValueError(f"{len(steps)} steps with {warmup_steps} warm-up steps leave none to time; "
+                         "raise --steps or lower --warmup")
+    measured = MeasuredSteps()
+    reset_peak_memory(device)
+    for i, batches in enumerate(steps):
+        synchronize(device)
+        start = time.perf_counter()
+        stats = train_step(ctx, batches)
+        synchronize(device)
+        if i >= warmup_steps:
+            measured.seconds.append(time.perf_counter() - start)
+            measured.tokens.append(stats["tokens"])
+            measured.flops.append(stats["flops"])
+        measured.losses.append(stats["loss"])
+    measured.peak_mem_gb = peak_memory_gb(device)
+    return measured
+
+
+def throughput(measured: MeasuredSteps, world_size: int, peak: float | None) -> dict:
+    """The report's figures. peak: the device's dense bf16 FLOP/s (None: MFU is reported as null)."""
+    seconds = sum(measured.seconds)
+    tokens = sum(measured.tokens)
+    return {
+        "tokens_per_s": tokens / seconds,
+        "tokens_per_s_per_gpu": tokens / seconds / world_size,
+        "step_s": seconds / len(measured.seconds),
+        "mfu": sum(measured.flops) / seconds / peak / world_size if peak else None,
+        "tokens_per_step": tokens / len(measured.tokens),
+        "peak_mem_gb": measured.peak_mem_gb,
+        "loss_first": measured.losses[0],
+        "loss_last": measured.losses[-1],
+    }
+
+
+def environment(device: torch.device | None = None) -> dict:
+    """Card and software versions (device None: the current CUDA device)."""
+    import transformers
+
+    try:
+        import liger_kernel
+
+        liger_version = liger_kernel.__version__ if hasattr(liger_kernel, "__version__") else "installed"
+    except ImportError:
+        liger_version = None
+    return {
+        "card": device_name(device or torch.device("cuda")), "torch": torch.__version__,
+        "transformers": transformers.__version__, "liger_kernel": liger_version, "python": platform.python_version(),
+    }
