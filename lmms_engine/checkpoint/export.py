@@ -10,6 +10,8 @@ from pathlib import Path
 
 from torch import nn
 
+from lmms_engine.checkpoint.manager import any_rank, describe_os_error
+
 log = logging.getLogger(__name__)
 
 
@@ -17,10 +19,18 @@ def export_hf(module: nn.Module, artifacts, out_dir: Path, strategy) -> None:
     """Gather full weights (on rank 0, in CPU memory) and save them, atomically, with `artifacts`:
     the tokenizer, or a multimodal model's processor (tokenizer + image / video preprocessing)."""
     state = strategy.full_state_dict(module)
+    error = None
     if strategy.is_main:
         lm_state = {name.removeprefix("lm."): tensor for name, tensor in state.items()}
-        _write(strategy.unwrap(module).lm, lm_state, artifacts, out_dir)
-    strategy.barrier()
+        try:
+            _write(strategy.unwrap(module).lm, lm_state, artifacts, out_dir)
+        except OSError as err:  # disk full, permissions: the run's checkpoint is complete, say so
+            error = err
+    if any_rank(strategy, error is not None):  # also the barrier: no rank waits for one that failed
+        shutil.rmtree(out_dir.with_name(out_dir.name + ".tmp"), ignore_errors=True)
+        reason = describe_os_error(error) if error is not None else "it failed on rank 0"
+        raise ValueError(f"could not export the model to {out_dir}: {reason}; the final checkpoint is complete: free "
+                         f"space or fix permissions, then run again with trainer.resume=auto to export it")
 
 
 def _write(lm, lm_state: dict, artifacts, out_dir: Path) -> None:

@@ -64,7 +64,7 @@ def check_writable(root: Path, rank: int = 0) -> None:
             os.fsync(f.fileno())
         probe.unlink()
     except OSError as err:
-        raise ValueError(f"checkpoint directory {root} is not writable: {_describe(err)}; choose another "
+        raise ValueError(f"checkpoint directory {root} is not writable: {describe_os_error(err)}; choose another "
                          f"output_root (or hydra.run.dir) or fix its permissions / free space") from err
 
 
@@ -129,7 +129,7 @@ def _os_error_in(err: CheckpointException) -> OSError | None:
 def _all_ranks_or_fail(strategy, final: Path, error: BaseException | None) -> None:
     """A barrier that also tells every rank whether any rank failed; then all raise together
     (a rank that raised alone would leave the others waiting in the next collective)."""
-    failed = _any_rank(strategy, error is not None)
+    failed = any_rank(strategy, error is not None)
     if not failed:
         return
     tmp = final.with_name(final.name + ".tmp")
@@ -142,17 +142,18 @@ def _all_ranks_or_fail(strategy, final: Path, error: BaseException | None) -> No
         raise CheckpointWriteError(f"could not write checkpoint {final}: the write failed on another rank; {kept}")
     if not isinstance(error, (OSError, CheckpointException)):
         raise error
-    raise CheckpointWriteError(f"could not write checkpoint {final}: {_describe(error)}; {kept}") from error
+    raise CheckpointWriteError(f"could not write checkpoint {final}: {describe_os_error(error)}; {kept}") from error
 
 
-def _describe(error: BaseException) -> str:
+def describe_os_error(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         where = f" ({error.filename})" if error.filename else ""
         return f"[Errno {error.errno}] {error.strerror}{where}"
     return f"{type(error).__name__}: {error}"
 
 
-def _any_rank(strategy, flag: bool) -> bool:
+def any_rank(strategy, flag: bool) -> bool:
+    """True on every rank when `flag` is true on any (an all-reduce, so also a barrier)."""
     if strategy.world_size == 1:
         return flag
     return strategy.all_reduce_sum(torch.tensor([float(flag)], device=strategy.device)).item() > 0
