@@ -37,7 +37,8 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 POLL_S = 0.003
 # One thread per process: reproducible CPU kernels and no oversubscription of small CI machines.
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# A wide console: rich does not wrap the log lines (messages with long paths) that tests look for.
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "1000"}
 
 
 def free_port() -> int:
@@ -53,7 +54,8 @@ class SubprocessLauncher:
         self.nproc, self.env, self.log_dir = nproc, env, log_dir
         self._proc, self._log = None, None
 
-    def start(self, overrides: list[str], attempt: int) -> None:
+    def start(self, overrides: list[str], attempt: int, rlimit_fsize: int | None = None) -> None:
+        """rlimit_fsize: the largest file (bytes) the run may write (a real EFBIG beyond, like a full disk)."""
         if self.nproc > 1:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
                    "train.py", *overrides]
@@ -61,7 +63,7 @@ class SubprocessLauncher:
             cmd = [sys.executable, "train.py", *overrides]
         self._log = open(self.log_dir / f"attempt{attempt}.log", "w")
         self._proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=_file_size_limit(rlimit_fsize))
 
     def poll(self) -> int | None:
         return self._proc.poll()
@@ -80,6 +82,18 @@ class SubprocessLauncher:
             self._proc.wait()
 
 
+def _file_size_limit(limit: int | None):
+    if limit is None:
+        return None
+
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
 class ForkLauncher:
     """Attempts forked from a helper process that has imported the training code (see module doc)."""
 
@@ -90,12 +104,30 @@ class ForkLauncher:
         assert self._read() == {"ready": True}
         self._pids, self._codes = [], None
 
-    def start(self, overrides: list[str], attempt: int) -> None:
+    def start(self, overrides: list[str], attempt: int, rlimit_fsize: dict[int, int] | None = None,
+              inject: dict | None = None) -> None:
+        """rlimit_fsize: rank -> largest file (bytes) it may write (a real EFBIG beyond, like a full
+        disk); inject: {"fn": "module:function", **kwargs}, called in each rank as fn(rank, **kwargs)
+        before training (test-only fault injection, e.g. poison_loss below)."""
         request = {"argv": overrides, "nproc": self.nproc, "port": free_port(),
-                   "log": str(self.log_dir / f"attempt{attempt}.log")}
+                   "log": str(self.log_dir / f"attempt{attempt}.log"),
+                   "rlimit_fsize": {str(k): v for k, v in (rlimit_fsize or {}).items()}, "inject": inject}
         self._helper.stdin.write(json.dumps(request) + "\n")
         self._helper.stdin.flush()
         self._pids, self._codes = self._read()["pids"], None
+
+    @property
+    def pids(self) -> list[int]:
+        return list(self._pids)
+
+    @property
+    def exit_codes(self) -> list[int] | None:
+        return self._codes
+
+    def logs(self, attempt: int) -> list[str]:
+        """Each rank's console output of attempt `attempt`."""
+        base = self.log_dir / f"attempt{attempt}.log"
+        return [Path(f"{base}.rank{r}" if r else base).read_text() for r in range(self.nproc)]
 
     def poll(self) -> int | None:
         if self._codes is None and not any(_alive(pid) for pid in self._pids):
@@ -256,6 +288,29 @@ def _latest_step(root: Path) -> int:
     return int(path.name.split("_")[1]) if path else 0
 
 
+def run_once(launcher, overrides: list[str], attempt: int, timeout_s: float = 300, **start) -> int:
+    """One attempt to its end; returns its exit status (the worst rank's)."""
+    launcher.start(overrides, attempt, **start)
+    return launcher.wait(timeout_s)
+
+
+def poison_loss(rank: int, ranks: list[int], calls: list[int]) -> None:
+    """Test-only fault injection, in a training process before it starts: the loss module's forward
+    call k (1-based; step k with grad_accum=1) returns NaN on the ranks listed."""
+    from lmms_engine.train.module import CausalLMWithLoss
+
+    if rank not in ranks:
+        return
+    forward, count = CausalLMWithLoss.forward, [0]
+
+    def poisoned(self, *args, **kwargs):
+        count[0] += 1
+        loss = forward(self, *args, **kwargs)
+        return loss * float("nan") if count[0] in calls else loss
+
+    CausalLMWithLoss.forward = poisoned
+
+
 # ---- the run under test, its reference and the comparison ----
 
 @dataclass
@@ -412,6 +467,17 @@ def _fork_rank(request: dict, rank: int) -> int:
             os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(request["nproc"]),
                               LOCAL_WORLD_SIZE=str(request["nproc"]), MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=str(request["port"]))
+        limit = request["rlimit_fsize"].get(str(rank))
+        if limit is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: writes get EFBIG
+        if request["inject"]:
+            import importlib
+
+            inject = dict(request["inject"])
+            module, _, name = inject.pop("fn").partition(":")
+            getattr(importlib.import_module(module), name)(rank, **inject)
         sys.argv = ["train.py", *request["argv"]]
         from lmms_engine.train.app import main
 

@@ -12,8 +12,8 @@ touches the folder just written. A folder is deleted by renaming it to `<name>.d
 an interrupted deletion never leaves a step folder with files missing; `.tmp` and `.deleting`
 leftovers of a killed run are removed after the next successful save.
 
-Failures: an OSError while writing (disk full, permissions, read-only file system) on any rank is
-raised on every rank as CheckpointWriteError (a ValueError: the run exits with status 1 and a
+Failures: a failed write (disk full, permissions, read-only file system) on any rank is raised on
+every rank as CheckpointWriteError (a ValueError: the run exits with status 1 and a
 message naming the checkpoint, the OS error and the previous complete checkpoint). The half-written
 folder is removed and nothing is pruned.
 """
@@ -53,16 +53,19 @@ def latest_checkpoint(root: Path) -> Path | None:
     return max(complete, key=lambda p: int(STEP_DIR.match(p.name).group(1)), default=None)
 
 
-def check_writable(root: Path, rank: int = 0) -> None:
-    """Fail now, not at the first checkpoint hours later, if `root` cannot be created or written."""
+def check_writable(root: Path, rank: int = 0, size: int = 2) -> None:
+    """Fail now, not at the first checkpoint hours later, if `root` cannot be created or written
+    (a ValueError naming the OS error; called at startup, and to diagnose a failed save)."""
     probe = root / f".write_probe_rank{rank}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with open(probe, "wb") as f:
-            f.write(b"ok")
-            f.flush()
-            os.fsync(f.fileno())
-        probe.unlink()
+        try:
+            with open(probe, "wb") as f:
+                f.write(bytes(size))
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
     except OSError as err:
         raise ValueError(f"checkpoint directory {root} is not writable: {describe_os_error(err)}; choose another "
                          f"output_root (or hydra.run.dir) or fix its permissions / free space") from err
@@ -89,8 +92,14 @@ def save_checkpoint(root: Path, step: int, module: nn.Module, optimizer, train_s
 
 
 class CheckpointWriteError(ValueError):
-    """A checkpoint could not be written (an OSError on some rank). A ValueError: the run stops
-    with its message and exit status 1, like other problems the user has to fix."""
+    """A checkpoint could not be written on some rank. A ValueError: the run stops with its message
+    and exit status 1, like other problems the user has to fix."""
+
+
+# What a failed write raises: an OSError, or, from torch.save (which the DCP writer and DeepSpeed use
+# too), a RuntimeError of its zip writer ("unexpected pos ..."): it reports a short write (a full
+# disk) that way, without the OS error.
+WRITE_ERRORS = (OSError, RuntimeError)
 
 
 def _write_shards(tmp: Path, module: nn.Module, optimizer, train_state: dict, strategy) -> None:
@@ -104,26 +113,17 @@ def _make_empty(tmp: Path) -> None:
 
 
 def _attempt(fn, *args) -> BaseException | None:
-    """Run fn(*args); return the OSError it raised (None if it succeeded). DCP reports a failed
-    write on any rank as a CheckpointException (a BaseException) on every rank: unwrapped here."""
+    """Run fn(*args); return the write error it raised (None if it succeeded). DCP reports a write
+    that failed on any rank as a CheckpointException (a BaseException) on every rank."""
     try:
         fn(*args)
-    except OSError as err:
+    except (*WRITE_ERRORS, CheckpointException) as err:
         return err
-    except CheckpointException as err:
-        return _os_error_in(err) or err
     return None
 
 
 def _on_main(strategy, fn, *args) -> BaseException | None:
     return _attempt(fn, *args) if strategy.is_main else None
-
-
-def _os_error_in(err: CheckpointException) -> OSError | None:
-    for exc, _trace in err.failures.values():
-        if isinstance(exc, OSError):
-            return exc
-    return None
 
 
 def _all_ranks_or_fail(strategy, final: Path, error: BaseException | None) -> None:
@@ -132,24 +132,41 @@ def _all_ranks_or_fail(strategy, final: Path, error: BaseException | None) -> No
     failed = any_rank(strategy, error is not None)
     if not failed:
         return
-    tmp = final.with_name(final.name + ".tmp")
+    root = final.parent
     if strategy.is_main:
-        _remove(tmp)  # best effort: the disk may still refuse
-    previous = latest_checkpoint(final.parent)
+        _remove(root / f"{final.name}.tmp")  # best effort: the disk may still refuse
+    previous = latest_checkpoint(root)
     kept = (f"the previous complete checkpoint {previous} is intact; free space or fix permissions, then resume "
             f"with trainer.resume=auto" if previous else "there is no earlier complete checkpoint of this run")
-    if error is None:
-        raise CheckpointWriteError(f"could not write checkpoint {final}: the write failed on another rank; {kept}")
-    if not isinstance(error, (OSError, CheckpointException)):
-        raise error
-    raise CheckpointWriteError(f"could not write checkpoint {final}: {describe_os_error(error)}; {kept}") from error
+    reason = describe_os_error(error) if error is not None else "the write failed on another rank"
+    if not isinstance(error, OSError):  # the OS error is hidden (or elsewhere): look at the disk from here
+        reason += _disk_report(root, strategy.rank)
+    raise CheckpointWriteError(f"could not write checkpoint {final}: {reason}; {kept}") from error
+
+
+def _disk_report(root: Path, rank: int) -> str:
+    """What a small test write in `root` says (the OS error a full disk gives), and the free space."""
+    try:
+        check_writable(root, rank, size=2**20)
+        probe = ""
+    except ValueError as err:
+        probe = f"; a 1 MiB test write there fails too: {describe_os_error(err.__cause__)}"
+    try:
+        free = f"; {shutil.disk_usage(root).free / 2**30:.2f} GiB free on its file system"
+    except OSError:
+        free = ""
+    return probe + free
 
 
 def describe_os_error(error: BaseException) -> str:
+    """The OS error in a line: `[Errno 28] No space left on device (path)`; for DCP's exception,
+    each failed rank's error (without DCP's tracebacks)."""
+    if isinstance(error, CheckpointException):
+        return "; ".join(f"rank {rank}: {describe_os_error(exc)}" for rank, (exc, _) in sorted(error.failures.items()))
     if isinstance(error, OSError) and error.strerror:
         where = f" ({error.filename})" if error.filename else ""
         return f"[Errno {error.errno}] {error.strerror}{where}"
-    return f"{type(error).__name__}: {error}"
+    return f"{type(error).__name__}: {str(error).strip()}"
 
 
 def any_rank(strategy, flag: bool) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from lmms_engine.checkpoint.manager import CheckpointWriteError, latest_checkpoi
 from lmms_engine.logging.sinks import JsonlSink
 from lmms_engine.train.app import run
 from lmms_engine.train.module import CausalLMWithLoss
-from tests.conftest import compose_config
+from tests.conftest import SHRINK, compose_config
+from tests.fault_harness import THREAD_ENV, SubprocessLauncher
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -244,3 +246,25 @@ def test_interrupted_deletion_never_leaves_a_resumable_partial_checkpoint(tmp_pa
     manager.prune_checkpoints(tmp_path, keep_last=1, keep=tmp_path / "step_6")
     manager.remove_leftovers(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_6"]
+
+
+@pytest.mark.slow
+def test_real_full_disk_exits_with_status_1_and_resumes(cache, reference, tmp_path):
+    """`python train.py` with a real write failure: RLIMIT_FSIZE makes every file larger than 4 MiB
+    fail (EFBIG, as a full disk fails a write). The resumed run trains step 5, cannot checkpoint it,
+    and exits with status 1 through app.main's user-error path; step 4 stays, and resumes."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    overrides = [*SHRINK, f"data.cache_dir={cache}", "trainer.export_hf=false", "data.packing_length=256",
+                 "trainer.save_every=1", "trainer.keep_last=1", "trainer.resume=auto"]
+    launcher = SubprocessLauncher(1, dict(os.environ, **THREAD_ENV), tmp_path)
+    launcher.start([*overrides, "trainer.max_steps=6", f"hydra.run.dir={run_dir}"], 0, rlimit_fsize=4 * 2**20)
+    assert launcher.wait(300) == 1
+    output = " ".join((tmp_path / "attempt0.log").read_text().split())
+    checkpoints = run_dir / "checkpoints"
+    assert f"could not write checkpoint {checkpoints / 'step_5'}: rank 0: RuntimeError" in output, output[-3000:]
+    assert f"the previous complete checkpoint {checkpoints / 'step_4'} is intact" in output
+    assert "Traceback" not in output  # a message, not a crash
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_4"]
+    run(compose_config(*overrides, "trainer.max_steps=6"), run_dir)  # room again: resume from step 4
+    assert [r["step"] for r in _metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
