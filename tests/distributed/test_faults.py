@@ -8,6 +8,7 @@ RANK / WORLD_SIZE / MASTER_* set as torchrun would); a slow test kills real torc
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -202,3 +203,18 @@ def test_fsdp2_nan_on_one_rank_is_skipped_by_both(fork2, tmp_path):
 
 def test_fsdp2_consecutive_nan_steps_stop_both_ranks(fork2, tmp_path):
     _check_max_bad_steps_stops(fork2, FSDP2_NAN, tmp_path, 301)
+
+
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="DeepSpeed not installed (uv sync --extra deepspeed)")
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_nan_on_one_rank_is_skipped_by_both(stage, fork2, tmp_path):
+    _check_nan_step_skipped(fork2, [*FSDP2_NAN, f"parallel={stage}"], tmp_path, 400)
+
+
+@needs_deepspeed
+def test_deepspeed_consecutive_nan_steps_stop_both_ranks(fork2, tmp_path):
+    _check_max_bad_steps_stops(fork2, [*FSDP2_NAN, "parallel=zero2"], tmp_path, 401)
