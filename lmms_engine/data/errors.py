@@ -8,6 +8,12 @@ so a user can open the file at the right line:
 
 from __future__ import annotations
 
+from typing import Any
+
+# Longest repr of a record's value quoted in an error message: enough for any real path, while a
+# junk value (a 1 MB role, an inline data: URL) is cut.
+MAX_QUOTED_CHARS = 300
+
 
 class DataError(ValueError):
     """A bad record: `where` is `file:line` (jsonl, 1-based) or `file#index` (0-based record).
@@ -43,3 +49,11 @@ class TemplateError(ValueError):
     """The tokenizer's chat template cannot be used for label masking (not prefix-stable, or it
     does not close assistant turns with an end-of-turn token). Never skipped: it affects every
     record, so skipping would silently drop the whole data set."""
+
+
+def shorten(value: Any) -> str:
+    """`repr(value)` for an error message, cut to MAX_QUOTED_CHARS (junk can be huge or nested)."""
+    text = repr(value)
+    if len(text) <= MAX_QUOTED_CHARS:
+        return text
+    return f"{text[:MAX_QUOTED_CHARS]}... ({len(text)} characters)"

@@ -47,7 +47,7 @@ import torch
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-from .errors import DataError
+from .errors import DataError, shorten
 from .types import MediaItem
 
 
@@ -144,16 +144,26 @@ def _check_settings(s: MediaSettings) -> None:
 def resolve_media_path(url: str, data_folder: str | None, where: str, allow_escape: bool = False) -> Path:
     """The local file a media part names; DataError if it is a remote URL, a relative path that
     leaves `data_folder` (unless `allow_escape`), or does not exist."""
-    parsed = urlparse(url)
+    quoted = shorten(url)
+    try:
+        parsed = urlparse(url)
+    except ValueError as error:  # e.g. "http://[::1" (an unclosed IPv6 host)
+        raise DataError(
+            where, "media_url_unsupported", f"media {quoted} is not a valid URL: {error}"
+        ) from None
     if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise DataError(where, "media_url_unsupported", f"file URL {url!r} names another host")
         path = Path(unquote(parsed.path))
+        if parsed.netloc not in ("", "localhost") or not path.is_absolute():
+            raise DataError(
+                where,
+                "media_url_unsupported",
+                f"file URL {quoted} must name an absolute path on this host (file:///data/x.png)",
+            )
     elif len(parsed.scheme) > 1:  # one letter is a Windows drive, not a scheme
         raise DataError(
             where,
             "media_url_unsupported",
-            f"media {url!r}: {parsed.scheme}:// URLs are not fetched (no network access during training); "
+            f"media {quoted}: {parsed.scheme}:// URLs are not fetched (no network access during training); "
             "download the file and give a local path",
         )
     else:
@@ -161,13 +171,27 @@ def resolve_media_path(url: str, data_folder: str | None, where: str, allow_esca
         if not path.is_absolute():
             path = _under_data_folder(path, data_folder, url, where, allow_escape)
     path = path.absolute()
-    if not path.is_file():
+    if not _is_file(path, url, data_folder, where):
         raise DataError(
             where,
             "media_missing",
-            f"media file {str(path)!r} not found (part value {url!r}, data_folder {data_folder!r})",
+            f"media file {shorten(str(path))} not found (part value {quoted}, data_folder {data_folder!r})",
         )
     return path
+
+
+def _is_file(path: Path, url: str, data_folder: str | None, where: str) -> bool:
+    """`path.is_file()`, with the OS errors it raises (a name too long, a folder without search
+    permission) as a `media_missing` error of the record."""
+    try:
+        return path.is_file()
+    except OSError as error:
+        raise DataError(
+            where,
+            "media_missing",
+            f"media file {shorten(str(path))} cannot be accessed: {error.strerror} (part value "
+            f"{shorten(url)}, data_folder {data_folder!r})",
+        ) from None
 
 
 def _under_data_folder(
@@ -184,7 +208,7 @@ def _under_data_folder(
         raise DataError(
             where,
             "media_path_escape",
-            f"media path {url!r} leaves its {folder} (resolves to {joined!r}); "
+            f"media path {shorten(url)} leaves its {folder} (resolves to {shorten(joined)}); "
             "use a path inside data_folder, an absolute path, or set data.allow_path_escape=true",
         )
     return Path(joined)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import DataError
+from .errors import DataError, shorten
 from .types import MEDIA_TYPES, ROLES, ContentPart, Message, Provenance, Record
 
 PART_TYPE_ALIASES = {"image": "image_url", "video": "video_url", "audio": "audio_url"}
@@ -56,11 +56,11 @@ def _parse_message(raw: Any, i: int, where: str) -> Message:
         raise DataError(
             where,
             "unknown_role",
-            f"messages[{i}] has unknown role {role!r} (expected one of {', '.join(ROLES)})",
+            f"messages[{i}] has unknown role {shorten(role)} (expected one of {', '.join(ROLES)})",
         )
     content = raw.get("content")
     if isinstance(content, str):
-        return Message(role=role, content=content)
+        return Message(role=role, content=_encodable(content, f"messages[{i}] ({role}) 'content'", where))
     if isinstance(content, list):
         parts = tuple(_parse_part(p, i, j, where) for j, p in enumerate(content))
         return Message(role=role, content=parts)
@@ -80,11 +80,14 @@ def _parse_part(raw: Any, i: int, j: int, where: str) -> ContentPart:
         text = raw.get("text")
         if not isinstance(text, str):
             raise DataError(where, "bad_part", f"{at} of type 'text' needs a string 'text'")
-        return ContentPart(type="text", value=text)
-    canonical = PART_TYPE_ALIASES.get(kind, kind)
+        return ContentPart(type="text", value=_encodable(text, f"{at} 'text'", where))
+    # A non-string type (a list or dict in the JSON) is unhashable: no dict lookup with it.
+    canonical = PART_TYPE_ALIASES.get(kind, kind) if isinstance(kind, str) else None
     if canonical not in MEDIA_TYPES:
         allowed = ", ".join(("text", *MEDIA_TYPES, *PART_TYPE_ALIASES))
-        raise DataError(where, "bad_part", f"{at} has unknown type {kind!r} (expected one of {allowed})")
+        raise DataError(
+            where, "bad_part", f"{at} has unknown type {shorten(kind)} (expected one of {allowed})"
+        )
     return ContentPart(type=canonical, value=_media_url(raw, kind, canonical, at, where))
 
 
@@ -102,3 +105,19 @@ def _media_url(raw: dict, kind: str, canonical: str, at: str, where: str) -> str
             f"{at} of type {kind!r} needs '{canonical}' as a non-empty string or {{\"url\": string}}",
         )
     return payload
+
+
+def _encodable(text: str, what: str, where: str) -> str:
+    """`text`, if it has a UTF-8 form. A JSON escape of a lone surrogate (`"\\ud800"`, half of a
+    pair) decodes to a str that has none, and the tokenizer refuses it (a TypeError that would
+    stop the whole chunk), so it is an error of its record."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise DataError(
+            where,
+            "not_utf8",
+            f"{what} holds the lone surrogate {text[error.start]!r} at character {error.start} "
+            "(a \\uXXXX escape that is half of a pair), which is not valid Unicode",
+        ) from None
+    return text

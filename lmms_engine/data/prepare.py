@@ -244,8 +244,10 @@ def _decode(payload: Any, source: SourceFile, location: int) -> Any:
         return json.loads(payload.decode("utf-8"))
     except UnicodeDecodeError as error:
         raise DataError(where, "not_utf8", f"line is not valid UTF-8: {error}") from error
-    except json.JSONDecodeError as error:
+    except ValueError as error:  # a JSONDecodeError, or an integer over Python's 4300-digit limit
         raise DataError(where, "malformed_json", f"invalid JSON: {error}") from error
+    except RecursionError:  # the json module's limit on nesting (about 1000 levels)
+        raise DataError(where, "malformed_json", "invalid JSON: nested too deeply") from None
 
 
 def _provenance(source: SourceFile, location: int) -> Provenance:
