@@ -37,6 +37,13 @@ def parse_record(raw: Any, provenance: Provenance) -> Record:
         raise DataError(
             where, "assistant_first", "messages[0] is an assistant turn; start with a system or user turn"
         )
+    for i, message in enumerate(messages):
+        if message.role == "assistant" and message.has_media:
+            # Its placeholders would be masked but the vision / audio start and end tokens trained.
+            raise DataError(
+                where, "media_in_assistant", f"messages[{i}] is an assistant turn with a media part; images, "
+                "video and audio go in system or user turns (the model reads media, it does not generate it)"
+            )
     if not any(m.role == "assistant" and _is_non_empty(m) for m in messages):
         raise DataError(where, "no_assistant", "conversation has no assistant turn with non-empty content")
     return Record(messages=messages, provenance=provenance)

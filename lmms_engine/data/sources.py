@@ -199,7 +199,7 @@ def _jsonl_items(path: Path) -> Iterator[tuple[int, bytes]]:
 def _json_items(path: Path) -> Iterator[tuple[int, Any]]:
     try:
         records = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # also: too deeply nested, a too-long integer
         raise DataSourceError(str(path), f"invalid JSON file: {error}") from error
     if not isinstance(records, list):
         raise DataSourceError(

@@ -252,6 +252,13 @@ def test_json_source_must_be_a_list(tokenizer, tmp_path):
         build(tokenizer, tmp_path / "r.json", tmp_path, on_error="skip")
 
 
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "[" + "9" * 5000 + "]"])
+def test_json_source_too_deep_or_with_a_huge_integer_names_the_file(tokenizer, tmp_path, text):
+    (tmp_path / "r.json").write_text(text)
+    with pytest.raises(DataSourceError, match=r"r\.json: invalid JSON file"):
+        build(tokenizer, tmp_path / "r.json", tmp_path, on_error="skip")
+
+
 def test_all_records_bad_is_an_error_even_with_skip(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", ["{nope", {"messages": []}])
     with pytest.raises(DataSourceError, match="only 0 usable samples"):

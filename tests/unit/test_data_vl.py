@@ -186,6 +186,15 @@ def test_remote_urls_are_refused(bundle, spec, media, tmp_path, url):
     assert caught.value.reason == "media_url_unsupported"
 
 
+def test_media_in_an_assistant_turn_is_refused(bundle, spec, media, tmp_path):
+    drawn = {"role": "assistant", "content": [image("a.png"), {"type": "text", "text": "Here."}]}
+    records = [[user("Hi"), assistant("Hello.")], [user("Draw"), drawn]]
+    data = write_records(tmp_path / "d.jsonl", records)
+    with pytest.raises(DataError, match=r"d\.jsonl:2: messages\[1\] is an assistant turn with a media part") as caught:
+        build(bundle, spec, write_yaml(tmp_path, data, media), tmp_path)
+    assert caught.value.reason == "media_in_assistant"
+
+
 # ---------------------------------------------------------------- collation
 
 
