@@ -131,7 +131,7 @@ def _map_chunks(
     """Chunk results in file order; in-process when one process would do (starting workers costs)."""
     if num_proc <= 1 or len(chunks) <= 1:
         for items in chunks:
-            yield _tokenize_items(tokenizer, source, items, media)
+            yield tokenize_items(tokenizer, source, items, media)
         return
     with _worker_pool(tokenizer, min(num_proc, len(chunks))) as pool:
         yield from pool.imap(_tokenize_in_worker, ((source, items, media) for items in chunks))
@@ -150,7 +150,7 @@ def _init_worker(tokenizer: PreTrainedTokenizerBase) -> None:
 def _tokenize_in_worker(job: tuple[SourceFile, list, MediaSupport | None]) -> _ChunkResult:
     assert _WORKER_TOKENIZER is not None, "worker not initialised"
     source, items, media = job
-    return _tokenize_items(_WORKER_TOKENIZER, source, items, media)
+    return tokenize_items(_WORKER_TOKENIZER, source, items, media)
 
 
 @contextmanager
@@ -180,7 +180,7 @@ def _restore_env(name: str, value: str | None) -> None:
 # ---------------------------------------------------------------- one chunk
 
 
-def _tokenize_items(
+def tokenize_items(
     tokenizer: PreTrainedTokenizerBase,
     source: SourceFile,
     items: list[tuple[int, Any]],

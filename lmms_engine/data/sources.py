@@ -211,15 +211,15 @@ def _json_items(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _arrow_items(path: Path) -> Iterator[tuple[int, Any]]:
-    dataset = _load_arrow(path)
+    dataset = load_arrow(path)
     index = 0
     for batch in dataset.iter(batch_size=1000):
-        for row in _rows(batch):
+        for row in columns_to_rows(batch):
             yield index, row
             index += 1
 
 
-def _load_arrow(path: Path):
+def load_arrow(path: Path):
     import datasets  # heavy import, only for arrow sources
 
     if path.is_file():
@@ -247,7 +247,7 @@ def _parquet_items(path: Path) -> Iterator[tuple[int, Any]]:
             index += 1
 
 
-def _rows(columns: dict[str, list]) -> Iterator[dict[str, Any]]:
+def columns_to_rows(columns: dict[str, list]) -> Iterator[dict[str, Any]]:
     """Columnar batch (dict of lists) -> rows (dicts)."""
     names = list(columns)
     for values in zip(*(columns[name] for name in names), strict=True):

@@ -38,8 +38,8 @@ import numpy as np
 from .dataset import _MediaInputs, collate_samples, cut_flags, placeholder_id_list
 from .errors import DataError, DataSourceError
 from .packing import apply_overlong, pack_best_fit_decreasing
-from .prepare import _tokenize_items
-from .sources import DatasetEntry, SourceFile, _load_arrow, _rows
+from .prepare import tokenize_items
+from .sources import DatasetEntry, SourceFile, load_arrow, columns_to_rows
 from .types import Sample, format_location
 
 logger = logging.getLogger("lmms_engine.data")
@@ -277,12 +277,12 @@ class _RowTable:
             self._group_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
             self.num_rows = int(self._group_starts[-1])
         else:
-            self._arrow = _load_arrow(source.path)
+            self._arrow = load_arrow(source.path)
             self.num_rows = len(self._arrow)
 
     def rows(self, start: int, stop: int) -> list[dict]:
         if self.source.data_type != "parquet":
-            return list(_rows(self._arrow[start:stop]))
+            return list(columns_to_rows(self._arrow[start:stop]))
         first = int(np.searchsorted(self._group_starts, start, side="right")) - 1
         last = int(np.searchsorted(self._group_starts, stop, side="left"))
         table = self._parquet.read_row_groups(list(range(first, last)))
@@ -400,7 +400,7 @@ class SampleStream:
 
     def _tokenize_run(self, source: SourceFile, items: list[tuple[int, Any]]) -> list[Sample]:
         data = self.dataset
-        result = _tokenize_items(data.tokenizer, source, items, data.media_support)
+        result = tokenize_items(data.tokenizer, source, items, data.media_support)
         self.counters.records += len(items)
         for error in result.errors:
             self._skip_record(error)
