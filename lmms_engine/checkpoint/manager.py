@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
+from lmms_engine.checkpoint.safe_load import load_weights_only
+
 log = logging.getLogger(__name__)
 
 # A one-process run has no process group; DCP then saves/loads locally, as intended.
@@ -248,4 +250,4 @@ def load_checkpoint(path: Path, module: nn.Module, optimizer, strategy) -> dict:
         raise ValueError(f"checkpoint {path} is incomplete (no {COMPLETE_MARKER} marker); it cannot be resumed")
     strategy.load_model_optimizer(path, module, optimizer)
     own = path / f"train_state_rank{strategy.rank}.pt"
-    return torch.load(own if own.is_file() else path / "train_state_rank0.pt", weights_only=True)
+    return load_weights_only(own if own.is_file() else path / "train_state_rank0.pt")

@@ -15,6 +15,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from lmms_engine.checkpoint.safe_load import dcp_load
 from lmms_engine.parallel import dist as pdist
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -89,10 +90,10 @@ class Strategy:
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
 
     def load_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
-        """Load what save_model_optimizer wrote, resharding to this run's ranks (DCP)."""
+        """Load what save_model_optimizer wrote, resharding to this run's ranks (DCP; plain data only)."""
         model_sd, optim_sd = get_state_dict(module, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=path)
+        dcp_load(state, path)
         set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
     def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:

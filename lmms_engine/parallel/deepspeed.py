@@ -9,7 +9,8 @@ How the loop's calls map onto DeepSpeed:
 - norm, clip and update are one call in DeepSpeed (engine.step(): the partitioned gradients' global
   norm is computed there). clip_grad_norm() sets the threshold, runs engine.step() and returns the
   pre-clip global norm DeepSpeed computed; optimizer_step() then has nothing left to do.
-- checkpoints use DeepSpeed's own format (save_model_optimizer / load_model_optimizer) and the HF
+- checkpoints use DeepSpeed's own format (save_model_optimizer / load_model_optimizer, which reads
+  them weights-only: checkpoint/safe_load.py) and the HF
   export gathers full fp32 weights with deepspeed.utils.safe_get_full_fp32_param (full_state_dict).
 
 ZeRO-3 never holds the whole model on one rank:
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from lmms_engine.checkpoint.safe_load import deepspeed_weights_only
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
 from lmms_engine.parallel.common import apply_checkpointing_and_compile, checkpoint_every
@@ -212,8 +214,9 @@ class DeepSpeedZero(Strategy):
         if not (path / CHECKPOINT_TAG).is_dir():
             raise ValueError(f"{path} holds no DeepSpeed checkpoint (no {CHECKPOINT_TAG}/ folder): "
                              "resume a parallel=zero* run with the same parallel option")
-        loaded, _ = self.engine.load_checkpoint(str(path), tag=CHECKPOINT_TAG, load_optimizer_states=True,
-                                                load_lr_scheduler_states=False)
+        with deepspeed_weights_only(self.engine):  # DeepSpeed itself would unpickle anything
+            loaded, _ = self.engine.load_checkpoint(str(path), tag=CHECKPOINT_TAG, load_optimizer_states=True,
+                                                    load_lr_scheduler_states=False)
         if loaded is None:
             raise ValueError(f"DeepSpeed could not load the checkpoint in {path}")
 

@@ -1,0 +1,146 @@
+"""Loading checkpoints without unpickling arbitrary objects.
+
+A checkpoint is a file someone may hand you. Unpickling lets a file run code, so every load path
+here reads plain data only:
+- DCP (torch.distributed.checkpoint): torch reads the `.metadata` file with `pickle.load` and the
+  non-tensor entries (optimizer param groups) with `torch.load(weights_only=False)`. SafeFileSystemReader
+  unpickles the metadata with an allowlist of DCP's own metadata classes; WeightsOnlyLoadPlanner reads
+  the entries with `torch.load(weights_only=True)` first, so an entry holding anything but plain data
+  is refused before torch's own load sees it.
+- DeepSpeed reads its files with `torch.load(weights_only=False)`: load_weights_only() is installed
+  as its checkpoint engine's load while we resume, with an allowlist of the few DeepSpeed classes
+  its ZeRO files hold.
+- Train state files: `torch.load(weights_only=True)` (checkpoint/manager.py); token caches:
+  `np.load(allow_pickle=False)` (data/cache.py).
+A refused file raises ValueError naming the file and the object it would have created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pathlib
+import pickle
+from pathlib import Path
+
+import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import StorageMeta
+
+DCP_METADATA_MODULE = "torch.distributed.checkpoint.metadata"
+DCP_METADATA_GLOBALS = {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),  # layouts are pickled as _get_layout("torch.strided")
+    ("collections", "OrderedDict"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PureWindowsPath"),
+}
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file holds a pickled object that is not plain data: not loaded."""
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP metadata: its own dataclasses, tensor sizes, dtypes and layouts, nothing else."""
+
+    def find_class(self, module: str, name: str):
+        if module == DCP_METADATA_MODULE or (module, name) in DCP_METADATA_GLOBALS or _is_dtype(module, name):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in checkpoint metadata")
+
+
+def _is_dtype(module: str, name: str) -> bool:
+    return module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """FileSystemReader whose metadata is unpickled with an allowlist (see module docstring)."""
+
+    refused: UnsafeCheckpointError | None = None  # DCP turns the error into an AssertionError's text
+
+    def read_metadata(self, *args, **kwargs):
+        rank = kwargs.get("rank")
+        path = Path(self.path) / (".metadata" if rank is None else f"__{rank}.metadata")
+        with open(path, "rb") as f:
+            try:
+                metadata = _MetadataUnpickler(f).load()
+            except pickle.UnpicklingError as err:
+                self.refused = UnsafeCheckpointError(f"refusing to load checkpoint metadata {path}: {err}")
+                raise self.refused from None
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class WeightsOnlyLoadPlanner(DefaultLoadPlanner):
+    """DCP's default planner, but a non-tensor entry must load with torch.load(weights_only=True)."""
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        try:
+            torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise UnsafeCheckpointError(f"refusing to load checkpoint entry {read_item.dest_index.fqn!r}: "
+                                        f"{_first_line(err)}") from None
+        value.seek(0)  # the same in-memory bytes, now known to be plain data
+        super().load_bytes(read_item, value)
+
+
+def dcp_load(state: dict, path: Path) -> None:
+    """torch.distributed.checkpoint.load of `path` into `state`, reading plain data only."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    reader = SafeFileSystemReader(path)
+    try:
+        dcp.load(state, checkpoint_id=path, storage_reader=reader, planner=WeightsOnlyLoadPlanner())
+    except CheckpointException as err:  # DCP wraps what a rank raised: a refusal is re-raised as itself
+        refused = [exc for exc, _ in err.failures.values() if isinstance(exc, UnsafeCheckpointError)]
+        if reader.refused is not None or refused:
+            raise reader.refused or refused[0] from None
+        raise
+
+
+def deepspeed_safe_globals() -> list:
+    """The classes DeepSpeed's ZeRO checkpoint files pickle besides tensors and builtins."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address, pathlib.PosixPath]
+
+
+def load_weights_only(path, map_location=None, safe_globals: list | None = None):
+    """torch.load(weights_only=True), allowing `safe_globals` too; UnsafeCheckpointError otherwise."""
+    with torch.serialization.safe_globals(safe_globals or []):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise UnsafeCheckpointError(f"refusing to load {path}: it holds an object that is not plain data "
+                                        f"({_first_line(err)})") from None
+
+
+@contextlib.contextmanager
+def deepspeed_weights_only(engine):
+    """While inside, the DeepSpeed engine reads its checkpoint files with load_weights_only."""
+    checkpoint_engine = engine.checkpoint_engine
+    allowed = deepspeed_safe_globals()
+
+    def load(path, map_location=None):
+        return load_weights_only(path, map_location, allowed)
+
+    checkpoint_engine.load = load  # an instance attribute: shadows the class's pickle-based load
+    try:
+        yield
+    finally:
+        del checkpoint_engine.load
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+    return lines[0] if lines else str(err).splitlines()[0]
