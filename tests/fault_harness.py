@@ -311,6 +311,18 @@ def poison_loss(rank: int, ranks: list[int], calls: list[int]) -> None:
     CausalLMWithLoss.forward = poisoned
 
 
+def forbid_unpickling_loads(rank: int) -> None:
+    """Test-only: any torch.load(weights_only=False) in this training process fails loudly."""
+    load = torch.load
+
+    def checked(*args, **kwargs):
+        if kwargs.get("weights_only") is False:
+            raise AssertionError(f"torch.load(weights_only=False) of {args[0] if args else kwargs.get('f')}")
+        return load(*args, **kwargs)
+
+    torch.load = checked
+
+
 # ---- the run under test, its reference and the comparison ----
 
 @dataclass

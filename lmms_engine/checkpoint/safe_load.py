@@ -5,8 +5,7 @@ here reads plain data only:
 - DCP (torch.distributed.checkpoint): torch reads the `.metadata` file with `pickle.load` and the
   non-tensor entries (optimizer param groups) with `torch.load(weights_only=False)`. SafeFileSystemReader
   unpickles the metadata with an allowlist of DCP's own metadata classes; WeightsOnlyLoadPlanner reads
-  the entries with `torch.load(weights_only=True)` first, so an entry holding anything but plain data
-  is refused before torch's own load sees it.
+  the entries with `torch.load(weights_only=True)`.
 - DeepSpeed reads its files with `torch.load(weights_only=False)`: load_weights_only() is installed
   as its checkpoint engine's load while we resume, with an allowlist of the few DeepSpeed classes
   its ZeRO files hold.
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import StorageMeta
 
@@ -79,16 +79,19 @@ class SafeFileSystemReader(FileSystemReader):
 
 
 class WeightsOnlyLoadPlanner(DefaultLoadPlanner):
-    """DCP's default planner, but a non-tensor entry must load with torch.load(weights_only=True)."""
+    """DCP's default planner, reading non-tensor entries with torch.load(weights_only=True)
+    (its own load_bytes, which this replaces, uses weights_only=False)."""
 
     def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        fqn = read_item.dest_index.fqn
         try:
-            torch.load(value, weights_only=True)
+            obj = torch.load(value, weights_only=True)
         except pickle.UnpicklingError as err:
-            raise UnsafeCheckpointError(f"refusing to load checkpoint entry {read_item.dest_index.fqn!r}: "
-                                        f"{_first_line(err)}") from None
-        value.seek(0)  # the same in-memory bytes, now known to be plain data
-        super().load_bytes(read_item, value)
+            raise UnsafeCheckpointError(f"refusing to load checkpoint entry {fqn!r}: {_first_line(err)}") from None
+        if self.flatten_state_dict:  # as DefaultLoadPlanner.load_bytes does
+            set_element(self.original_state_dict, self.mappings[fqn], obj)
+        else:
+            self.state_dict[fqn] = obj
 
 
 def dcp_load(state: dict, path: Path) -> None:

@@ -184,6 +184,14 @@ def _check_nan_step_skipped(launcher, parallel_args: list[str], tmp_path: Path, 
     assert all(torch.equal(before[k], after[k]) for k in before), "the skipped step changed weights or optimizer state"
     later = _weights_and_optimizer(ckpt / "step_4", tmp_path / f"b{attempt}")
     assert not all(torch.equal(after[k], later[k]) for k in after), "step 4 trains again"
+    # Resuming from the skipped step's checkpoint (read weights-only, checkpoint/safe_load.py) gives step 4 again.
+    resumed = tmp_path / f"resumed{attempt}"
+    args = [*parallel_args, *NAN_RUN, f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={resumed}",
+            f"trainer.resume={ckpt / 'step_3'}"]
+    no_pickle = {"fn": "tests.fault_harness:forbid_unpickling_loads"}
+    assert run_once(launcher, args, attempt + 50, inject=no_pickle) == 0, launcher.logs(attempt + 50)[0][-3000:]
+    (step4,) = metrics_rows(resumed)
+    assert step4["step"] == 4 and step4["loss"] == pytest.approx(rows[3]["loss"], abs=1e-6)
 
 
 def _check_max_bad_steps_stops(launcher, parallel_args: list[str], tmp_path: Path, attempt: int) -> None:
