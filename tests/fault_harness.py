@@ -11,8 +11,8 @@ Two ways to start a training attempt:
 
 `kill_loop` launches attempts until one finishes: before each of the first `kills` attempts it draws
 (from a seeded random generator, so a failure reproduces) when to SIGKILL it:
-- "save": right when this attempt's first `step_<N>.tmp/` checkpoint folder appears, plus a random
-  delay of up to `save_delay_s` (inside the checkpoint write, its seal, or the pruning after it);
+- "save": right when this attempt's first (or second) `step_<N>.tmp/` checkpoint folder appears, plus
+  a random delay of up to `save_delay_s` (inside the checkpoint write, its seal, or the pruning after it);
 - "step": a random moment during step resumed+k (k = 1..3), from the metrics.jsonl the attempt writes;
 - "startup": a random moment before the first step (imports, model build, checkpoint load).
 Every attempt after the first resumes with trainer.resume=auto in the same run directory.
@@ -52,7 +52,7 @@ class SubprocessLauncher:
 
     def __init__(self, nproc: int, env: dict, log_dir: Path):
         self.nproc, self.env, self.log_dir = nproc, env, log_dir
-        self._proc, self._log = None, None
+        self._proc, self._log, self._killed = None, None, []
 
     def start(self, overrides: list[str], attempt: int, rlimit_fsize: int | None = None) -> None:
         """rlimit_fsize: the largest file (bytes) the run may write (a real EFBIG beyond, like a full disk)."""
@@ -69,16 +69,23 @@ class SubprocessLauncher:
         return self._proc.poll()
 
     def kill(self) -> None:
-        os.killpg(self._proc.pid, signal.SIGKILL)
+        """SIGKILL the command and every process under it: torchrun starts each worker in a session
+        of its own, so killing torchrun's process group alone would leave the ranks training."""
+        self._killed = _kill_tree(self._proc.pid)
 
     def wait(self, timeout: float) -> int:
         code = self._proc.wait(timeout)
         self._log.close()
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in self._killed):  # every rank is gone before the next attempt
+            assert time.monotonic() < deadline, f"processes {self._killed} outlived the kill"
+            time.sleep(0.01)
+        self._killed = []
         return code
 
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGKILL)
+            _kill_tree(self._proc.pid)
             self._proc.wait()
 
 
@@ -160,6 +167,29 @@ class ForkLauncher:
         return json.loads(line)
 
 
+def _kill_tree(pid: int) -> list[int]:
+    """SIGKILL `pid` and all its descendants (found first, then killed, so none is re-parented
+    away); returns their pids."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, []))
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return tree
+
+
 def _killpg(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -236,6 +266,7 @@ def _draw(rng: random.Random, resumed: int, startup_s: float, step_s: float, sav
     mode = rng.choices(["save", "step", "startup"], weights=[0.4, 0.45, 0.15])[0]
     plan = {"mode": mode, "delay": 0.0, "after_step": None}
     if mode == "save":
+        plan["nth_save"] = rng.randint(1, 2)  # inside this attempt's first or second checkpoint write
         plan["delay"] = rng.uniform(0, save_delay_s)
     elif mode == "step":
         plan["after_step"] = resumed + rng.randint(1, 3) - 1  # die during step after_step + 1
@@ -249,7 +280,10 @@ def _due(plan: dict, run_dir: Path, launched_ns: int, launched: float) -> bool:
     """Whether the planned moment has come (its trigger seen, then its delay spent)."""
     if "triggered" not in plan:
         if plan["mode"] == "save":
-            hit = _fresh_tmp(run_dir / "checkpoints", launched_ns) is not None
+            fresh = _fresh_tmp(run_dir / "checkpoints", launched_ns)
+            if fresh is not None:
+                plan.setdefault("saves_seen", set()).add(fresh.name)
+            hit = len(plan.get("saves_seen", ())) >= plan["nth_save"]
         elif plan["mode"] == "step":
             hit = _last_logged_step(run_dir / "metrics.jsonl", launched_ns) >= plan["after_step"]
         else:
