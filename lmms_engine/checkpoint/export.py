@@ -21,9 +21,10 @@ def export_hf(module: nn.Module, artifacts, out_dir: Path, strategy) -> None:
     state = strategy.full_state_dict(module)
     error = None
     if strategy.is_main:
-        lm_state = {name.removeprefix("lm."): tensor for name, tensor in state.items()}
+        lm = strategy.unwrap(module).lm
+        lm_state = _without_tied_copies(lm, {name.removeprefix("lm."): tensor for name, tensor in state.items()})
         try:
-            _write(strategy.unwrap(module).lm, lm_state, artifacts, out_dir)
+            _write(lm, lm_state, artifacts, out_dir)
         except OSError as err:  # disk full, permissions: the run's checkpoint is complete, say so
             error = err
     if any_rank(strategy, error is not None):  # also the barrier: no rank waits for one that failed
@@ -31,6 +32,18 @@ def export_hf(module: nn.Module, artifacts, out_dir: Path, strategy) -> None:
         reason = describe_os_error(error) if error is not None else "it failed on rank 0"
         raise ValueError(f"could not export the model to {out_dir}: {reason}; the final checkpoint is complete: free "
                          f"space or fix permissions, then run again with trainer.resume=auto to export it")
+
+
+def _without_tied_copies(lm: nn.Module, state: dict) -> dict:
+    """Drop the second name of a tied parameter (lm_head.weight tied to the embeddings): a gathered
+    full state dict (FSDP2) holds it as a separate copy, which save_pretrained would then write twice."""
+    first_name: dict[int, str] = {}
+    copies = set()
+    for name, param in lm.named_parameters(remove_duplicate=False):
+        if id(param) in first_name and first_name[id(param)] in state:
+            copies.add(name)
+        first_name.setdefault(id(param), name)
+    return {name: tensor for name, tensor in state.items() if name not in copies}
 
 
 def _write(lm, lm_state: dict, artifacts, out_dir: Path) -> None:

@@ -132,6 +132,16 @@ def test_torchrun_ranks_share_one_run_directory(distributed_runs):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_3", f"step_{STEPS}"]
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_fsdp2_export_writes_a_tied_lm_head_once(distributed_runs):
+    """FSDP2's gathered state dict holds the tied lm_head.weight as its own copy; the export drops it
+    (as DDP's and a single process's do), and the model loads back tied."""
+    fsdp2 = load_file(distributed_runs("fsdp2") / "hf" / "model.safetensors")
+    ddp = load_file(distributed_runs("ddp") / "hf" / "model.safetensors")
+    assert sorted(fsdp2) == sorted(ddp) and "lm_head.weight" not in fsdp2
+
+
 @needs_deepspeed
 @pytest.mark.distributed
 @pytest.mark.slow
