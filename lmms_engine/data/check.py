@@ -19,7 +19,6 @@ on the meta device: no weights) and takes its `data_inputs()`, as training does.
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -29,27 +28,15 @@ from pathlib import Path
 import numpy as np
 
 from .chat import check_tokenizer
-from .dataset import _media_inputs, build_sft_dataset
+from .dataset import media_inputs
 from .errors import DataError, TemplateError
-from .modalities import media_support
+from .modalities import MediaOptions, media_support
 from .prepare import default_num_proc, tokenize_file
 from .sources import SourceFile, resolve_sources
 from .types import TokenizedFile
 
 REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
 LENGTH_THRESHOLDS = (2048, 4096, 8192, 16384)
-# The data config's media settings, with build_sft_dataset's defaults (as conf/data/*.yaml).
-MEDIA_ARGS = (
-    "image_min_pixels",
-    "image_max_pixels",
-    "video_fps",
-    "video_min_frames",
-    "video_max_frames",
-    "video_max_pixels",
-    "audio_max_seconds",
-)
-
-
 @dataclass
 class CheckReport:
     """What `check_dataset` found: per-file tokenized results and every skipped record's error."""
@@ -87,15 +74,12 @@ def check_dataset(
     """Tokenize every distinct source of `dataset_path` (skip semantics, no cache) and collect all
     DataErrors. Config mistakes (DataSourceError, TemplateError, ValueError) are raised."""
     check_tokenizer(tokenizer)
-    defaults = inspect.signature(build_sft_dataset).parameters
-    media_args = [defaults[name].default for name in MEDIA_ARGS]
+    options = MediaOptions(allow_path_escape=allow_path_escape)  # the data config's defaults
     media = None
     if processor is not None and mrope_spec is None:  # no model to check the processor against
-        media = media_support(processor, tokenizer, *media_args, allow_path_escape=allow_path_escape)
+        media = media_support(processor, tokenizer, options)
     elif processor is not None:  # as training: the processor must match the model's mrope ids
-        media = _media_inputs(
-            processor, mrope_spec, tokenizer, *media_args, allow_path_escape=allow_path_escape
-        ).support
+        media = media_inputs(processor, mrope_spec, tokenizer, options).support
     procs = num_proc if num_proc is not None else default_num_proc()
     files: dict[SourceFile, TokenizedFile] = {}
     errors: list[DataError] = []

@@ -31,7 +31,7 @@ from .collate import collate_packed, collate_padded, mrope_position_ids_packed, 
 from .errors import DataSourceError
 from .media import pixel_inputs
 from .media_audio import audio_inputs, clip_sample_counts
-from .modalities import MediaSupport, media_support
+from .modalities import MediaOptions, MediaSupport, media_support
 from .packing import OVERLONG_POLICIES, apply_overlong, pack_best_fit_decreasing
 from .prepare import ON_ERROR_POLICIES, default_num_proc, prepare_file
 from .sources import DatasetEntry, SourceFile, resolve_sources
@@ -88,19 +88,9 @@ def build_sft_dataset(
     """
     _check_settings(packing_length, micro_batch_size, on_error, overlong, num_proc)
     check_tokenizer(tokenizer)
-    inputs = _media_inputs(
-        processor,
-        mrope_spec,
-        tokenizer,
-        image_min_pixels,
-        image_max_pixels,
-        video_fps,
-        video_min_frames,
-        video_max_frames,
-        video_max_pixels,
-        audio_max_seconds,
-        allow_path_escape=allow_path_escape,
-    )
+    options = MediaOptions(image_min_pixels, image_max_pixels, video_fps, video_min_frames, video_max_frames,
+                           video_max_pixels, audio_max_seconds, allow_path_escape)
+    inputs = media_inputs(processor, mrope_spec, tokenizer, options)
     entries = resolve_sources(dataset_path)
     if streaming:
         return _streaming_dataset(tokenizer, entries, dataset_path, packing, packing_length, micro_batch_size,
@@ -159,16 +149,13 @@ class _MediaInputs:
     mrope_spec: MropeSpec | None  # None: 1-D position ids (audio-only models)
 
 
-def _media_inputs(
-    processor,
-    mrope_spec: MropeSpec | None,
-    tokenizer: PreTrainedTokenizerBase,
-    *media_args,
-    allow_path_escape: bool = False,
+def media_inputs(
+    processor, mrope_spec: MropeSpec | None, tokenizer: PreTrainedTokenizerBase, options: MediaOptions
 ) -> _MediaInputs | None:
+    """The processor's media settings, checked against the model's mrope ids (None: text only)."""
     if processor is None:
         return None
-    support = media_support(processor, tokenizer, *media_args, allow_path_escape=allow_path_escape)
+    support = media_support(processor, tokenizer, options)
     if support.vision is not None:
         _check_mrope_spec(mrope_spec, support)
     return _MediaInputs(processor=processor, support=support, mrope_spec=mrope_spec)

@@ -69,18 +69,21 @@ class MediaSupport:
         }
 
 
-def media_support(
-    processor,
-    tokenizer: PreTrainedTokenizerBase,
-    image_min_pixels: int | None,
-    image_max_pixels: int | None,
-    video_fps: float,
-    video_min_frames: int,
-    video_max_frames: int,
-    video_max_pixels: int | None,
-    audio_max_seconds: float,
-    allow_path_escape: bool = False,
-) -> MediaSupport:
+@dataclass(frozen=True)
+class MediaOptions:
+    """The data config's media keys (build_sft_dataset's arguments of the same names and defaults)."""
+
+    image_min_pixels: int | None = None  # None: the processor's bounds
+    image_max_pixels: int | None = None
+    video_fps: float = 2.0
+    video_min_frames: int = 4
+    video_max_frames: int = 16
+    video_max_pixels: int | None = None  # None: the processor's
+    audio_max_seconds: float = 30.0
+    allow_path_escape: bool = False
+
+
+def media_support(processor, tokenizer: PreTrainedTokenizerBase, options: MediaOptions = MediaOptions()) -> MediaSupport:
     """Settings of each kind the processor has a piece for (see the module docstring)."""
     has_vision, has_audio = hasattr(processor, "image_processor"), hasattr(processor, "feature_extractor")
     if not (has_vision or has_audio):
@@ -93,20 +96,20 @@ def media_support(
         vision = media_settings(
             processor,
             tokenizer,
-            image_min_pixels,
-            image_max_pixels,
-            video_fps,
-            video_min_frames,
-            video_max_frames,
-            video_max_pixels,
+            options.image_min_pixels,
+            options.image_max_pixels,
+            options.video_fps,
+            options.video_min_frames,
+            options.video_max_frames,
+            options.video_max_pixels,
         )
     audio = None
     if has_audio:
         token, bos, eos = _audio_tokens(processor)
         # None if the chat template renders audio parts itself, else the placeholder text they become.
         audio_text = audio_part_text(tokenizer, token, bos, eos)
-        audio = audio_settings(processor, tokenizer, audio_max_seconds, token, audio_text)
-    return MediaSupport(vision=vision, audio=audio, allow_path_escape=allow_path_escape)
+        audio = audio_settings(processor, tokenizer, options.audio_max_seconds, token, audio_text)
+    return MediaSupport(vision=vision, audio=audio, allow_path_escape=options.allow_path_escape)
 
 
 def _audio_tokens(processor) -> tuple[str, str, str]:

@@ -145,3 +145,16 @@ def test_check_demo_data_is_clean(capsys):
     assert "records:        600" in out and "valid samples:  600" in out and "skipped:        0" in out
     assert "tokens/sample:  min" in out and "p95" in out and "> 2k: 0" in out
     assert "images 267" in out and "result:         OK" in out
+
+
+def test_media_option_defaults_are_the_data_config_defaults():
+    """lmms-data check measures media with MediaOptions(); training with build_sft_dataset's keys."""
+    import dataclasses
+    import inspect
+
+    from lmms_engine.data.dataset import build_sft_dataset
+    from lmms_engine.data.modalities import MediaOptions
+
+    parameters = inspect.signature(build_sft_dataset).parameters
+    for option in dataclasses.fields(MediaOptions):
+        assert parameters[option.name].default == option.default, option.name
