@@ -491,3 +491,28 @@ def test_demo_vl_yaml_builds_with_images_and_video(bundle, spec, tmp_path):
     assert dataset.stats["skipped"] == 0 and dataset.stats["images"] > 100 and dataset.stats["videos"] > 0
     batch = dataset.collate(dataset.micro_batches(0)[0])
     assert batch["position_ids"].shape == (3, 1, batch["input_ids"].shape[1])
+
+
+def test_streamed_vl_micro_batches_collate_like_the_indexed_ones(bundle, spec, media, tmp_path):
+    """data.streaming=true with images and video: the same tokens, grids, pixels and mrope ids as
+    the indexed dataset gives for the same samples."""
+    from lmms_engine.train.data_iter import make_step_batches
+
+    records = [[user(image("a.png"), "What?"), assistant("A.")], [user("Hi"), assistant("Hello.")],
+               [user(video("clip.mp4"), "Moves?"), assistant("Yes.")],
+               [user(image("b.png"), image("c.png"), "Both?"), assistant("Two.")]]
+    path = write_yaml(tmp_path, write_records(tmp_path / "d.jsonl", records), media)
+    indexed = build(bundle, spec, path, tmp_path)
+    streamed = build(bundle, spec, path, tmp_path, streaming=True, stream_window=4)
+    position = {sample.sample_id: i for i, sample in enumerate(indexed[i] for i in range(len(indexed)))}
+    steps = make_step_batches(streamed, 1, 0, 1)
+    seen = set()
+    for _ in range(4):
+        (micro_batch,) = steps.next_step()
+        got = streamed.collate(micro_batch)
+        want = indexed.collate([position[s.sample_id] for s in micro_batch])
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert torch.equal(got[key], value) if isinstance(value, torch.Tensor) else got[key] == value, key
+        seen.update(s.sample_id for s in micro_batch)
+    assert len(seen) == 4
