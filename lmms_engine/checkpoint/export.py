@@ -10,7 +10,8 @@ from pathlib import Path
 
 from torch import nn
 
-from lmms_engine.checkpoint.manager import any_rank, describe_os_error
+from lmms_engine.checkpoint.manager import describe_os_error
+from lmms_engine.parallel.dist import any_rank
 
 log = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
 from lmms_engine.checkpoint.safe_load import load_weights_only
+from lmms_engine.parallel.dist import any_rank
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +170,6 @@ def describe_os_error(error: BaseException) -> str:
         where = f" ({error.filename})" if error.filename else ""
         return f"[Errno {error.errno}] {error.strerror}{where}"
     return f"{type(error).__name__}: {str(error).strip()}"
-
-
-def any_rank(strategy, flag: bool) -> bool:
-    """True on every rank when `flag` is true on any (an all-reduce, so also a barrier)."""
-    if strategy.world_size == 1:
-        return flag
-    return strategy.all_reduce_sum(torch.tensor([float(flag)], device=strategy.device)).item() > 0
 
 
 def prune_checkpoints(root: Path, keep_last: int, keep: Path) -> list[Path]:

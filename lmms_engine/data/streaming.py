@@ -158,6 +158,8 @@ class ShardReader:
         self._records: Iterator[tuple[int, Any, int, int]] | None = None
         # Records read in this pass over the shard; None when it resumed mid-pass (not known).
         self._read_this_pass: int | None = None if position else 0
+        # Per jsonl file: where this rank's shard starts (byte offset, line number), found once.
+        self._shard_starts: dict[int, tuple[int, int]] = {}
 
     def take(self, count: int) -> list[tuple[SourceFile, int, Any]]:
         """The next `count` records as (source, location, payload)."""
@@ -171,8 +173,7 @@ class ShardReader:
     def _next_record(self) -> tuple[SourceFile, int, Any] | None:
         """One record, or None when a file of the shard ended (the position moved on)."""
         if self._records is None:
-            source = self.entry.files[self.position.file]
-            self._records = _file_records(source, self.rank, self.world_size, self.position)
+            self._records = self._file_records(self.entry.files[self.position.file])
         item = next(self._records, None)
         if item is None:
             self._end_of_file()
@@ -182,6 +183,18 @@ class ShardReader:
         if self._read_this_pass is not None:
             self._read_this_pass += 1
         return self.entry.files[self.position.file], location, payload
+
+    def _file_records(self, source: SourceFile):
+        """(location, payload, position after it: offset, line) of this rank's part of `source`,
+        from the reader's position."""
+        if source.data_type != "jsonl":
+            return _row_shard(source, self.rank, self.world_size, self.position)
+        start = (self.position.offset, self.position.line)
+        if self.position.offset is None:  # the shard's start: counting the lines before it reads the file
+            if self.position.file not in self._shard_starts:
+                self._shard_starts[self.position.file] = _jsonl_shard_start(source.path, self.rank, self.world_size)
+            start = self._shard_starts[self.position.file]
+        return _jsonl_shard(source.path, self.rank, self.world_size, *start)
 
     def _end_of_file(self) -> None:
         self._records = None
@@ -199,26 +212,23 @@ class ShardReader:
         self._read_this_pass = 0
 
 
-def _file_records(source: SourceFile, rank: int, world_size: int, position: ReaderPosition):
-    """(location, payload, position after it: offset, line) of this rank's part of `source`."""
-    if source.data_type == "jsonl":
-        return _jsonl_shard(source.path, rank, world_size, position)
-    return _row_shard(source, rank, world_size, position)
-
-
 def _shard_bounds(total: int, rank: int, world_size: int) -> tuple[int, int]:
     return total * rank // world_size, total * (rank + 1) // world_size
 
 
-def _jsonl_shard(path: Path, rank: int, world_size: int, position: ReaderPosition):
-    """Lines whose first byte is in this rank's byte range; blank lines are skipped, as in sources.py."""
-    low, high = _shard_bounds(path.stat().st_size, rank, world_size)
+def _jsonl_shard_start(path: Path, rank: int, world_size: int) -> tuple[int, int]:
+    """(byte offset, line number) of the first line of this rank's byte range."""
+    low, _ = _shard_bounds(path.stat().st_size, rank, world_size)
     with path.open("rb") as handle:
-        if position.offset is None:
-            offset = _first_line_start(handle, low)
-            line = _count_lines(handle, offset) + 1
-        else:
-            offset, line = position.offset, position.line
+        offset = _first_line_start(handle, low)
+        return offset, _count_lines(handle, offset) + 1
+
+
+def _jsonl_shard(path: Path, rank: int, world_size: int, offset: int, line: int):
+    """Lines from `offset` (line number `line`) whose first byte is in this rank's byte range; blank
+    lines are skipped, as in sources.py."""
+    _, high = _shard_bounds(path.stat().st_size, rank, world_size)
+    with path.open("rb") as handle:
         handle.seek(offset)
         while offset < high:
             raw = handle.readline()

@@ -72,3 +72,11 @@ def barrier() -> None:
 def destroy() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def any_rank(strategy, flag: bool) -> bool:
+    """True on every rank when `flag` is true on any (one all-reduce, so also a barrier; none on a
+    single process)."""
+    if strategy.world_size == 1:
+        return flag
+    return strategy.all_reduce_sum(torch.tensor([float(flag)], device=strategy.device)).item() > 0

@@ -15,6 +15,7 @@ import torch
 
 from lmms_engine.checkpoint.manager import save_checkpoint
 from lmms_engine.models.base import ModelBundle
+from lmms_engine.parallel.dist import any_rank
 from lmms_engine.kernels.rmpad import document_lengths, unpad_batch
 from lmms_engine.train.state import capture_rng
 
@@ -77,7 +78,7 @@ def train(ctx: TrainContext, start_step: int) -> bool:
             if ctx.save_every and step % ctx.save_every == 0 and step != ctx.max_steps:
                 save(ctx, step)
                 saved_at = step
-            if step != ctx.max_steps and _any_rank(ctx.strategy, stop.received is not None):
+            if step != ctx.max_steps and any_rank(ctx.strategy, stop.received is not None):
                 if saved_at != step:
                     save(ctx, step)
                 log.info("received %s: checkpoint at step %d, resume with trainer.resume=auto",
@@ -86,13 +87,6 @@ def train(ctx: TrainContext, start_step: int) -> bool:
     if start_step < ctx.max_steps and ctx.save_final:
         save(ctx, ctx.max_steps)
     return True
-
-
-def _any_rank(strategy, flag: bool) -> bool:
-    """True on every rank when `flag` is true on any (one all-reduce; none on a single process)."""
-    if strategy.world_size == 1:
-        return flag
-    return strategy.all_reduce_sum(torch.tensor([float(flag)], device=strategy.device)).item() > 0
 
 
 class _StopFlag:
@@ -174,7 +168,7 @@ def _update(ctx: TrainContext, loss: float) -> tuple[float, bool]:
             return float("nan"), True
         return float(strategy.clip_grad_norm(ctx.module, ctx.max_grad_norm)), False
     grad_norm = float(strategy.clip_grad_norm(ctx.module, ctx.max_grad_norm))
-    skipped = _any_rank(strategy, not (math.isfinite(loss) and math.isfinite(grad_norm)))
+    skipped = any_rank(strategy, not (math.isfinite(loss) and math.isfinite(grad_norm)))
     if skipped:
         ctx.optimizer.zero_grad(set_to_none=True)
     else:
