@@ -10,13 +10,12 @@ the device is synchronised before and after each timed step. Peak memory is the 
 from __future__ import annotations
 
 import platform
-import resource
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from lmms_engine.train.loop import train_step
+from lmms_engine.train.loop import peak_memory_gb, reset_peak_memory, train_step
 
 
 @dataclass
@@ -41,17 +40,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine() or "cpu"
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux reports KiB
 
 
 def timed_steps(ctx, steps: list[list[list[int]]], warmup_steps: int, device: torch.device) -> MeasuredSteps:

@@ -58,7 +58,7 @@ def train(ctx: TrainContext, start_step: int) -> bool:
     with _stop_signals() as stop:
         for step in range(start_step + 1, ctx.max_steps + 1):
             step_start = time.perf_counter()
-            _reset_peak_memory(ctx.strategy.device)
+            reset_peak_memory(ctx.strategy.device)
             lr = ctx.lr_at(step)
             for group in ctx.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -217,7 +217,7 @@ def _step_metrics(ctx: TrainContext, step: int, lr: float, stats: dict, seconds:
         "label_tokens": stats["label_tokens"],
         "tokens_per_s": stats["tokens"] / seconds,
         "mfu": mfu,
-        "peak_mem_gb": _peak_memory_gb(ctx.strategy.device),
+        "peak_mem_gb": peak_memory_gb(ctx.strategy.device),
         "step_s": seconds,
         "elapsed_s": elapsed,
     }
@@ -228,12 +228,12 @@ def save(ctx: TrainContext, step: int) -> None:
     save_checkpoint(ctx.checkpoint_root, step, ctx.module, ctx.optimizer, state, ctx.strategy, keep_last=ctx.keep_last)
 
 
-def _reset_peak_memory(device: torch.device) -> None:
+def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _peak_memory_gb(device: torch.device) -> float:
+def peak_memory_gb(device: torch.device) -> float:
     """Peak accelerator memory of the step; on CPU, the process's peak resident memory so far."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1e9
