@@ -276,7 +276,8 @@ def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int
         bundle.model.model.audio_tower.set_attn_implementation("sdpa")
         hidden_fn, input_keys = lm_hidden_states, STOCK_INPUT_KEYS
     else:
-        patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing)
+        patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing, encoders=bundle.encoders,
+                      decoder_path=bundle.decoder_path)
         hidden_fn, input_keys = bundle.hidden_states, bundle.input_keys
     module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), hidden_fn), bundle.shard_units,
                               bundle.encoder_units)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from lmms_engine.checkpoint.manager import save_checkpoint
-from lmms_engine.models.base import ModelBundle
+from lmms_engine.models.base import TEXT_INPUT_KEYS
 from lmms_engine.parallel.dist import any_rank
 from lmms_engine.kernels.rmpad import document_lengths, unpad_batch
 from lmms_engine.train.state import capture_rng
@@ -41,7 +41,7 @@ class TrainContext:
     max_grad_norm: float
     save_every: int
     unpad: bool  # kernels.use_rmpad on unpacked data
-    input_keys: tuple[str, ...] = ModelBundle.input_keys  # batch keys the model's forward takes
+    input_keys: tuple[str, ...] = TEXT_INPUT_KEYS  # batch keys the model's forward takes
     collator: object = None  # train.prefetch collator (None: dataset.collate in the step)
     save_final: bool = True  # checkpoint after the last step
     max_bad_steps: int = 5  # this many consecutive non-finite steps stop the run (0: never)
