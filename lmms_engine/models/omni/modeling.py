@@ -54,6 +54,12 @@ class LmmsOmniConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        # transformers before `sub_configs_defaults` (5.17 on the GPU image) leaves None / dicts here,
+        # e.g. in the default instance save_pretrained builds to diff against: make the sub-configs.
+        for key, config_class in self.sub_configs_defaults.items():
+            value = getattr(self, key)
+            if not isinstance(value, PreTrainedConfig):
+                setattr(self, key, config_class(**(value or {})))
         # lm_head shares the embedding exactly when the VL model's config says so.
         self.tie_word_embeddings = bool(self.vl_config.tie_word_embeddings)
 
