@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import signal
 import threading
 import time
@@ -15,7 +14,6 @@ import torch
 
 from lmms_engine.checkpoint.manager import save_checkpoint
 from lmms_engine.models.base import ModelBundle
-from lmms_engine.parallel.dist import any_rank
 from lmms_engine.kernels.rmpad import document_lengths, unpad_batch
 from lmms_engine.train.state import capture_rng
 
@@ -78,7 +76,7 @@ def train(ctx: TrainContext, start_step: int) -> bool:
             if ctx.save_every and step % ctx.save_every == 0 and step != ctx.max_steps:
                 save(ctx, step)
                 saved_at = step
-            if step != ctx.max_steps and any_rank(ctx.strategy, stop.received is not None):
+            if step != ctx.max_steps and ctx.strategy.any_rank(stop.received is not None):
                 if saved_at != step:
                     save(ctx, step)
                 log.info("received %s: checkpoint at step %d, resume with trainer.resume=auto",
@@ -142,7 +140,7 @@ def train_step(ctx: TrainContext, micro_batch_indices: list[list[int]]) -> dict:
         flops += ctx.flops_fn(batch)
     totals = strategy.all_reduce_sum(torch.stack([loss_sum, torch.tensor(flops, dtype=torch.float64, device=strategy.device)]))
     loss = totals[0].item() / max(label_tokens, 1.0)  # all-reduced: every rank sees the same value
-    grad_norm, skipped = _update(ctx, loss)
+    grad_norm, skipped = strategy.step(ctx.module, ctx.optimizer, max_norm=ctx.max_grad_norm, loss=loss)
     return {
         "loss": loss,
         "grad_norm": grad_norm,
@@ -152,41 +150,6 @@ def train_step(ctx: TrainContext, micro_batch_indices: list[list[int]]) -> dict:
         "label_tokens": int(label_tokens),
         "flops": totals[1].item(),
     }
-
-
-def _update(ctx: TrainContext, loss: float) -> tuple[float, bool]:
-    """Clip and step, unless the loss or the global gradient norm is not finite: then the
-    gradients are dropped and the weights (and optimizer state) stay as they were.
-
-    DeepSpeed (zero*) clips and updates in one call, so only the loss can be checked before the
-    update there; a non-finite gradient norm with a finite loss is left to DeepSpeed.
-    """
-    strategy = ctx.strategy
-    if strategy.name.startswith("zero"):
-        if not math.isfinite(loss):
-            _drop_deepspeed_gradients(strategy)
-            return float("nan"), True
-        return float(strategy.clip_grad_norm(ctx.module, ctx.max_grad_norm)), False
-    grad_norm = float(strategy.clip_grad_norm(ctx.module, ctx.max_grad_norm))
-    skipped = any_rank(strategy, not (math.isfinite(loss) and math.isfinite(grad_norm)))
-    if skipped:
-        ctx.optimizer.zero_grad(set_to_none=True)
-    else:
-        strategy.optimizer_step(ctx.optimizer, ctx.module)
-    return grad_norm, skipped
-
-
-def _drop_deepspeed_gradients(strategy) -> None:
-    """What DeepSpeed's ZeRO-1/2 optimizer does on an fp16 overflow: forget this step's gradients
-    (param grads, the reduced partitions, the flat buffers) without an update."""
-    optimizer = strategy.engine.optimizer
-    optimizer.zero_grad(set_to_none=True)
-    for key in getattr(optimizer, "averaged_gradients", {}):
-        optimizer.averaged_gradients[key] = None
-    if hasattr(optimizer, "_release_preflattened_grad_buffers"):
-        optimizer._release_preflattened_grad_buffers()
-    if getattr(optimizer, "cpu_offload", False) and hasattr(optimizer, "reset_cpu_buffers"):
-        optimizer.reset_cpu_buffers()
 
 
 def _prepare(ctx: TrainContext, batch: dict) -> dict:
