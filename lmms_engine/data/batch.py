@@ -2,7 +2,8 @@
 
 Two layouts: packed (one row of concatenated samples, `cu_seqlens` delimiting them: rmpad) and
 padded (B rows, `attention_mask`). Labels are already shifted per sample (data/collate.py). Media
-fields are None when the micro-batch has no such media (or the model none of that kind).
+fields are None when the micro-batch has no such media (or the model none of that kind). A
+benchmark's baseline with another input layout subclasses it with its own fields.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Batch:
 
     def model_inputs(self, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """The model's keyword inputs: each of `keys` this batch has (None fields left out)."""
-        unknown = [key for key in keys if key not in FIELD_NAMES]
+        unknown = [key for key in keys if key not in self.__dataclass_fields__]
         assert not unknown, f"a model asks for batch fields {unknown} that Batch does not have"
         return {key: value for key in keys if (value := getattr(self, key)) is not None}
 
@@ -70,28 +71,23 @@ class Batch:
 
     def fields(self) -> dict:
         """The fields that are set (not None), by name, in declaration order."""
-        return {f.name: value for f in FIELDS if (value := getattr(self, f.name)) is not None}
+        return {name: value for name in self.__dataclass_fields__ if (value := getattr(self, name)) is not None}
 
     def with_fields(self, **values) -> Batch:
         """A copy with `values` set (collate adds mrope ids and media this way)."""
         return dataclasses.replace(self, **values)
 
     def _map(self, fn) -> Batch:
-        moved = {f.name: fn(v) for f in FIELDS if isinstance(v := getattr(self, f.name), torch.Tensor)}
+        moved = {name: fn(v) for name in self.__dataclass_fields__ if isinstance(v := getattr(self, name), torch.Tensor)}
         return dataclasses.replace(self, **moved)
 
     # Read access by field name, for the model families' step_flops and the patcher's
     # attention_kwargs, which read a mapping (`key in batch`: the field is set); new code reads
     # the attributes.
     def __getitem__(self, key: str):
-        if key not in FIELD_NAMES:
+        if key not in self.__dataclass_fields__:
             raise KeyError(key)
         return getattr(self, key)
 
     def __contains__(self, key: object) -> bool:
-        return key in FIELD_NAMES and getattr(self, key) is not None
-
-
-
-FIELDS = dataclasses.fields(Batch)
-FIELD_NAMES = frozenset(f.name for f in FIELDS)
+        return key in self.__dataclass_fields__ and getattr(self, key) is not None
