@@ -89,5 +89,7 @@ class Batch:
             raise KeyError(key)
         return getattr(self, key)
 
+    __iter__ = None  # not a mapping to iterate (fields() is): iter(batch) is a TypeError
+
     def __contains__(self, key: object) -> bool:
         return key in self.__dataclass_fields__ and getattr(self, key) is not None

@@ -217,7 +217,7 @@ def test_packed_and_padded_audio_batches_keep_1d_positions(processor, media, mix
     lengths = np.diff(packed.cu_seqlens.numpy())
     assert packed.position_ids[0].tolist() == np.concatenate([np.arange(n) for n in lengths]).tolist()
     text_only = mixed.collate([0])
-    assert not {"audio_features", "audio_frames", "audio_lengths"} & set(text_only)
+    assert not {"audio_features", "audio_frames", "audio_lengths"} & set(text_only.fields())
     padded = build(processor, mixed_path(tmp_path), tmp_path, packing=False, micro_batch_size=2)
     batch = padded.collate([0, 1])
     assert batch.position_ids.shape == batch.input_ids.shape

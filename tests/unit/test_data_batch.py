@@ -73,6 +73,8 @@ def test_fields_and_mapping_reads_see_only_set_fields():
     assert batch["max_seqlen"] == 5
     with pytest.raises(KeyError):
         batch["nonsense"]
+    with pytest.raises(TypeError):
+        set(batch)
 
 
 class _Indexed:
