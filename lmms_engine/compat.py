@@ -1,11 +1,105 @@
-"""Every private API of torch / transformers / liger-kernel / deepspeed that lmms_engine needs, in one
-place. Each entry has a test in tests/unit/test_compat.py that fails by name when an upgrade moves
-or changes it: upgrade a library, run that file, and fix what it names here.
+"""Every private API of a library that lmms_engine relies on, in one place.
+
+A private name (an underscore module, attribute or method) can change in any release without
+notice. Each one the code needs is reached through this module only, and tests/unit/test_compat.py
+checks each against the installed version, failing with the name of what moved. After an upgrade,
+a failing test there says which entry to adapt; nothing else in the code base should need a look.
+
+Sections: torch, DeepSpeed (imported lazily: it is an optional extra), transformers, liger-kernel.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+# ---------------------------------------------------------------- torch
+
+# Inserted into parameter names by torch's activation checkpoint_wrapper and by torch.compile.
+CHECKPOINT_WRAPPER_PREFIX = "_checkpoint_wrapped_module."
+COMPILE_WRAPPER_PREFIX = "_orig_mod."
+
+
+def checkpoint_wrapper(module: nn.Module, preserve_rng_state: bool = False) -> nn.Module:
+    """torch's activation-checkpointing wrapper (torch.distributed.algorithms._checkpoint): the one
+    FSDP2 and DeepSpeed both compose with; its state_dict hooks hide the wrapper's name part."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper as wrap
+
+    return wrap(module, preserve_rng_state=preserve_rng_state)
+
+
+def non_persistent_buffer_names(module: nn.Module) -> set[str]:
+    """The names of `module`'s own buffers registered with persistent=False (not in its state_dict)."""
+    return set(module._non_persistent_buffers_set)
+
+
+def dcp_set_element(root: dict, path, value) -> None:
+    """torch.distributed.checkpoint._traverse.set_element: put `value` at a flattened state-dict
+    entry's `path` (what DefaultLoadPlanner.load_bytes does for a non-tensor entry)."""
+    from torch.distributed.checkpoint._traverse import set_element
+
+    set_element(root, path, value)
+
+
+# DefaultLoadPlanner attributes a load_bytes override reads (set in its set_up_planner).
+DCP_LOAD_PLANNER_ATTRIBUTES = ("flatten_state_dict", "mappings", "original_state_dict", "state_dict")
+
+# ---------------------------------------------------------------- DeepSpeed
+
+
+def deepspeed_set_clip_threshold(optimizer, max_norm: float) -> None:
+    """A ZeRO optimizer clips by its `clip_grad` attribute (0 = off), read from the config once at
+    initialize; setting it is how a per-step threshold reaches DeepSpeed."""
+    if not hasattr(optimizer, "clip_grad"):
+        raise AttributeError(f"{type(optimizer).__name__} has no clip_grad: DeepSpeed changed how ZeRO clips")
+    optimizer.clip_grad = max_norm
+
+
+def deepspeed_release_gradients(optimizer) -> None:
+    """Forget the gradients a ZeRO optimizer holds beyond the parameters' .grad: the reduced
+    partitions (`averaged_gradients`), ZeRO-1/2's flat buffers and the CPU-offload buffers."""
+    for key in getattr(optimizer, "averaged_gradients", {}):
+        optimizer.averaged_gradients[key] = None
+    if hasattr(optimizer, "_release_preflattened_grad_buffers"):  # ZeRO-1/2 only
+        optimizer._release_preflattened_grad_buffers()
+    if getattr(optimizer, "cpu_offload", False) and hasattr(optimizer, "reset_cpu_buffers"):
+        optimizer.reset_cpu_buffers()
+
+
+def deepspeed_zero_optimizer_classes() -> tuple[type, ...]:
+    """ZeRO-1/2's and ZeRO-3's optimizer classes (what deepspeed_release_gradients expects)."""
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    return DeepSpeedZeroOptimizer, DeepSpeedZeroOptimizer_Stage3
+
+
+def deepspeed_checkpoint_classes() -> list[type]:
+    """The classes DeepSpeed's ZeRO checkpoint files pickle besides tensors and builtins (their
+    module paths are DeepSpeed internals, as pickles record them)."""
+    import pathlib
+
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address, pathlib.PosixPath]
+
+
+def deepspeed_checkpoint_engine(engine):
+    """The engine's checkpoint engine, whose `load(path, map_location)` reads every checkpoint file
+    (an instance attribute `load` set on it shadows the class's pickle-based one)."""
+    return engine.checkpoint_engine
+
+
+def zero3_partition(param: torch.Tensor) -> torch.Tensor | None:
+    """The local partition (`ds_tensor`) of a parameter built under deepspeed.zero.Init, else None."""
+    return getattr(param, "ds_tensor", None)
+
+
+def is_zero3_param(param: torch.Tensor) -> bool:
+    """True for a parameter that ZeRO-3 partitions (it carries a `ds_id`)."""
+    return hasattr(param, "ds_id")
 
 # ---------------------------------------------------------------- transformers
 

@@ -60,6 +60,7 @@ from bench_common import device_name, environment, throughput, timed_steps  # no
 from bench_train import CONFIGS, make_strategy, markdown_table, with_ratios  # noqa: E402
 from bench_vl import make_packs, profile_steps  # noqa: E402
 
+from lmms_engine.data.batch import Batch  # noqa: E402
 from lmms_engine.data.collate import collate_packed, collate_padded  # noqa: E402
 from lmms_engine.data.media_audio import AudioSettings, audio_settings, audio_token_count, clip_mel_lengths  # noqa: E402
 from lmms_engine.data.types import MediaItem, Sample  # noqa: E402
@@ -75,7 +76,7 @@ from lmms_engine.models.qwen2_audio import (  # noqa: E402
     build_qwen2_audio,
 )
 from lmms_engine.parallel.single import SingleDevice  # noqa: E402
-from lmms_engine.train.loop import TrainContext  # noqa: E402
+from lmms_engine.train.loop import StepContext  # noqa: E402
 from lmms_engine.train.module import CausalLMWithLoss  # noqa: E402
 from lmms_engine.train.optim import build_adamw  # noqa: E402
 from lmms_engine.train.prefetch import make_collator  # noqa: E402
@@ -193,6 +194,15 @@ def data_stats(samples: list[Sample], packs: list[list[int]], settings: AudioSet
 # ---------------------------------------------------------------- batches
 
 
+@dataclass
+class StockAudioBatch(Batch):
+    """The stock processor's audio layout (the HF-style baseline's padded batches): every clip in
+    the 30 s window, with its frame mask."""
+
+    input_features: torch.Tensor | None = None
+    feature_attention_mask: torch.Tensor | None = None
+
+
 class AudioStepData:
     """collate() for train_step: the data pipeline's packed / padded collation, with random log-mel
     frames in place of decoded audio, in the framework's batch contract (packed: each clip's L + 2
@@ -202,14 +212,14 @@ class AudioStepData:
     def __init__(self, samples: list[Sample], packing: bool, pad_token_id: int, settings: AudioSettings):
         self.samples, self.packing, self.pad_token_id, self.settings = samples, packing, pad_token_id, settings
 
-    def collate(self, indices: list[int]) -> dict:
+    def collate(self, indices: list[int]) -> Batch:
         chosen = [self.samples[i] for i in indices]
         lengths = [n for s in chosen for item in s.media for n in clip_mel_lengths(item, self.settings)]
         if self.packing:
             batch = collate_packed(chosen)
-            return {**batch, **self.packed_audio(lengths)} if lengths else batch
-        batch = collate_padded(chosen, self.pad_token_id)
-        return {**batch, **self.padded_audio(lengths)} if lengths else batch
+            return batch.with_fields(**self.packed_audio(lengths)) if lengths else batch
+        batch = StockAudioBatch(**vars(collate_padded(chosen, self.pad_token_id)))
+        return batch.with_fields(**self.padded_audio(lengths)) if lengths else batch
 
     def packed_audio(self, lengths: list[int]) -> dict:
         frames = [min(n + CONV_CONTEXT_FRAMES, self.settings.max_frames) for n in lengths]
@@ -284,15 +294,15 @@ def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int
     optimizer = strategy.build_optimizer(module, lambda m: build_adamw(m, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8))
     data = AudioStepData(samples, cfg.packing, bundle.tokenizer.pad_token_id, settings)
     steps = rank_steps(packs, cfg, args.baseline_micro_batch, strategy.rank, strategy.world_size)
-    ctx = TrainContext(
-        module=module, optimizer=optimizer, strategy=strategy, patcher=patcher, dataset=data, step_batches=None,
-        lr_at=None, flops_fn=bundle.step_flops, peak_flops=None, sinks=None, checkpoint_root=Path("/nonexistent"),
-        max_steps=0, max_grad_norm=1.0, save_every=0, unpad=False, input_keys=input_keys,
-        collator=make_collator(data.collate, [mb for step in steps for mb in step], args.data_workers, strategy.device),
+    collator = make_collator(data.collate, [mb for step in steps for mb in step], args.data_workers, strategy.device)
+    ctx = StepContext(
+        module=module, optimizer=optimizer, strategy=strategy, collate=collator.get,
+        attention_kwargs=patcher.attention_kwargs, flops_fn=bundle.step_flops, max_grad_norm=1.0,
+        input_keys=input_keys,
     )
     warmup_steps = math.ceil(args.warmup / cfg.grad_accum)
     measured = timed_steps(ctx, steps, warmup_steps, strategy.device)
-    ctx.collator.close()
+    collator.close()
     if args.profile == name:
         profile_steps(ctx, steps[:2], data, args)
     per_step = cfg.grad_accum * strategy.world_size  # packs of one step, all ranks

@@ -2,7 +2,8 @@
 over the framework's own training step, the throughput figures made from it, and the facts about
 the device and the software a report records.
 
-Timing: every step runs `lmms_engine.train.loop.train_step`; the first `warmup_steps` are not timed;
+Timing: every step runs `lmms_engine.train.loop.train_step` on a `StepContext` (module, optimizer,
+strategy, collate, FLOPs: no checkpoints, sinks or data position); the first `warmup_steps` are not timed;
 the device is synchronised before and after each timed step. Peak memory is the accelerator's
 `max_memory_allocated` over the steps (on CPU, the process's peak resident memory so far).
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmms_engine.train.loop import peak_memory_gb, reset_peak_memory, train_step
+from lmms_engine.train.loop import StepContext, peak_memory_gb, reset_peak_memory, train_step
 
 
 @dataclass
@@ -42,7 +43,7 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def timed_steps(ctx, steps: list[list[list[int]]], warmup_steps: int, device: torch.device) -> MeasuredSteps:
+def timed_steps(ctx: StepContext, steps: list[list[list[int]]], warmup_steps: int, device: torch.device) -> MeasuredSteps:
     """One train_step per entry of `steps` (its micro-batches); steps from `warmup_steps` on are timed."""
     if len(steps) <= warmup_steps:
         raise ValueError(f"{len(steps)} steps with {warmup_steps} warm-up steps leave none to time; "

@@ -26,6 +26,7 @@ import torch
 from bench_common import environment, throughput, timed_steps
 from omegaconf import OmegaConf
 
+from lmms_engine.data.batch import Batch
 from lmms_engine.data.collate import collate_packed, collate_padded
 from lmms_engine.data.packing import pack_best_fit_decreasing
 from lmms_engine.data.types import Sample
@@ -36,7 +37,7 @@ from lmms_engine.models.qwen2 import build_qwen2
 from lmms_engine.parallel.base import Strategy
 from lmms_engine.parallel.common import apply_activation_checkpointing
 from lmms_engine.parallel.single import SingleDevice
-from lmms_engine.train.loop import TrainContext, train_step
+from lmms_engine.train.loop import StepContext, train_step
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw
 
@@ -144,7 +145,7 @@ class StepData:
     def __init__(self, samples: list[Sample], packing: bool, pad_token_id: int):
         self.samples, self.packing, self.pad_token_id = samples, packing, pad_token_id
 
-    def collate(self, indices: list[int]) -> dict:
+    def collate(self, indices: list[int]) -> Batch:
         chosen = [self.samples[i] for i in indices]
         return collate_packed(chosen) if self.packing else collate_padded(chosen, self.pad_token_id)
 
@@ -187,11 +188,10 @@ def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
     loss_fn = liger_fused_cross_entropy_sum() if cfg.liger_loss_only else patcher.loss_fn()
     module = strategy.prepare(CausalLMWithLoss(bundle.model, loss_fn), bundle.shard_units)
     optimizer = strategy.build_optimizer(module, lambda m: build_adamw(m, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8))
-    ctx = TrainContext(
-        module=module, optimizer=optimizer, strategy=strategy, patcher=patcher,
-        dataset=StepData(data.samples, cfg.packing, bundle.tokenizer.pad_token_id), step_batches=None,
-        lr_at=None, flops_fn=bundle.step_flops, peak_flops=None, sinks=None,
-        checkpoint_root=Path("/nonexistent"), max_steps=0, max_grad_norm=1.0, save_every=0, unpad=False,
+    ctx = StepContext(
+        module=module, optimizer=optimizer, strategy=strategy,
+        collate=StepData(data.samples, cfg.packing, bundle.tokenizer.pad_token_id).collate,
+        attention_kwargs=patcher.attention_kwargs, flops_fn=bundle.step_flops, max_grad_norm=1.0,
     )
     # A step takes grad_accum packs per rank; rank r takes its own packs of the step.
     per_step = cfg.grad_accum * strategy.world_size

@@ -19,6 +19,7 @@ micro-batches, sdpa in the decoder AND the vision tower (transformers' per-image
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import math
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import CONFIGS, make_strategy, markdown_table, with_ratios  # noqa: E402
 from bench_common import environment, throughput, timed_steps  # noqa: E402
 
+from lmms_engine.data.batch import Batch  # noqa: E402
 from lmms_engine.data.collate import (  # noqa: E402
     collate_packed,
     collate_padded,
@@ -50,7 +52,7 @@ from lmms_engine.models.qwen2_5_vl import (  # noqa: E402
     build_vl_tokenizer,
     set_text_attention,
 )
-from lmms_engine.train.loop import TrainContext, train_step  # noqa: E402
+from lmms_engine.train.loop import StepContext, train_step  # noqa: E402
 from lmms_engine.train.module import CausalLMWithLoss  # noqa: E402
 from lmms_engine.train.optim import build_adamw  # noqa: E402
 from lmms_engine.train.prefetch import make_collator  # noqa: E402
@@ -101,18 +103,17 @@ class VLStepData:
     def __init__(self, samples: list[Sample], packing: bool, pad_token_id: int, spec: MropeSpec, patch_dim: int):
         self.samples, self.packing, self.pad_token_id, self.spec, self.patch_dim = samples, packing, pad_token_id, spec, patch_dim
 
-    def collate(self, indices: list[int]) -> dict:
+    def collate(self, indices: list[int]) -> Batch:
         chosen = [self.samples[i] for i in indices]
         if self.packing:
-            batch = collate_packed(chosen)
-            batch["position_ids"] = mrope_position_ids_packed(chosen, self.spec)
+            batch = collate_packed(chosen).with_fields(position_ids=mrope_position_ids_packed(chosen, self.spec))
         else:
-            batch = collate_padded(chosen, self.pad_token_id)
-            batch["position_ids"] = mrope_position_ids_padded(chosen, self.spec)
+            batch = collate_padded(chosen, self.pad_token_id).with_fields(
+                position_ids=mrope_position_ids_padded(chosen, self.spec))
         grids = np.array([m.grid_thw for s in chosen for m in s.media], dtype=np.int64).reshape(-1, 3)
         if len(grids):
-            batch["image_grid_thw"] = torch.from_numpy(grids)
-            batch["pixel_values"] = torch.randn(int(grids.prod(axis=1).sum()), self.patch_dim)
+            batch = batch.with_fields(image_grid_thw=torch.from_numpy(grids),
+                                      pixel_values=torch.randn(int(grids.prod(axis=1).sum()), self.patch_dim))
         return batch
 
 
@@ -142,7 +143,7 @@ def profile_steps(ctx, steps, data, args) -> None:
     """Two more steps under torch.profiler (collating in the step), top kernels to --profile-out."""
     from torch.profiler import ProfilerActivity, profile
 
-    ctx.collator = None
+    ctx = dataclasses.replace(ctx, collate=data.collate)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for batches in steps:
             train_step(ctx, batches)
@@ -173,14 +174,14 @@ def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int
     data = VLStepData(samples, cfg.packing, bundle.tokenizer.pad_token_id, MropeSpec.from_config(bundle.model.config),
                       vision.in_channels * vision.temporal_patch_size * vision.patch_size**2)
     steps = step_micro_batches(packs, cfg, args.baseline_micro_batch)
-    ctx = TrainContext(
-        module=module, optimizer=optimizer, strategy=strategy, patcher=patcher, dataset=data, step_batches=None,
-        lr_at=None, flops_fn=bundle.step_flops, peak_flops=None, sinks=None, checkpoint_root=Path("/nonexistent"),
-        max_steps=0, max_grad_norm=1.0, save_every=0, unpad=False, input_keys=bundle.input_keys,
-        collator=make_collator(data.collate, [mb for step in steps for mb in step], args.data_workers, strategy.device),
+    collator = make_collator(data.collate, [mb for step in steps for mb in step], args.data_workers, strategy.device)
+    ctx = StepContext(
+        module=module, optimizer=optimizer, strategy=strategy, collate=collator.get,
+        attention_kwargs=patcher.attention_kwargs, flops_fn=bundle.step_flops, max_grad_norm=1.0,
+        input_keys=bundle.input_keys,
     )
     measured = timed_steps(ctx, steps, math.ceil(args.warmup / cfg.grad_accum), strategy.device)
-    ctx.collator.close()
+    collator.close()
     if args.profile == name:
         profile_steps(ctx, steps[:2], data, args)
     result = {

@@ -11,7 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from lmms_engine.checkpoint.manager import describe_os_error
-from lmms_engine.parallel.dist import any_rank
+from lmms_engine.names import unwrapped_name
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +23,12 @@ def export_hf(module: nn.Module, artifacts, out_dir: Path, strategy) -> None:
     error = None
     if strategy.is_main:
         lm = strategy.unwrap(module).lm
-        lm_state = _without_tied_copies(lm, {name.removeprefix("lm."): tensor for name, tensor in state.items()})
+        lm_state = _without_tied_copies(lm, {unwrapped_name(name): tensor for name, tensor in state.items()})
         try:
             _write(lm, lm_state, artifacts, out_dir)
         except OSError as err:  # disk full, permissions: the run's checkpoint is complete, say so
             error = err
-    if any_rank(strategy, error is not None):  # also the barrier: no rank waits for one that failed
+    if strategy.any_rank(error is not None):  # also the barrier: no rank waits for one that failed
         shutil.rmtree(out_dir.with_name(out_dir.name + ".tmp"), ignore_errors=True)
         reason = describe_os_error(error) if error is not None else "it failed on rank 0"
         raise ValueError(f"could not export the model to {out_dir}: {reason}; the final checkpoint is complete: free "

@@ -32,7 +32,6 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
 from lmms_engine.checkpoint.safe_load import load_weights_only
-from lmms_engine.parallel.dist import any_rank
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +131,7 @@ def _on_main(strategy, fn, *args) -> BaseException | None:
 def _all_ranks_or_fail(strategy, final: Path, error: BaseException | None) -> None:
     """A barrier that also tells every rank whether any rank failed; then all raise together
     (a rank that raised alone would leave the others waiting in the next collective)."""
-    failed = any_rank(strategy, error is not None)
+    failed = strategy.any_rank(error is not None)
     if not failed:
         return
     root = final.parent

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-import pathlib
 import pickle
 from pathlib import Path
 
 import torch
 from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import StorageMeta
+
+from lmms_engine import compat
 
 DCP_METADATA_MODULE = "torch.distributed.checkpoint.metadata"
 DCP_METADATA_GLOBALS = {
@@ -89,7 +89,7 @@ class WeightsOnlyLoadPlanner(DefaultLoadPlanner):
         except pickle.UnpicklingError as err:
             raise UnsafeCheckpointError(f"refusing to load checkpoint entry {fqn!r}: {_first_line(err)}") from None
         if self.flatten_state_dict:  # as DefaultLoadPlanner.load_bytes does
-            set_element(self.original_state_dict, self.mappings[fqn], obj)
+            compat.dcp_set_element(self.original_state_dict, self.mappings[fqn], obj)
         else:
             self.state_dict[fqn] = obj
 
@@ -109,15 +109,6 @@ def dcp_load(state: dict, path: Path) -> None:
         raise
 
 
-def deepspeed_safe_globals() -> list:
-    """The classes DeepSpeed's ZeRO checkpoint files pickle besides tensors and builtins."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address, pathlib.PosixPath]
-
-
 def load_weights_only(path, map_location=None, safe_globals: list | None = None):
     """torch.load(weights_only=True), allowing `safe_globals` too; UnsafeCheckpointError otherwise."""
     with torch.serialization.safe_globals(safe_globals or []):
@@ -131,8 +122,8 @@ def load_weights_only(path, map_location=None, safe_globals: list | None = None)
 @contextlib.contextmanager
 def deepspeed_weights_only(engine):
     """While inside, the DeepSpeed engine reads its checkpoint files with load_weights_only."""
-    checkpoint_engine = engine.checkpoint_engine
-    allowed = deepspeed_safe_globals()
+    checkpoint_engine = compat.deepspeed_checkpoint_engine(engine)
+    allowed = compat.deepspeed_checkpoint_classes()
 
     def load(path, map_location=None):
         return load_weights_only(path, map_location, allowed)

@@ -4,16 +4,19 @@ vision-language models, audio for audio-language models) -> packed / padded batc
 The Hydra `_target_` is `lmms_engine.data.build_sft_dataset` (see docs/data_prep.md).
 """
 
+from .batch import Batch
 from .collate import collate_packed, collate_padded
 from .dataset import SFTDataset, build_sft_dataset
 from .errors import DataError, DataSourceError, TemplateError
 from .media import MediaSettings
 from .media_audio import AudioSettings
 from .modalities import MediaSupport
+from .steps import StepSource, TrainData
 from .types import MediaItem, Sample
 
 __all__ = [
     "AudioSettings",
+    "Batch",
     "DataError",
     "DataSourceError",
     "MediaItem",
@@ -21,7 +24,9 @@ __all__ = [
     "MediaSupport",
     "SFTDataset",
     "Sample",
+    "StepSource",
     "TemplateError",
+    "TrainData",
     "build_sft_dataset",
     "collate_packed",
     "collate_padded",

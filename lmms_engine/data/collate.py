@@ -19,6 +19,7 @@ import torch
 
 from lmms_engine.models.mrope import MropeSample, MropeSpec, mrope_position_ids, packed_mrope_position_ids
 
+from .batch import Batch
 from .chat import IGNORE_INDEX
 from .types import Sample
 
@@ -31,7 +32,7 @@ def shift_labels(labels: np.ndarray) -> np.ndarray:
     return shifted
 
 
-def collate_packed(samples: Sequence[Sample]) -> dict:
+def collate_packed(samples: Sequence[Sample]) -> Batch:
     """Concatenate samples into one row with per-sample position ids and cu_seqlens.
 
     `cu_seqlens` (int32, starting at 0) and `max_seqlen` are what varlen attention kernels need
@@ -44,18 +45,19 @@ def collate_packed(samples: Sequence[Sample]) -> dict:
     position_ids = np.concatenate([np.arange(n) for n in lengths])
     cu_seqlens = np.zeros(len(samples) + 1, dtype=np.int32)
     np.cumsum(lengths, out=cu_seqlens[1:])
-    return {
-        "input_ids": torch.from_numpy(input_ids).long().unsqueeze(0),
-        "position_ids": torch.from_numpy(position_ids).long().unsqueeze(0),
-        "labels": torch.from_numpy(labels).long().unsqueeze(0),
-        "cu_seqlens": torch.from_numpy(cu_seqlens),
-        "max_seqlen": int(lengths.max()),
-        "num_label_tokens": int((labels != IGNORE_INDEX).sum()),
-        "sample_ids": [s.sample_id for s in samples],
-    }
+    return Batch(
+        input_ids=torch.from_numpy(input_ids).long().unsqueeze(0),
+        position_ids=torch.from_numpy(position_ids).long().unsqueeze(0),
+        labels=torch.from_numpy(labels).long().unsqueeze(0),
+        cu_seqlens=torch.from_numpy(cu_seqlens),
+        max_seqlen=int(lengths.max()),
+        num_label_tokens=int((labels != IGNORE_INDEX).sum()),
+        sample_ids=[s.sample_id for s in samples],
+        doc_lengths=lengths.tolist(),
+    )
 
 
-def collate_padded(samples: Sequence[Sample], pad_token_id: int) -> dict:
+def collate_padded(samples: Sequence[Sample], pad_token_id: int) -> Batch:
     """Right-pad samples to the longest one; pads get attention 0, position 0 and label -100."""
     _check_non_empty(samples)
     width = max(len(s) for s in samples)
@@ -69,14 +71,15 @@ def collate_padded(samples: Sequence[Sample], pad_token_id: int) -> dict:
         attention_mask[row, :n] = 1
         position_ids[row, :n] = np.arange(n)
         labels[row, :n] = shift_labels(sample.labels)
-    return {
-        "input_ids": torch.from_numpy(input_ids),
-        "attention_mask": torch.from_numpy(attention_mask),
-        "position_ids": torch.from_numpy(position_ids),
-        "labels": torch.from_numpy(labels),
-        "num_label_tokens": int((labels != IGNORE_INDEX).sum()),
-        "sample_ids": [s.sample_id for s in samples],
-    }
+    return Batch(
+        input_ids=torch.from_numpy(input_ids),
+        attention_mask=torch.from_numpy(attention_mask),
+        position_ids=torch.from_numpy(position_ids),
+        labels=torch.from_numpy(labels),
+        num_label_tokens=int((labels != IGNORE_INDEX).sum()),
+        sample_ids=[s.sample_id for s in samples],
+        doc_lengths=[len(s) for s in samples],
+    )
 
 
 def mrope_position_ids_packed(samples: Sequence[Sample], spec: MropeSpec) -> torch.Tensor:

@@ -26,15 +26,17 @@ from transformers import PreTrainedTokenizerBase
 from lmms_engine.models.mrope import MropeSpec
 
 from .cache import resolve_cache_dir, tokenizer_fingerprint
-from .chat import IGNORE_INDEX, check_tokenizer
-from .collate import collate_packed, collate_padded, mrope_position_ids_packed, mrope_position_ids_padded
+from .batch import Batch
+from .chat import check_tokenizer
+from .common import MediaInputs, collate_samples, cut_flags, media_inputs, pad_token_id, placeholder_id_list
 from .errors import DataSourceError
-from .media import pixel_inputs
-from .media_audio import audio_inputs, clip_sample_counts
-from .modalities import MediaOptions, MediaSupport, media_support
+from .media_audio import clip_sample_counts
+from .modalities import MediaOptions, MediaSupport
 from .packing import OVERLONG_POLICIES, apply_overlong, pack_best_fit_decreasing
 from .prepare import ON_ERROR_POLICIES, default_num_proc, prepare_file
 from .sources import DatasetEntry, SourceFile, resolve_sources
+from .steps import StepBatches
+from .streaming import StreamingSFTDataset, check_streamable
 from .types import MediaTable, Sample, TokenizedFile, format_location
 
 logger = logging.getLogger("lmms_engine.data")
@@ -107,7 +109,7 @@ def build_sft_dataset(
             f"skipped records: {_merged_skips(tokenized.values())}, overlong: {overlong_counts}",
         )
     dataset = SFTDataset(
-        store, sample_index, packing, packing_length, micro_batch_size, _pad_token_id(tokenizer), seed, inputs
+        store, sample_index, packing, packing_length, micro_batch_size, pad_token_id(tokenizer), seed, inputs
     )
     dataset.stats.update(_source_stats(tokenized.values(), overlong_counts))
     logger.info("dataset %s: %s", dataset_path, dataset.stats)
@@ -116,11 +118,9 @@ def build_sft_dataset(
 
 def _streaming_dataset(tokenizer, entries, dataset_path, packing, packing_length, micro_batch_size, on_error,
                        overlong, window, seed, inputs):
-    from .streaming import StreamingSFTDataset, check_streamable  # streaming builds on this module
-
     check_streamable(entries)
     dataset = StreamingSFTDataset(tokenizer, entries, str(dataset_path), packing, packing_length, micro_batch_size,
-                                  on_error, overlong, window, seed, _pad_token_id(tokenizer), inputs)
+                                  on_error, overlong, window, seed, pad_token_id(tokenizer), inputs)
     logger.info("dataset %s (streaming): %s", dataset_path, dataset.stats)
     return dataset
 
@@ -138,43 +138,6 @@ def _check_settings(
         raise ValueError(f"overlong must be one of {OVERLONG_POLICIES}, got {overlong!r}")
     if num_proc is not None and num_proc <= 0:
         raise ValueError(f"num_proc must be positive (or null for min(8, cpu_count)), got {num_proc}")
-
-
-@dataclass(frozen=True)
-class _MediaInputs:
-    """What a multimodal dataset needs beyond the tokenizer."""
-
-    processor: object
-    support: MediaSupport
-    mrope_spec: MropeSpec | None  # None: 1-D position ids (audio-only models)
-
-
-def media_inputs(
-    processor, mrope_spec: MropeSpec | None, tokenizer: PreTrainedTokenizerBase, options: MediaOptions
-) -> _MediaInputs | None:
-    """The processor's media settings, checked against the model's mrope ids (None: text only)."""
-    if processor is None:
-        return None
-    support = media_support(processor, tokenizer, options)
-    if support.vision is not None:
-        _check_mrope_spec(mrope_spec, support)
-    return _MediaInputs(processor=processor, support=support, mrope_spec=mrope_spec)
-
-
-def _check_mrope_spec(mrope_spec: MropeSpec | None, support: MediaSupport) -> None:
-    if mrope_spec is None:
-        raise ValueError(
-            "a vision-language dataset (processor given) needs the model's mrope_spec for its 3-D position "
-            "ids: MropeSpec.from_config(model.config)"
-        )
-    settings = support.vision
-    model_side = (mrope_spec.image_token_id, mrope_spec.video_token_id, mrope_spec.spatial_merge_size)
-    data_side = (settings.image_token_id, settings.video_token_id, settings.merge_size)
-    if model_side != data_side:
-        raise ValueError(
-            f"mrope_spec (image, video token ids, merge size) = {model_side} but the tokenizer and processor "
-            f"give {data_side}; the processor does not belong to the model"
-        )
 
 
 def _tokenize_sources(
@@ -199,15 +162,6 @@ def _tokenize_sources(
     return tokenized
 
 
-def _pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    # Pads are masked out (attention 0, label -100), so any valid id works; prefer the real pad.
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    if tokenizer.eos_token_id is not None:
-        return tokenizer.eos_token_id
-    raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token")
-
-
 def _merged_skips(files) -> dict[str, int]:
     merged = Counter()
     for tokenized in files:
@@ -224,42 +178,6 @@ def _source_stats(files, overlong_counts: dict[str, int]) -> dict:
         "skipped_by_reason": skipped,
         **overlong_counts,
     }
-
-
-def placeholder_id_list(media: MediaSupport | None) -> list[int]:
-    """The token ids that stand for media items (none for text data)."""
-    return list(media.placeholder_ids().values()) if media is not None else []
-
-
-def cut_flags(input_ids: np.ndarray, labels: np.ndarray, max_length: int, placeholder_ids: list[int]) -> tuple[bool, bool]:
-    """For a sample longer than max_length: (has a trained label in its first max_length tokens,
-    may be cut at max_length). Shifted labels never use position 0, so a cut sample is trained iff
-    labels[1:max_length] are; a cut may not split or drop a media item: every placeholder must stay
-    before it."""
-    trained = bool((labels[1:max_length] != IGNORE_INDEX).any())
-    placeholders = np.flatnonzero(np.isin(input_ids, placeholder_ids)) if placeholder_ids else []
-    cuttable = len(placeholders) == 0 or placeholders[-1] < max_length
-    return trained, bool(cuttable)
-
-
-def collate_samples(samples: list[Sample], packing: bool, pad_token_id: int, media: _MediaInputs | None) -> dict:
-    """Model inputs of one micro-batch: packed or padded tokens, plus mrope position ids, pixels
-    and audio features when the data is multimodal."""
-    batch = collate_packed(samples) if packing else collate_padded(samples, pad_token_id)
-    if media is None:
-        return batch
-    spec, support = media.mrope_spec, media.support
-    if spec is not None:  # else the 1-D position ids stay (audio models: plain RoPE)
-        if packing:
-            batch["position_ids"] = mrope_position_ids_packed(samples, spec)
-        else:
-            batch["position_ids"] = mrope_position_ids_padded(samples, spec)
-    items = [item for sample in samples for item in sample.media]
-    if support.vision is not None:
-        batch.update(pixel_inputs(items, media.processor, support.vision))
-    if support.audio is not None:
-        batch.update(audio_inputs(items, media.processor, support.audio))
-    return batch
 
 
 # ---------------------------------------------------------------- samples
@@ -408,7 +326,7 @@ class SFTDataset:
         micro_batch_size: int,
         pad_token_id: int,
         seed: int,
-        media: _MediaInputs | None = None,
+        media: MediaInputs | None = None,
     ):
         self.packing = packing
         self.packing_length = packing_length
@@ -439,7 +357,11 @@ class SFTDataset:
         full = self.num_samples // self.micro_batch_size * self.micro_batch_size
         return [order[i : i + self.micro_batch_size].tolist() for i in range(0, full, self.micro_batch_size)]
 
-    def collate(self, indices: list[int]) -> dict:
+    def step_source(self, grad_accum: int, rank: int, world_size: int, state: dict | None = None) -> StepBatches:
+        """This rank's step source, at `state` (a checkpoint's data position; None: the start)."""
+        return StepBatches.at(self, grad_accum, rank, world_size, state)
+
+    def collate(self, indices: list[int]) -> Batch:
         return collate_samples([self[i] for i in indices], self.packing, self.pad_token_id, self._media)
 
     def _sample_stats(self) -> dict:

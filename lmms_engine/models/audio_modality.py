@@ -65,7 +65,7 @@ class QwenAudioEncoder(ModalityEncoder):
 
     def flops(self, model, batch: Mapping, trainable: tuple[bool, bool]) -> float:
         """Encoder and projector on every clip's valid frames; the dummy clip is not counted."""
-        if batch.get("audio_lengths") is None:
+        if "audio_lengths" not in batch:
             return 0.0
         text_hidden = model.config.get_text_config().hidden_size
         return audio_train_flops(self.module(model).config, text_hidden, batch["audio_lengths"].tolist(),

@@ -52,8 +52,7 @@ class QwenVisionEncoder(ModalityEncoder):
         return any(p.requires_grad for p in self.module(model).blocks.parameters())
 
     def flops(self, model, batch: Mapping, trainable: bool) -> float:
-        grids = [grid for key in ("image_grid_thw", "video_grid_thw") if batch.get(key) is not None
-                 for grid in batch[key].tolist()]
+        grids = [grid for key in ("image_grid_thw", "video_grid_thw") if key in batch for grid in batch[key].tolist()]
         return vision_train_flops(self.module(model).config, grids, trainable=trainable) if grids else 0.0
 
     def patch_kernels(self, model, device) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import torch
@@ -80,6 +81,19 @@ class Strategy:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def step(self, module: nn.Module, optimizer: torch.optim.Optimizer, *, max_norm: float,
+             loss: float) -> tuple[float, bool]:
+        """Clip to max_norm and update, unless `loss` (the step's all-reduced loss) or the global
+        gradient norm is not finite on any rank: then this step's gradients are dropped and the
+        weights and optimizer state stay as they were. Returns (pre-clip grad norm, skipped)."""
+        grad_norm = float(self.clip_grad_norm(module, max_norm))
+        skipped = self.any_rank(not (math.isfinite(loss) and math.isfinite(grad_norm)))
+        if skipped:
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer_step(optimizer, module)
+        return grad_norm, skipped
+
     def unwrap(self, module: nn.Module) -> nn.Module:
         """The module given to prepare() (strategies that wrap it in another object override this)."""
         return module
@@ -102,6 +116,10 @@ class Strategy:
 
     def all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
         return pdist.all_reduce_sum(value)
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any (a collective: every rank calls it)."""
+        return pdist.any_rank(self, flag)
 
     def barrier(self) -> None:
         pdist.barrier()

@@ -7,6 +7,8 @@ import logging
 
 from torch import nn
 
+from lmms_engine import compat
+
 log = logging.getLogger(__name__)
 
 
@@ -31,11 +33,9 @@ def checkpoint_every(setting: bool | int) -> int:
 
 def apply_activation_checkpointing(module: nn.Module, unit_types: tuple[type[nn.Module], ...], every: int = 1) -> int:
     """Recompute the activations of every `every`-th unit in backward instead of storing them."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
     units = units_of(module, unit_types)[::every]
     for parent, name, child in units:
-        parent.register_module(name, checkpoint_wrapper(child, preserve_rng_state=False))
+        parent.register_module(name, compat.checkpoint_wrapper(child, preserve_rng_state=False))
     log.info("activation checkpointing on %d %s units", len(units), "/".join(t.__name__ for t in unit_types))
     return len(units)
 

@@ -35,17 +35,17 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from lmms_engine import compat
 from lmms_engine.checkpoint.safe_load import deepspeed_weights_only
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
+from lmms_engine.names import unwrapped_name
 from lmms_engine.parallel.common import apply_checkpointing_and_compile, checkpoint_every
 
 log = logging.getLogger(__name__)
 
 ZERO_STAGES = (1, 2, 3)
 CHECKPOINT_TAG = "deepspeed"  # DeepSpeed writes its files under <checkpoint dir>/deepspeed/
-# checkpoint_wrapper puts this in parameter names; state dicts (and HF export) must not have it.
-CHECKPOINT_WRAPPER_PREFIX = "_checkpoint_wrapped_module."
 
 
 def import_deepspeed():
@@ -199,11 +199,23 @@ class DeepSpeedZero(Strategy):
             self.engine.step()
         self._stepped = False  # engine.step() has also zeroed the gradients
 
+    def step(self, module: nn.Module, optimizer: torch.optim.Optimizer, *, max_norm: float,
+             loss: float) -> tuple[float, bool]:
+        """DeepSpeed clips and updates in one call, so only the loss can be checked before the
+        update: a non-finite loss drops the step's gradients (as DeepSpeed's own fp16 overflow
+        path does); a non-finite gradient norm with a finite loss is left to DeepSpeed. The loss is
+        all-reduced, so every rank takes the same branch."""
+        if not math.isfinite(loss):
+            drop_gradients(self.engine.optimizer)
+            return float("nan"), True
+        grad_norm = self.clip_grad_norm(module, max_norm)
+        self.optimizer_step(optimizer, module)
+        return grad_norm, False
+
     def _set_clip_threshold(self, max_norm: float) -> None:
         # DeepSpeed's ZeRO optimizers clip by their `clip_grad` (0 = off), taken from the config at
         # initialize; the loop only passes max_norm now. inf (clipping off) -> 0.
-        assert hasattr(self.engine.optimizer, "clip_grad"), f"{type(self.engine.optimizer).__name__} has no clip_grad"
-        self.engine.optimizer.clip_grad = 0.0 if math.isinf(max_norm) else float(max_norm)
+        compat.deepspeed_set_clip_threshold(self.engine.optimizer, 0.0 if math.isinf(max_norm) else float(max_norm))
 
     def save_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
         """Write model + optimizer state into the existing directory `path`. Every rank calls this."""
@@ -224,6 +236,13 @@ class DeepSpeedZero(Strategy):
         """Full fp32 weights in CPU memory on rank 0 (empty elsewhere), named as the module's
         state_dict. Every rank calls this: gathering partitioned parameters is collective."""
         return gather_full_state_dict(self.unwrap(module), keep=self.is_main)
+
+
+def drop_gradients(optimizer) -> None:
+    """What DeepSpeed's ZeRO-1/2 optimizer does on an fp16 overflow: forget this step's gradients
+    (param grads, the reduced partitions, the flat buffers) without an update."""
+    optimizer.zero_grad(set_to_none=True)
+    compat.deepspeed_release_gradients(optimizer)
 
 
 @contextlib.contextmanager
@@ -299,9 +318,10 @@ def cast_keeping_fp32(module: nn.Module, dtype: torch.dtype) -> Fp32Masters:
     for name, param in module.named_parameters():
         if not param.is_floating_point() or param.dtype == dtype:
             continue
-        if getattr(param, "ds_tensor", None) is not None:
-            fp32 = param.ds_tensor.data
-            param.ds_tensor.data = fp32.to(dtype)
+        partition = compat.zero3_partition(param)
+        if partition is not None:
+            fp32 = partition.data
+            partition.data = fp32.to(dtype)
             param.data = torch.empty(0, dtype=dtype, device=param.device)  # the gathered dtype follows ds_tensor
             if param.requires_grad:
                 partitions[name] = fp32.cpu()  # the old tensor: ds_tensor now holds a new one
@@ -350,7 +370,8 @@ def gather_full_state_dict(module: nn.Module, keep: bool) -> dict[str, torch.Ten
 
 def _named_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     named = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
-    return {name.replace(CHECKPOINT_WRAPPER_PREFIX, ""): tensor for name, tensor in named}
+    # Named as the module's state_dict (checkpoint_wrapper's part hidden, the training module's `lm.` kept).
+    return {unwrapped_name(name, prefixes=()): tensor for name, tensor in named}
 
 
 def _full_fp32(param: nn.Parameter) -> torch.Tensor:
@@ -359,7 +380,7 @@ def _full_fp32(param: nn.Parameter) -> torch.Tensor:
     full = deepspeed.utils.safe_get_full_fp32_param(param)  # collective; None for frozen params
     if full is not None:
         return full
-    if hasattr(param, "ds_id"):  # a frozen ZeRO-3 parameter: only partitioned in the module
+    if compat.is_zero3_param(param):  # a frozen ZeRO-3 parameter: only partitioned in the module
         with deepspeed.zero.GatheredParameters([param]):
             return param.detach().float().clone()
     return param.detach().float()

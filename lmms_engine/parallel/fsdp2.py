@@ -14,6 +14,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
+from lmms_engine import compat
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
 from lmms_engine.parallel.common import apply_checkpointing_and_compile, checkpoint_every, units_of
@@ -63,7 +64,7 @@ def _retie_weights(module: nn.Module) -> None:
 def _is_non_persistent(module: nn.Module, name: str) -> bool:
     owner_name, _, attr = name.rpartition(".")
     owner = module.get_submodule(owner_name) if owner_name else module
-    return attr in owner._non_persistent_buffers_set
+    return attr in compat.non_persistent_buffer_names(owner)
 
 
 class FSDP2(Strategy):

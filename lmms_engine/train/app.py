@@ -22,7 +22,7 @@ from lmms_engine.config import RunConfig, validate
 from lmms_engine.models.flops import peak_flops
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.train.data_iter import make_step_batches
-from lmms_engine.train.loop import TrainContext, train
+from lmms_engine.train.loop import LoopPolicy, StepContext, train
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw, freeze_components
 from lmms_engine.train.prefetch import make_collator
@@ -81,24 +81,26 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     optimizer = strategy.build_optimizer(
         module, functools.partial(_make_optimizer, optim=rc.optim, components=bundle.components()))
     start_step, position, bad_steps = _maybe_resume(rc, run_dir, module, optimizer, strategy)
-    step_batches = make_step_batches(dataset, rc.trainer.grad_accum, strategy.rank, strategy.world_size, position)
-    ctx = TrainContext(
-        module=module, optimizer=optimizer, strategy=strategy, patcher=patcher, dataset=dataset,
-        step_batches=step_batches, collator=make_collator(dataset.collate, step_batches.plan(),
-                                                          _data_workers(rc, strategy.device), strategy.device),
-        lr_at=functools.partial(_lr, rc=rc), flops_fn=bundle.step_flops, input_keys=bundle.input_keys,
-        peak_flops=_device_peak_flops(strategy.device),
-        sinks=_build_sinks(cfg, rc, run_dir, start_step, strategy.is_main),
-        checkpoint_root=run_dir / "checkpoints", max_steps=rc.trainer.max_steps,
+    step_source = make_step_batches(dataset, rc.trainer.grad_accum, strategy.rank, strategy.world_size, position)
+    collator = make_collator(dataset.collate, step_source.plan(), _data_workers(rc, strategy.device), strategy.device)
+    ctx = StepContext(
+        module=module, optimizer=optimizer, strategy=strategy, collate=collator.get,
+        attention_kwargs=patcher.attention_kwargs, flops_fn=bundle.step_flops, input_keys=bundle.input_keys,
         max_grad_norm=rc.trainer.max_grad_norm if rc.trainer.max_grad_norm > 0 else float("inf"),
-        save_every=rc.trainer.save_every, save_final=rc.trainer.save_final, unpad=patcher.use_rmpad and not dataset.packing,
+        unpad=patcher.use_rmpad and not dataset.packing,
+    )
+    policy = LoopPolicy(
+        step_source=step_source, lr_at=functools.partial(_lr, rc=rc),
+        sinks=_build_sinks(cfg, rc, run_dir, start_step, strategy.is_main), checkpoint_root=run_dir / "checkpoints",
+        max_steps=rc.trainer.max_steps, save_every=rc.trainer.save_every, save_final=rc.trainer.save_final,
         max_bad_steps=rc.trainer.max_bad_steps, keep_last=rc.trainer.keep_last, bad_steps=bad_steps,
+        peak_flops=_device_peak_flops(strategy.device),
     )
     try:
-        finished = train(ctx, start_step)
+        finished = train(ctx, policy, start_step)
     finally:
-        ctx.collator.close()
-        ctx.sinks.close()
+        collator.close()
+        policy.sinks.close()
     if finished and rc.trainer.export_hf:  # stopped by a signal: the checkpoint is the output, no export
         export_hf(module, bundle.artifacts(), run_dir / "hf", strategy)
 

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from lmms_engine.checkpoint.manager import save_checkpoint
+from lmms_engine.data.batch import Batch
+from lmms_engine.data.steps import StepSource
 from lmms_engine.models.base import TEXT_INPUT_KEYS
-from lmms_engine.parallel.dist import any_rank
-from lmms_engine.kernels.rmpad import document_lengths, unpad_batch
+from lmms_engine.parallel.base import Strategy
 from lmms_engine.train.state import capture_rng
 
 log = logging.getLogger("lmms_engine.train")
@@ -25,68 +28,93 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass
-class TrainContext:
-    module: torch.nn.Module
+class StepContext:
+    """What one optimizer step needs (train_step): the benchmarks build only this."""
+
+    module: nn.Module  # the strategy-prepared CausalLMWithLoss
     optimizer: torch.optim.Optimizer
-    strategy: object  # parallel strategy (single / fsdp2 / ...)
-    patcher: object  # kernels.KernelPatcher
-    dataset: object  # data.SFTDataset
-    step_batches: object  # train.data_iter.StepBatches
-    lr_at: object  # step -> learning rate
-    flops_fn: object  # micro-batch (with doc_lengths) -> training FLOPs
-    peak_flops: float | None  # per device, for MFU
-    sinks: object  # logging sinks
+    strategy: Strategy
+    collate: Callable[[Any], Batch]  # a micro-batch of the step source -> its Batch (prefetched or not)
+    attention_kwargs: Callable[[Batch], dict]  # kernels.KernelPatcher.attention_kwargs
+    flops_fn: Callable[[Batch], float]  # training FLOPs of a micro-batch (ModelBundle.step_flops)
+    max_grad_norm: float = float("inf")  # inf: no clipping
+    unpad: bool = False  # kernels.use_rmpad on unpacked data
+    input_keys: tuple[str, ...] = TEXT_INPUT_KEYS  # the batch fields the model's forward takes
+
+
+class Sinks(Protocol):
+    def log(self, metrics: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class LoopPolicy:
+    """What the loop does around the steps: data order, learning rate, logging, checkpoints, stops."""
+
+    step_source: StepSource
+    lr_at: Callable[[int], float]  # step -> learning rate
+    sinks: Sinks
     checkpoint_root: Path
     max_steps: int
-    max_grad_norm: float
-    save_every: int
-    unpad: bool  # kernels.use_rmpad on unpacked data
-    input_keys: tuple[str, ...] = TEXT_INPUT_KEYS  # batch keys the model's forward takes
-    collator: object = None  # train.prefetch collator (None: dataset.collate in the step)
+    save_every: int = 0  # 0: no periodic checkpoint
     save_final: bool = True  # checkpoint after the last step
     max_bad_steps: int = 5  # this many consecutive non-finite steps stop the run (0: never)
     keep_last: int | None = None  # complete checkpoints kept (None: all)
     bad_steps: int = 0  # non-finite (skipped) steps so far, carried through checkpoints
+    peak_flops: float | None = None  # per device, for MFU
 
 
-def train(ctx: TrainContext, start_step: int) -> bool:
+def train(ctx: StepContext, policy: LoopPolicy, start_step: int) -> bool:
     """Steps start_step+1 .. max_steps. Returns False when a SIGTERM / SIGINT stopped it early
     (after a checkpoint of the step it was in), True when it ran to the end."""
     run_start = time.perf_counter()
     ctx.module.train()
     bad_in_row, saved_at = 0, None
     with _stop_signals() as stop:
-        for step in range(start_step + 1, ctx.max_steps + 1):
+        for step in range(start_step + 1, policy.max_steps + 1):
             step_start = time.perf_counter()
             reset_peak_memory(ctx.strategy.device)
-            lr = ctx.lr_at(step)
-            for group in ctx.optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            stats = train_step(ctx, ctx.step_batches.next_step())
+            lr = set_learning_rate(ctx.optimizer, policy.lr_at(step))
+            stats = train_step(ctx, policy.step_source.next_step())
             seconds = time.perf_counter() - step_start
-            bad_in_row = bad_in_row + 1 if stats["skipped"] else 0
-            if stats["skipped"]:
-                ctx.bad_steps += 1
-                log.warning("step %d: non-finite loss %s / grad norm %s, update skipped (rank %d sample_ids %s)",
-                            step, stats["loss"], stats["grad_norm"], ctx.strategy.rank, stats["sample_ids"])
-            metrics = _step_metrics(ctx, step, lr, stats, seconds, time.perf_counter() - run_start)
-            ctx.sinks.log({**metrics, "skipped": stats["skipped"], "bad_steps": ctx.bad_steps})
-            if ctx.max_bad_steps and bad_in_row >= ctx.max_bad_steps:
-                raise ValueError(f"{bad_in_row} consecutive non-finite steps (loss or grad norm), the last at step "
-                                 f"{step}; stopping (trainer.max_bad_steps={ctx.max_bad_steps}): lower optim.lr or "
-                                 f"check the data of the sample_ids in the warnings above")
-            if ctx.save_every and step % ctx.save_every == 0 and step != ctx.max_steps:
-                save(ctx, step)
+            bad_in_row = _count_bad_step(ctx, policy, step, stats, bad_in_row)
+            metrics = _step_metrics(ctx, policy, step, lr, stats, seconds, time.perf_counter() - run_start)
+            policy.sinks.log({**metrics, "skipped": stats["skipped"], "bad_steps": policy.bad_steps})
+            if policy.save_every and step % policy.save_every == 0 and step != policy.max_steps:
+                save(ctx, policy, step)
                 saved_at = step
-            if step != ctx.max_steps and any_rank(ctx.strategy, stop.received is not None):
+            if step != policy.max_steps and ctx.strategy.any_rank(stop.received is not None):
                 if saved_at != step:
-                    save(ctx, step)
+                    save(ctx, policy, step)
                 log.info("received %s: checkpoint at step %d, resume with trainer.resume=auto",
                          stop.received or "a stop signal on another rank", step)
                 return False
-    if start_step < ctx.max_steps and ctx.save_final:
-        save(ctx, ctx.max_steps)
+    if start_step < policy.max_steps and policy.save_final:
+        save(ctx, policy, policy.max_steps)
     return True
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Each param group at lr times its `lr_scale` (per-component learning rates)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    return lr
+
+
+def _count_bad_step(ctx: StepContext, policy: LoopPolicy, step: int, stats: dict, bad_in_row: int) -> int:
+    """Consecutive skipped steps so far; raises once there are policy.max_bad_steps of them."""
+    if not stats["skipped"]:
+        return 0
+    policy.bad_steps += 1
+    log.warning("step %d: non-finite loss %s / grad norm %s, update skipped (rank %d sample_ids %s)",
+                step, stats["loss"], stats["grad_norm"], ctx.strategy.rank, stats["sample_ids"])
+    bad_in_row += 1
+    if policy.max_bad_steps and bad_in_row >= policy.max_bad_steps:
+        raise ValueError(f"{bad_in_row} consecutive non-finite steps (loss or grad norm), the last at step "
+                         f"{step}; stopping (trainer.max_bad_steps={policy.max_bad_steps}): lower optim.lr or "
+                         f"check the data of the sample_ids in the warnings above")
+    return bad_in_row
 
 
 class _StopFlag:
@@ -118,7 +146,7 @@ def _stop_signals():
             signal.signal(sig, old)
 
 
-def train_step(ctx: TrainContext, micro_batch_indices: list[list[int]]) -> dict:
+def train_step(ctx: StepContext, micro_batches: list) -> dict:
     """Forward/backward over this rank's micro-batches, then one optimizer step.
 
     The loss is the mean over every trained label token of the global step: each micro-batch's
@@ -126,9 +154,9 @@ def train_step(ctx: TrainContext, micro_batch_indices: list[list[int]]) -> dict:
     by the world size, since data parallelism averages gradients across ranks).
     """
     strategy = ctx.strategy
-    collate = ctx.collator.get if ctx.collator is not None else ctx.dataset.collate
-    batches = [_prepare(ctx, collate(indices)) for indices in micro_batch_indices]
-    counts = torch.tensor([sum(b["num_label_tokens"] for b in batches), sum(sum(b["doc_lengths"]) for b in batches)], dtype=torch.float64)
+    batches = [_prepare(ctx, ctx.collate(micro_batch)) for micro_batch in micro_batches]
+    counts = torch.tensor([sum(b.num_label_tokens for b in batches), sum(sum(b.doc_lengths) for b in batches)],
+                          dtype=torch.float64)
     label_tokens, real_tokens = strategy.all_reduce_sum(counts.to(strategy.device)).tolist()
     scale = strategy.world_size / max(label_tokens, 1.0)
     loss_sum = torch.zeros((), device=strategy.device, dtype=torch.float64)
@@ -136,78 +164,40 @@ def train_step(ctx: TrainContext, micro_batch_indices: list[list[int]]) -> dict:
     for i, batch in enumerate(batches):
         with strategy.gradient_sync(ctx.module, enabled=i == len(batches) - 1):
             with strategy.autocast():
-                batch_loss = ctx.module(labels=batch["labels"], **_model_inputs(ctx, batch))
+                batch_loss = ctx.module(labels=batch.labels, **_model_inputs(ctx, batch))
             strategy.backward(batch_loss * scale, ctx.module)
         loss_sum += batch_loss.detach().double()
         flops += ctx.flops_fn(batch)
     totals = strategy.all_reduce_sum(torch.stack([loss_sum, torch.tensor(flops, dtype=torch.float64, device=strategy.device)]))
     loss = totals[0].item() / max(label_tokens, 1.0)  # all-reduced: every rank sees the same value
-    grad_norm, skipped = _update(ctx, loss)
+    grad_norm, skipped = strategy.step(ctx.module, ctx.optimizer, max_norm=ctx.max_grad_norm, loss=loss)
     return {
         "loss": loss,
         "grad_norm": grad_norm,
         "skipped": skipped,
-        "sample_ids": [b.get("sample_ids") for b in batches],
+        "sample_ids": [b.sample_ids for b in batches],
         "tokens": int(real_tokens),
         "label_tokens": int(label_tokens),
         "flops": totals[1].item(),
     }
 
 
-def _update(ctx: TrainContext, loss: float) -> tuple[float, bool]:
-    """Clip and step, unless the loss or the global gradient norm is not finite: then the
-    gradients are dropped and the weights (and optimizer state) stay as they were.
-
-    DeepSpeed (zero*) clips and updates in one call, so only the loss can be checked before the
-    update there; a non-finite gradient norm with a finite loss is left to DeepSpeed.
-    """
-    strategy = ctx.strategy
-    if strategy.name.startswith("zero"):
-        if not math.isfinite(loss):
-            _drop_deepspeed_gradients(strategy)
-            return float("nan"), True
-        return float(strategy.clip_grad_norm(ctx.module, ctx.max_grad_norm)), False
-    grad_norm = float(strategy.clip_grad_norm(ctx.module, ctx.max_grad_norm))
-    skipped = any_rank(strategy, not (math.isfinite(loss) and math.isfinite(grad_norm)))
-    if skipped:
-        ctx.optimizer.zero_grad(set_to_none=True)
-    else:
-        strategy.optimizer_step(ctx.optimizer, ctx.module)
-    return grad_norm, skipped
+def _prepare(ctx: StepContext, batch: Batch) -> Batch:
+    """Unpad if asked (the document lengths were counted at collate time, on the CPU, so token
+    counts and FLOPs need no device sync), and move tensors to the device."""
+    if ctx.unpad:
+        batch = batch.unpadded()
+    return batch.to(ctx.strategy.device)
 
 
-def _drop_deepspeed_gradients(strategy) -> None:
-    """What DeepSpeed's ZeRO-1/2 optimizer does on an fp16 overflow: forget this step's gradients
-    (param grads, the reduced partitions, the flat buffers) without an update."""
-    optimizer = strategy.engine.optimizer
-    optimizer.zero_grad(set_to_none=True)
-    for key in getattr(optimizer, "averaged_gradients", {}):
-        optimizer.averaged_gradients[key] = None
-    if hasattr(optimizer, "_release_preflattened_grad_buffers"):
-        optimizer._release_preflattened_grad_buffers()
-    if getattr(optimizer, "cpu_offload", False) and hasattr(optimizer, "reset_cpu_buffers"):
-        optimizer.reset_cpu_buffers()
+def _model_inputs(ctx: StepContext, batch: Batch) -> dict:
+    return {**batch.model_inputs(ctx.input_keys), **ctx.attention_kwargs(batch)}
 
 
-def _prepare(ctx: TrainContext, batch: dict) -> dict:
-    """Unpad if asked, note the document lengths (for token counts and FLOPs, read on the CPU
-    so no device sync is needed), and move tensors to the device."""
-    if ctx.unpad and "attention_mask" in batch:
-        batch = unpad_batch(batch)
-    batch["doc_lengths"] = document_lengths(batch)
-    device = ctx.strategy.device
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _model_inputs(ctx: TrainContext, batch: dict) -> dict:
-    inputs = {k: batch[k] for k in ctx.input_keys if k in batch}
-    inputs.update(ctx.patcher.attention_kwargs(batch))
-    return inputs
-
-
-def _step_metrics(ctx: TrainContext, step: int, lr: float, stats: dict, seconds: float, elapsed: float) -> dict:
+def _step_metrics(ctx: StepContext, policy: LoopPolicy, step: int, lr: float, stats: dict, seconds: float,
+                  elapsed: float) -> dict:
     world = ctx.strategy.world_size
-    mfu = stats["flops"] / (seconds * ctx.peak_flops * world) if ctx.peak_flops else None
+    mfu = stats["flops"] / (seconds * policy.peak_flops * world) if policy.peak_flops else None
     return {
         "step": step,
         "loss": stats["loss"],
@@ -223,9 +213,10 @@ def _step_metrics(ctx: TrainContext, step: int, lr: float, stats: dict, seconds:
     }
 
 
-def save(ctx: TrainContext, step: int) -> None:
-    state = {"step": step, "data": ctx.step_batches.state_dict(), "rng": capture_rng(), "bad_steps": ctx.bad_steps}
-    save_checkpoint(ctx.checkpoint_root, step, ctx.module, ctx.optimizer, state, ctx.strategy, keep_last=ctx.keep_last)
+def save(ctx: StepContext, policy: LoopPolicy, step: int) -> None:
+    state = {"step": step, "data": policy.step_source.state_dict(), "rng": capture_rng(), "bad_steps": policy.bad_steps}
+    save_checkpoint(policy.checkpoint_root, step, ctx.module, ctx.optimizer, state, ctx.strategy,
+                    keep_last=policy.keep_last)
 
 
 def reset_peak_memory(device: torch.device) -> None:

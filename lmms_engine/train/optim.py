@@ -15,12 +15,11 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from lmms_engine.names import unwrapped_name
+
 log = logging.getLogger(__name__)
 
 LM = "lm"
-# Inserted into parameter names by wrappers: CausalLMWithLoss.lm, DDP, checkpoint_wrapper, compile.
-WRAPPER_PARTS = ("_checkpoint_wrapped_module.", "_orig_mod.")
-WRAPPER_PREFIXES = ("module.", "lm.")
 
 
 def build_adamw(
@@ -81,14 +80,6 @@ def component_of(name: str, components: Mapping[str, tuple[str, ...]]) -> str:
             if name.startswith(prefix) and len(prefix) > best_len:
                 best, best_len = component, len(prefix)
     return best
-
-
-def unwrapped_name(name: str) -> str:
-    for part in WRAPPER_PARTS:
-        name = name.replace(part, "")
-    for prefix in WRAPPER_PREFIXES:
-        name = name.removeprefix(prefix)
-    return name
 
 
 def check_component_names(names, components: Mapping[str, tuple[str, ...]], key: str) -> None:

@@ -5,7 +5,7 @@ processor, video frames decoded): tens to hundreds of milliseconds of CPU work p
 leave the GPU idle if it ran inside the step. The order of micro-batches is fully known in advance
 (`StepBatches` is a pure function of seed, epoch and position), so `PrefetchCollator` runs a
 DataLoader over that plan: workers collate the next micro-batches while the GPU trains on this one,
-and results come back in plan order (pinned, for asynchronous host-to-device copies).
+and results come back in plan order (pinned by Batch.pin_memory, for asynchronous host-to-device copies).
 """
 
 from __future__ import annotations
@@ -13,17 +13,21 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
+from typing import Any
+
 import torch
 from torch.utils.data import DataLoader
+
+from lmms_engine.data.batch import Batch
 
 
 class DirectCollator:
     """Collates in the training process, when asked (data_workers = 0)."""
 
-    def __init__(self, collate: Callable[[list[int]], dict]):
+    def __init__(self, collate: Callable[[Any], Batch]):
         self.collate = collate
 
-    def get(self, indices: list[int]) -> dict:
+    def get(self, indices: list[int]) -> Batch:
         return self.collate(indices)
 
     def close(self) -> None:
@@ -33,14 +37,14 @@ class DirectCollator:
 class PrefetchCollator:
     """`get(indices)` returns the collated micro-batch `indices`, which must be the plan's next one."""
 
-    def __init__(self, collate: Callable[[list[int]], dict], plan: Iterable[list[int]], num_workers: int,
+    def __init__(self, collate: Callable[[Any], Batch], plan: Iterable[list[int]], num_workers: int,
                  prefetch_factor: int = 2, pin_memory: bool = False):
         self._planned: deque[list[int]] = deque()
         loader = DataLoader(_IndexIdentity(), batch_sampler=_Recorded(plan, self._planned), collate_fn=collate,
                             num_workers=num_workers, prefetch_factor=prefetch_factor, pin_memory=pin_memory)
-        self._batches: Iterator[dict] | None = iter(loader)
+        self._batches: Iterator[Batch] | None = iter(loader)
 
-    def get(self, indices: list[int]) -> dict:
+    def get(self, indices: list[int]) -> Batch:
         batch = next(self._batches)
         expected = self._planned.popleft()
         if _key(expected) != _key(indices):

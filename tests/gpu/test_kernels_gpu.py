@@ -42,11 +42,11 @@ def _loss_and_grads(backend: str | None, liger: bool = False):
     module = CausalLMWithLoss(model, patcher.loss_fn())
     samples = _samples()
     batch = collate_packed(samples) if backend else collate_padded(samples, pad_token_id=0)
-    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+    batch = batch.to(torch.device("cuda"))
+    inputs = batch.model_inputs(("input_ids", "position_ids", "attention_mask"))
     inputs.update(patcher.attention_kwargs(batch))
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = module(labels=batch["labels"], **inputs) / batch["num_label_tokens"]
+        loss = module(labels=batch.labels, **inputs) / batch.num_label_tokens
     loss.backward()
     grads = torch.cat([p.grad.float().flatten() for p in module.parameters() if p.grad is not None])
     return loss.item(), grads

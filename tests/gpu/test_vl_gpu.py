@@ -14,6 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
+from lmms_engine.data.batch import Batch
 from lmms_engine.data.collate import (
     collate_packed,
     collate_padded,
@@ -56,19 +57,16 @@ def _encoded(bundle):
     return out
 
 
-def _batch(bundle, packed: bool) -> dict:
+def _batch(bundle, packed: bool) -> Batch:
     encoded = _encoded(bundle)
     samples = [sample for sample, _ in encoded]
     spec = MropeSpec.from_config(bundle.model.config)
     if packed:
-        batch = collate_packed(samples)
-        batch["position_ids"] = mrope_position_ids_packed(samples, spec)
+        batch = collate_packed(samples).with_fields(position_ids=mrope_position_ids_packed(samples, spec))
     else:
-        batch = collate_padded(samples, pad_token_id=0)
-        batch["position_ids"] = mrope_position_ids_padded(samples, spec)
-    batch["pixel_values"] = torch.cat([p for _, p in encoded if p is not None])
-    batch["image_grid_thw"] = torch.tensor([m.grid_thw for s in samples for m in s.media])
-    return batch
+        batch = collate_padded(samples, pad_token_id=0).with_fields(position_ids=mrope_position_ids_padded(samples, spec))
+    return batch.with_fields(pixel_values=torch.cat([p for _, p in encoded if p is not None]),
+                             image_grid_thw=torch.tensor([m.grid_thw for s in samples for m in s.media]))
 
 
 def _loss_and_grads(packed: bool, liger: bool = False):
@@ -78,11 +76,11 @@ def _loss_and_grads(packed: bool, liger: bool = False):
     patcher.apply(model, torch.device("cuda"), padding_free=packed, encoders=bundle.encoders,
           decoder_path=bundle.decoder_path)
     module = CausalLMWithLoss(model, patcher.loss_fn(), bundle.hidden_states)
-    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in _batch(bundle, packed).items()}
-    inputs = {k: batch[k] for k in bundle.input_keys if k in batch}
+    batch = _batch(bundle, packed).to(torch.device("cuda"))
+    inputs = batch.model_inputs(bundle.input_keys)
     inputs.update(patcher.attention_kwargs(batch))
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = module(labels=batch["labels"], **inputs) / batch["num_label_tokens"]
+        loss = module(labels=batch.labels, **inputs) / batch.num_label_tokens
     loss.backward()
     grads = torch.cat([p.grad.float().flatten() for p in module.parameters() if p.grad is not None])
     return loss.item(), grads

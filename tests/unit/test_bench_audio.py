@@ -59,13 +59,13 @@ def test_packed_and_padded_batches_hold_the_same_clips(bench_audio, synthetic):
     indices = [0, 1, 2, 3]
     packed = bench_audio.AudioStepData(samples, True, pad, settings).collate(indices)
     padded = bench_audio.AudioStepData(samples, False, pad, settings).collate(indices)
-    lengths = packed["audio_lengths"]
-    assert padded["audio_lengths"].tolist() == lengths.tolist()
+    lengths = packed.audio_lengths
+    assert padded.audio_lengths.tolist() == lengths.tolist()
     assert padded["feature_attention_mask"].sum(-1).tolist() == lengths.tolist()
     assert padded["input_features"].shape == (len(lengths), settings.n_mels, settings.max_frames)
-    assert packed["audio_frames"].tolist() == [min(n + 2, settings.max_frames) for n in lengths.tolist()]
-    assert packed["audio_features"].shape == (settings.n_mels, int(packed["audio_frames"].sum()))
-    assert int((packed["input_ids"] == chat.audio).sum()) == int((padded["input_ids"] == chat.audio).sum())
+    assert packed.audio_frames.tolist() == [min(n + 2, settings.max_frames) for n in lengths.tolist()]
+    assert packed.audio_features.shape == (settings.n_mels, int(packed.audio_frames.sum()))
+    assert int((packed.input_ids == chat.audio).sum()) == int((padded.input_ids == chat.audio).sum())
 
 
 def test_padded_baseline_runs_as_many_micro_batches_on_every_rank(bench_audio, synthetic):

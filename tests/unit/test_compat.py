@@ -1,5 +1,5 @@
-"""Each private library API in lmms_engine/compat.py, checked by name: an upgrade that moves or changes
-one fails here, naming it, instead of deep inside a training run."""
+"""Each private library API in lmms_engine/compat.py, checked against the installed version: a
+failure here names the entry an upgrade broke (see compat.py's docstring)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,126 @@ import inspect
 
 import pytest
 import torch
+from torch import nn
 
 from lmms_engine import compat
+from lmms_engine.names import unwrapped_name
+
+# ---------------------------------------------------------------- torch
+
+
+def test_torch_checkpoint_wrapper_prefix_is_what_wrapped_names_carry():
+    outer = nn.Sequential(nn.Linear(2, 2))
+    outer.register_module("0", compat.checkpoint_wrapper(outer[0]))
+    names = [name for name, _ in outer.named_parameters()]
+    assert names == [f"0.{compat.CHECKPOINT_WRAPPER_PREFIX}weight", f"0.{compat.CHECKPOINT_WRAPPER_PREFIX}bias"], (
+        f"compat.CHECKPOINT_WRAPPER_PREFIX / compat.checkpoint_wrapper: wrapped names are now {names}")
+    assert list(outer.state_dict()) == ["0.weight", "0.bias"], "compat.checkpoint_wrapper: its state_dict hook changed"
+    assert [unwrapped_name(n, prefixes=()) for n in names] == ["0.weight", "0.bias"]
+
+
+def test_torch_compile_prefix_is_what_compiled_module_names_carry():
+    compiled = torch.compile(nn.Linear(2, 2))
+    names = [name for name, _ in compiled.named_parameters()]
+    assert names == [f"{compat.COMPILE_WRAPPER_PREFIX}weight", f"{compat.COMPILE_WRAPPER_PREFIX}bias"], (
+        f"compat.COMPILE_WRAPPER_PREFIX: torch.compile's wrapper names are now {names}")
+
+
+def test_torch_non_persistent_buffer_names():
+    module = nn.Module()
+    module.register_buffer("kept", torch.zeros(1))
+    module.register_buffer("inv_freq", torch.zeros(1), persistent=False)
+    assert compat.non_persistent_buffer_names(module) == {"inv_freq"}, "compat.non_persistent_buffer_names"
+
+
+def test_torch_dcp_set_element_sets_a_flattened_path():
+    root = {"optim": {"param_groups": [{"lr": 1.0}]}}
+    compat.dcp_set_element(root, ("optim", "param_groups", 0, "lr"), 2.0)
+    assert root == {"optim": {"param_groups": [{"lr": 2.0}]}}, "compat.dcp_set_element"
+
+
+def test_torch_dcp_load_planner_has_what_load_bytes_reads():
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    planner = DefaultLoadPlanner()
+    planner.set_up_planner({"w": torch.zeros(1)}, Metadata(state_dict_metadata={}), is_coordinator=True)
+    missing = [a for a in compat.DCP_LOAD_PLANNER_ATTRIBUTES if not hasattr(planner, a)]
+    assert not missing, f"compat.DCP_LOAD_PLANNER_ATTRIBUTES: DefaultLoadPlanner lacks {missing}"
+    assert "load_bytes" in vars(DefaultLoadPlanner), "compat: DefaultLoadPlanner.load_bytes (safe_load overrides it)"
+
+
+# ---------------------------------------------------------------- DeepSpeed
+
+deepspeed = pytest.importorskip("deepspeed")
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["zero12", "zero3"])
+def test_deepspeed_zero_optimizers_hold_what_release_gradients_touches(index):
+    cls = compat.deepspeed_zero_optimizer_classes()[index]
+    source = inspect.getsource(cls)
+    assert "self.clip_grad = " in source, f"compat.deepspeed_set_clip_threshold: {cls.__name__} has no clip_grad"
+    assert "self.averaged_gradients = " in source, f"compat.deepspeed_release_gradients: {cls.__name__}.averaged_gradients"
+    assert callable(getattr(cls, "reset_cpu_buffers", None)), f"compat.deepspeed_release_gradients: {cls.__name__}.reset_cpu_buffers"
+    if index == 0:
+        assert callable(getattr(cls, "_release_preflattened_grad_buffers", None)), (
+            "compat.deepspeed_release_gradients: DeepSpeedZeroOptimizer._release_preflattened_grad_buffers")
+        assert "self.cpu_offload = " in source, "compat.deepspeed_release_gradients: DeepSpeedZeroOptimizer.cpu_offload"
+
+
+class _FakeZeroOptimizer:
+    """Stands for a ZeRO-1/2 optimizer with CPU offload: what deepspeed_release_gradients clears."""
+
+    def __init__(self):
+        self.clip_grad, self.cpu_offload = 0.0, True
+        self.averaged_gradients = {0: [torch.ones(2)], 1: [torch.ones(2)]}
+        self.calls = []
+
+    def _release_preflattened_grad_buffers(self):
+        self.calls.append("flat")
+
+    def reset_cpu_buffers(self):
+        self.calls.append("cpu")
+
+
+def test_deepspeed_release_gradients_clears_partitions_and_buffers():
+    optimizer = _FakeZeroOptimizer()
+    compat.deepspeed_release_gradients(optimizer)
+    assert optimizer.averaged_gradients == {0: None, 1: None}
+    assert optimizer.calls == ["flat", "cpu"]
+
+
+def test_deepspeed_set_clip_threshold_refuses_an_optimizer_without_clip_grad():
+    optimizer = _FakeZeroOptimizer()
+    compat.deepspeed_set_clip_threshold(optimizer, 1.5)
+    assert optimizer.clip_grad == 1.5
+    with pytest.raises(AttributeError, match="SGD has no clip_grad"):
+        compat.deepspeed_set_clip_threshold(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), 1.0)
+
+
+def test_deepspeed_checkpoint_classes_import():
+    names = [cls.__name__ for cls in compat.deepspeed_checkpoint_classes()]
+    assert names == ["LossScaler", "DynamicLossScaler", "ZeroStageEnum", "fragment_address", "PosixPath"]
+
+
+def test_deepspeed_engine_has_a_checkpoint_engine_with_load():
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    assert "self.checkpoint_engine = " in inspect.getsource(DeepSpeedEngine), "compat.deepspeed_checkpoint_engine"
+    assert list(inspect.signature(TorchCheckpointEngine.load).parameters)[:3] == ["self", "path", "map_location"], (
+        "compat.deepspeed_checkpoint_engine: TorchCheckpointEngine.load(path, map_location) changed")
+
+
+def test_deepspeed_zero3_parameter_attributes():
+    from deepspeed.runtime.zero.partition_parameters import Init
+
+    source = inspect.getsource(Init)
+    assert "ds_tensor" in source, "compat.zero3_partition: zero.Init no longer sets param.ds_tensor"
+    assert "ds_id" in source, "compat.is_zero3_param: zero.Init no longer sets param.ds_id"
+    plain = nn.Parameter(torch.zeros(1))
+    assert compat.zero3_partition(plain) is None and not compat.is_zero3_param(plain)
+
 
 # ---------------------------------------------------------------- transformers
 

@@ -166,9 +166,9 @@ def test_a_clip_longer_than_30_s_is_split_into_clips_of_30_s(processor, ids, tmp
     (run,) = runs(sample.input_ids, ids["audio"])  # one part: its clips' tokens one after another
     assert run[1] - run[0] == 750 + 125 == tokens_of(35.0)
     batch = dataset.collate([0])
-    assert batch["audio_lengths"].tolist() == [3000, 500]
-    assert batch["audio_frames"].tolist() == [3000, 502]
-    assert batch["audio_features"].shape == (128, 3502)
+    assert batch.audio_lengths.tolist() == [3000, 500]
+    assert batch.audio_frames.tolist() == [3000, 502]
+    assert batch.audio_features.shape == (128, 3502)
     assert dataset.stats["audios"] == 1 and dataset.stats["audio_clips"] == 2
     assert dataset.stats["audio_seconds"] == pytest.approx(35.0)
 
@@ -179,7 +179,7 @@ def test_audio_max_seconds_sets_the_clip_length(processor, ids, tmp_path):
     )
     dataset = build(processor, data, tmp_path, micro_batch_size=1, audio_max_seconds=10.0)
     assert (dataset[0].input_ids == ids["audio"]).sum() == tokens_of(35.0, chunk_seconds=10.0)
-    assert dataset.collate([0])["audio_lengths"].tolist() == [1000, 1000, 1000, 500]
+    assert dataset.collate([0]).audio_lengths.tolist() == [1000, 1000, 1000, 500]
     with pytest.raises(ValueError, match="audio_max_seconds"):
         build(processor, data, tmp_path, micro_batch_size=1, audio_max_seconds=31.0)
 
@@ -196,32 +196,32 @@ def test_audio_features_are_the_extractors_frames_cut_to_valid_plus_context(proc
     )
     lengths = out["attention_mask"].sum(-1)
     assert (
-        batch["audio_lengths"].tolist()
+        batch.audio_lengths.tolist()
         == lengths.tolist()
         == [-(-round(SECONDS[n] * RATE) // 160) for n in order]
     )
-    assert batch["audio_frames"].tolist() == (lengths + 2).clamp(max=3000).tolist()
-    features = batch["audio_features"]
-    assert features.dtype == torch.float32 and features.shape == (128, int(batch["audio_frames"].sum()))
+    assert batch.audio_frames.tolist() == (lengths + 2).clamp(max=3000).tolist()
+    features = batch.audio_features
+    assert features.dtype == torch.float32 and features.shape == (128, int(batch.audio_frames.sum()))
     expected = torch.cat(
-        [out["input_features"][i, :, :t] for i, t in enumerate(batch["audio_frames"].tolist())], 1
+        [out["input_features"][i, :, :t] for i, t in enumerate(batch.audio_frames.tolist())], 1
     )
     torch.testing.assert_close(features, expected.float())
-    placeholders = int((batch["input_ids"] == mixed._media.support.audio.audio_token_id).sum())
+    placeholders = int((batch.input_ids == mixed._media.support.audio.audio_token_id).sum())
     assert placeholders == sum(int(feat_extract_output_lengths(n)[1]) for n in lengths.tolist())
 
 
 def test_packed_and_padded_audio_batches_keep_1d_positions(processor, media, mixed, tmp_path):
     packed = mixed.collate([0, 1, 2])
-    assert packed["position_ids"].shape == packed["input_ids"].shape  # (1, total): no mrope rows
-    lengths = np.diff(packed["cu_seqlens"].numpy())
-    assert packed["position_ids"][0].tolist() == np.concatenate([np.arange(n) for n in lengths]).tolist()
+    assert packed.position_ids.shape == packed.input_ids.shape  # (1, total): no mrope rows
+    lengths = np.diff(packed.cu_seqlens.numpy())
+    assert packed.position_ids[0].tolist() == np.concatenate([np.arange(n) for n in lengths]).tolist()
     text_only = mixed.collate([0])
-    assert not {"audio_features", "audio_frames", "audio_lengths"} & set(text_only)
+    assert not {"audio_features", "audio_frames", "audio_lengths"} & set(text_only.fields())
     padded = build(processor, mixed_path(tmp_path), tmp_path, packing=False, micro_batch_size=2)
     batch = padded.collate([0, 1])
-    assert batch["position_ids"].shape == batch["input_ids"].shape
-    assert batch["audio_lengths"].tolist() == [
+    assert batch.position_ids.shape == batch.input_ids.shape
+    assert batch.audio_lengths.tolist() == [
         mel_frames(round(SECONDS["c.wav"] * RATE), padded._media.support.audio)
     ]
 
@@ -237,10 +237,10 @@ def test_audio_with_an_mrope_spec_gets_text_like_3d_positions(processor, media, 
     )
     dataset = build(processor, data, tmp_path, micro_batch_size=1, mrope_spec=spec)
     batch = dataset.collate([0])
-    n = batch["input_ids"].shape[1]
-    assert batch["position_ids"].shape == (3, 1, n)
-    assert (batch["position_ids"] == torch.arange(n)).all()
-    assert "audio_features" in batch
+    n = batch.input_ids.shape[1]
+    assert batch.position_ids.shape == (3, 1, n)
+    assert (batch.position_ids == torch.arange(n)).all()
+    assert batch.audio_features is not None
 
 
 def test_resampled_44k_stereo_audio(processor, ids, tmp_path):
@@ -349,7 +349,7 @@ def test_cache_round_trip_gives_identical_batches(processor, media, mixed, tmp_p
         assert cached[k].media == mixed[k].media
     first, again = mixed.collate([0, 1, 2, 3]), cached.collate([0, 1, 2, 3])
     for key in ("input_ids", "position_ids", "labels", "audio_features", "audio_frames", "audio_lengths"):
-        torch.testing.assert_close(again[key], first[key])
+        torch.testing.assert_close(getattr(again, key), getattr(first, key))
 
 
 def test_audio_settings_are_part_of_the_cache_key(processor, media, mixed, tmp_path):
@@ -383,7 +383,7 @@ def test_demo_audio_yaml_builds_with_text_and_audio(processor, tmp_path):
     assert dataset.stats["audios"] > 100 and dataset.stats["skipped"] == 0
     pack = max(dataset.micro_batches(0), key=len)
     batch = dataset.collate(pack)
-    assert batch["audio_features"].shape[1] == int(batch["audio_frames"].sum())
-    assert int((batch["input_ids"] == dataset._media.support.audio.audio_token_id).sum()) == sum(
-        int(feat_extract_output_lengths(n)[1]) for n in batch["audio_lengths"].tolist()
+    assert batch.audio_features.shape[1] == int(batch.audio_frames.sum())
+    assert int((batch.input_ids == dataset._media.support.audio.audio_token_id).sum()) == sum(
+        int(feat_extract_output_lengths(n)[1]) for n in batch.audio_lengths.tolist()
     )

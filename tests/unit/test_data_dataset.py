@@ -55,8 +55,8 @@ def test_packed_micro_batches_are_deterministic_and_cover_every_sample(tokenizer
     for batch in epoch0:
         collated = dataset.collate(batch)
         assert (
-            collated["input_ids"].shape[1] <= 256
-            and collated["cu_seqlens"][-1] == collated["input_ids"].shape[1]
+            collated.input_ids.shape[1] <= 256
+            and collated.cu_seqlens[-1] == collated.input_ids.shape[1]
         )
 
 
@@ -68,8 +68,8 @@ def test_padded_micro_batches(tokenizer, data_file, tmp_path):
     flat = [i for b in batches for i in b]
     assert len(set(flat)) == len(flat)
     collated = dataset.collate(batches[0])
-    assert collated["input_ids"].shape[0] == 7 and "attention_mask" in collated
-    assert collated["input_ids"][collated["attention_mask"] == 0].eq(tokenizer.pad_token_id).all()
+    assert collated.input_ids.shape[0] == 7 and collated.attention_mask is not None
+    assert collated.input_ids[collated.attention_mask == 0].eq(tokenizer.pad_token_id).all()
 
 
 def test_cache_hit_gives_identical_samples_without_tokenizing(tokenizer, data_file, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 from lmms_engine.data.dataset import build_sft_dataset
 from lmms_engine.data.errors import DataError, DataSourceError
 from lmms_engine.data.sources import resolve_sources
-from lmms_engine.data.streaming import ShardReader
+from lmms_engine.data.shards import ShardReader
 from lmms_engine.models.tokenizer import build_byte_tokenizer
 from lmms_engine.train.data_iter import make_step_batches
 from lmms_engine.train.prefetch import PrefetchCollator
@@ -129,9 +129,9 @@ def test_stream_packs_within_the_budget_and_keeps_labels(tokenizer, tmp_path):
     for _ in range(10):
         for mb in steps.next_step():
             batch = data.collate(mb)
-            assert batch["input_ids"].shape[1] <= 256
-            assert batch["sample_ids"] == [s.sample_id for s in mb]
-            assert batch["num_label_tokens"] > 0
+            assert batch.input_ids.shape[1] <= 256
+            assert batch.sample_ids == [s.sample_id for s in mb]
+            assert batch.num_label_tokens > 0
 
 
 def test_indexed_and_streamed_samples_are_the_same_tokens(tokenizer, tmp_path):
@@ -177,9 +177,9 @@ def test_prefetch_plan_and_steps_share_one_stream(tokenizer, tmp_path):
             assert ids_of(got) == ids_of(want)
             for mb, mb_want in zip(got, want):
                 batch, batch_want = collator.get(mb), data.collate(mb_want)
-                assert batch["sample_ids"] == batch_want["sample_ids"]
-                assert batch["input_ids"].equal(batch_want["input_ids"])
-                assert batch["labels"].equal(batch_want["labels"])
+                assert batch.sample_ids == batch_want.sample_ids
+                assert batch.input_ids.equal(batch_want.input_ids)
+                assert batch.labels.equal(batch_want.labels)
     finally:
         collator.close()
     assert steps.state_dict() == direct.state_dict()

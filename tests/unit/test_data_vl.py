@@ -223,40 +223,40 @@ def test_packed_collate_positions_pixels_and_grids(bundle, spec, ids, mixed):
     batch = mixed.collate(list(range(mixed.num_samples)))
     samples = [mixed[i] for i in range(mixed.num_samples)]
     total = sum(len(s) for s in samples)
-    assert batch["input_ids"].shape == batch["labels"].shape == (1, total)
-    assert batch["position_ids"].shape == (3, 1, total) and batch["position_ids"].dtype == torch.long
-    bounds = batch["cu_seqlens"].tolist()
+    assert batch.input_ids.shape == batch.labels.shape == (1, total)
+    assert batch.position_ids.shape == (3, 1, total) and batch.position_ids.dtype == torch.long
+    bounds = batch.cu_seqlens.tolist()
     for sample, start, end in zip(samples, bounds[:-1], bounds[1:], strict=True):
-        assert torch.equal(batch["position_ids"][:, 0, start:end], hf_positions(bundle, spec, sample))
+        assert torch.equal(batch.position_ids[:, 0, start:end], hf_positions(bundle, spec, sample))
         assert (
-            batch["labels"][0, start:end][torch.from_numpy(sample.input_ids) == ids["image"]] == IGNORE_INDEX
+            batch.labels[0, start:end][torch.from_numpy(sample.input_ids) == ids["image"]] == IGNORE_INDEX
         ).all()
     images = [m for s in samples for m in s.media if m.kind == "image"]
     videos = [m for s in samples for m in s.media if m.kind == "video"]
-    assert batch["image_grid_thw"].tolist() == [list(m.grid_thw) for m in images]
-    assert batch["pixel_values"].shape[0] == sum(int(np.prod(m.grid_thw)) for m in images)
-    assert batch["pixel_values"].dtype == torch.float32
-    assert batch["video_grid_thw"].tolist() == [list(m.grid_thw) for m in videos]
-    assert batch["pixel_values_videos"].shape[0] == sum(int(np.prod(m.grid_thw)) for m in videos)
-    assert batch["second_per_grid_ts"].tolist() == [m.second_per_grid_t for m in videos]
+    assert batch.image_grid_thw.tolist() == [list(m.grid_thw) for m in images]
+    assert batch.pixel_values.shape[0] == sum(int(np.prod(m.grid_thw)) for m in images)
+    assert batch.pixel_values.dtype == torch.float32
+    assert batch.video_grid_thw.tolist() == [list(m.grid_thw) for m in videos]
+    assert batch.pixel_values_videos.shape[0] == sum(int(np.prod(m.grid_thw)) for m in videos)
+    assert batch.second_per_grid_ts.tolist() == [m.second_per_grid_t for m in videos]
     # the image features are those of each image alone, in placeholder order
     alone = [
         bundle.processor.image_processor(images=[Image.open(m.path).convert("RGB")], return_tensors="pt")
         for m in images
     ]
-    assert torch.equal(batch["pixel_values"], torch.cat([a["pixel_values"] for a in alone]))
+    assert torch.equal(batch.pixel_values, torch.cat([a["pixel_values"] for a in alone]))
 
 
 def test_media_keys_absent_without_media_and_text_positions_are_equal_rows(mixed):
     text = [i for i in range(mixed.num_samples) if not mixed[i].media]
     batch = mixed.collate(text)
-    assert not {"pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"} & set(batch)
-    positions = batch["position_ids"]
-    assert positions.shape == (3, 1, batch["input_ids"].shape[1])
+    assert not {"pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"} & set(batch.fields())
+    positions = batch.position_ids
+    assert positions.shape == (3, 1, batch.input_ids.shape[1])
     assert torch.equal(positions[0], positions[1]) and torch.equal(positions[0], positions[2])
     assert positions[0, 0].tolist() == list(range(positions.shape[-1]))
     images_only = mixed.collate([0])
-    assert "pixel_values" in images_only and "pixel_values_videos" not in images_only
+    assert images_only.pixel_values is not None and images_only.pixel_values_videos is None
 
 
 def test_padded_collate_has_per_row_mrope_positions(bundle, spec, media, tmp_path):
@@ -266,17 +266,17 @@ def test_padded_collate_has_per_row_mrope_positions(bundle, spec, media, tmp_pat
     )
     batch = dataset.collate(list(range(5)))
     width = max(len(dataset[i]) for i in range(5))
-    assert batch["input_ids"].shape == batch["attention_mask"].shape == batch["labels"].shape == (5, width)
-    assert batch["position_ids"].shape == (3, 5, width)
+    assert batch.input_ids.shape == batch.attention_mask.shape == batch.labels.shape == (5, width)
+    assert batch.position_ids.shape == (3, 5, width)
     for row in range(5):
         sample = dataset[row]
         n = len(sample)
-        assert torch.equal(batch["position_ids"][:, row, :n], hf_positions(bundle, spec, sample))
-        assert (batch["position_ids"][:, row, n:] == 0).all()
-    assert batch["image_grid_thw"].shape[0] == sum(
+        assert torch.equal(batch.position_ids[:, row, :n], hf_positions(bundle, spec, sample))
+        assert (batch.position_ids[:, row, n:] == 0).all()
+    assert batch.image_grid_thw.shape[0] == sum(
         m.kind == "image" for i in range(5) for m in dataset[i].media
     )
-    assert batch["video_grid_thw"].shape[0] == 2
+    assert batch.video_grid_thw.shape[0] == 2
 
 
 def test_vl_batch_runs_through_the_tiny_model(bundle, mixed):
@@ -284,7 +284,7 @@ def test_vl_batch_runs_through_the_tiny_model(bundle, mixed):
     model = bundle.model.eval()
     inputs = {
         k: v
-        for k, v in batch.items()
+        for k, v in batch.fields().items()
         if k
         in (
             "input_ids",
@@ -298,7 +298,7 @@ def test_vl_batch_runs_through_the_tiny_model(bundle, mixed):
     }
     with torch.no_grad():
         logits = model(**inputs).logits  # placeholder counts must match the tower's features
-    assert logits.shape[:2] == batch["input_ids"].shape
+    assert logits.shape[:2] == batch.input_ids.shape
 
 
 def test_stats_count_images_videos_and_visual_tokens(mixed):
@@ -337,8 +337,8 @@ def test_video_grid_t_and_seconds_follow_the_sampling_settings(
     assert item.grid_thw[0] == frames // 2
     assert item.second_per_grid_t == pytest.approx(seconds)
     batch = dataset.collate([0])
-    assert batch["video_grid_thw"].tolist() == [list(item.grid_thw)]
-    assert batch["second_per_grid_ts"].tolist() == pytest.approx([seconds])
+    assert batch.video_grid_thw.tolist() == [list(item.grid_thw)]
+    assert batch.second_per_grid_ts.tolist() == pytest.approx([seconds])
 
 
 def test_video_max_pixels_bounds_the_frame_grid(bundle, spec, media, tmp_path):
@@ -346,7 +346,7 @@ def test_video_max_pixels_bounds_the_frame_grid(bundle, spec, media, tmp_path):
     small = build(bundle, spec, write_yaml(tmp_path, data, media), tmp_path, video_max_pixels=28 * 28)
     _, h, w = small[0].media[0].grid_thw
     assert (h, w) == (2, 2)
-    assert small.collate([0])["video_grid_thw"].tolist() == [list(small[0].media[0].grid_thw)]
+    assert small.collate([0]).video_grid_thw.tolist() == [list(small[0].media[0].grid_thw)]
 
 
 # ---------------------------------------------------------------- bad media
@@ -432,9 +432,10 @@ def test_cache_round_trip_gives_identical_batches(bundle, spec, media, tmp_path,
     warm = build(bundle, spec, path, tmp_path)
     indices = list(range(cold.num_samples))
     first, second = cold.collate(indices), warm.collate(indices)
-    assert first.keys() == second.keys()
-    for key, value in first.items():
-        assert torch.equal(value, second[key]) if isinstance(value, torch.Tensor) else value == second[key]
+    assert first.fields().keys() == second.fields().keys()
+    for key, value in first.fields().items():
+        other = getattr(second, key)
+        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
     assert [warm[i].media for i in indices] == [cold[i].media for i in indices]
     monkeypatch.undo()
     other = build(bundle, spec, path, tmp_path, image_max_pixels=16 * 28 * 28)  # settings are in the key
@@ -490,7 +491,7 @@ def test_demo_vl_yaml_builds_with_images_and_video(bundle, spec, tmp_path):
     dataset = build(bundle, spec, DEMO_VL_YAML, tmp_path)
     assert dataset.stats["skipped"] == 0 and dataset.stats["images"] > 100 and dataset.stats["videos"] > 0
     batch = dataset.collate(dataset.micro_batches(0)[0])
-    assert batch["position_ids"].shape == (3, 1, batch["input_ids"].shape[1])
+    assert batch.position_ids.shape == (3, 1, batch.input_ids.shape[1])
 
 
 def test_streamed_vl_micro_batches_collate_like_the_indexed_ones(bundle, spec, media, tmp_path):
@@ -511,8 +512,9 @@ def test_streamed_vl_micro_batches_collate_like_the_indexed_ones(bundle, spec, m
         (micro_batch,) = steps.next_step()
         got = streamed.collate(micro_batch)
         want = indexed.collate([position[s.sample_id] for s in micro_batch])
-        assert got.keys() == want.keys()
-        for key, value in want.items():
-            assert torch.equal(got[key], value) if isinstance(value, torch.Tensor) else got[key] == value, key
+        assert got.fields().keys() == want.fields().keys()
+        for key, value in want.fields().items():
+            mine = getattr(got, key)
+            assert torch.equal(mine, value) if isinstance(value, torch.Tensor) else mine == value, key
         seen.update(s.sample_id for s in micro_batch)
     assert len(seen) == 4

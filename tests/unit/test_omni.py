@@ -102,10 +102,10 @@ def _mixed_pack(bundle, dataset) -> list[int]:
     image_id, audio_id = bundle.processor.image_token_id, bundle.processor.audio_token_id
     for pack in dataset.micro_batches(0):
         batch = dataset.collate(pack)
-        if "pixel_values" not in batch or "audio_features" not in batch:
+        if batch.pixel_values is None or batch.audio_features is None:
             continue
-        bounds = batch["cu_seqlens"].tolist()
-        docs = [batch["input_ids"][0, a:b] for a, b in zip(bounds, bounds[1:])]
+        bounds = batch.cu_seqlens.tolist()
+        docs = [batch.input_ids[0, a:b] for a, b in zip(bounds, bounds[1:])]
         if any(not ((doc == image_id) | (doc == audio_id)).any() for doc in docs):
             return pack
     raise AssertionError("no demo pack mixes image, audio and text samples")
@@ -129,9 +129,9 @@ def test_packed_mixed_micro_batch_calls_each_tower_once_and_trains(bundle, demo)
         part.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
     module = CausalLMWithLoss(model, cross_entropy_sum, bundle.hidden_states)
     batch = datasets[True].collate(pack)
-    inputs = {k: batch[k] for k in bundle.input_keys if k in batch}
+    inputs = batch.model_inputs(bundle.input_keys)
     inputs.update(patcher.attention_kwargs(batch))
-    loss = module(labels=batch["labels"], **inputs) / batch["num_label_tokens"]
+    loss = module(labels=batch.labels, **inputs) / batch.num_label_tokens
     loss.backward()
     assert calls == {"visual": 1, "audio": 1}
     assert torch.isfinite(loss)
@@ -165,11 +165,11 @@ def test_packed_and_padded_omni_batches_give_the_same_loss(bundle, demo):
           decoder_path=bundle.decoder_path)
         module = CausalLMWithLoss(model, cross_entropy_sum, bundle.hidden_states)
         batch = dataset.collate(pack)
-        inputs = {k: batch[k] for k in bundle.input_keys if k in batch}
+        inputs = batch.model_inputs(bundle.input_keys)
         inputs.update(patcher.attention_kwargs(batch))
         with torch.no_grad():
-            losses[packing] = module(labels=batch["labels"], **inputs) / batch["num_label_tokens"]
-    assert "pixel_values" in batch and "audio_features" in batch
+            losses[packing] = module(labels=batch.labels, **inputs) / batch.num_label_tokens
+    assert batch.pixel_values is not None and batch.audio_features is not None
     torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=1e-5)
 
 

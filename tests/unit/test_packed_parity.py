@@ -11,7 +11,7 @@ from lmms_engine.data.collate import collate_packed, collate_padded
 from lmms_engine.data.types import Sample
 from lmms_engine.kernels.patcher import KernelPatcher
 from lmms_engine.models.qwen2 import build_qwen2
-from lmms_engine.train.loop import TrainContext, train_step
+from lmms_engine.train.loop import StepContext, train_step
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.parallel.single import SingleDevice
 from tests.conftest import compose_config
@@ -40,9 +40,9 @@ def _module(padding_free: bool, backend: str = "sdpa", use_rmpad: bool = False) 
 
 
 def _loss_and_grads(module, patcher, batch) -> tuple[float, dict[str, torch.Tensor]]:
-    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+    inputs = batch.model_inputs(("input_ids", "position_ids", "attention_mask"))
     inputs.update(patcher.attention_kwargs(batch))
-    loss = module(labels=batch["labels"], **inputs) / batch["num_label_tokens"]
+    loss = module(labels=batch.labels, **inputs) / batch.num_label_tokens
     loss.backward()
     return loss.item(), {n: p.grad.clone() for n, p in module.named_parameters()}
 
@@ -65,7 +65,7 @@ def test_packed_attention_does_not_cross_samples():
     outputs = []
     for group in (samples, changed):
         batch = collate_packed(group)
-        hidden = module.lm.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+        hidden = module.lm.model(input_ids=batch.input_ids, position_ids=batch.position_ids,
                                  **patcher.attention_kwargs(batch)).last_hidden_state
         outputs.append(hidden)
     first = len(samples[0])
@@ -75,30 +75,18 @@ def test_packed_attention_does_not_cross_samples():
 
 def test_rmpad_unpadding_matches_padded():
     samples = _samples()
-    from lmms_engine.kernels.rmpad import unpad_batch
-
-    unpadded = _loss_and_grads(*_module(padding_free=True, use_rmpad=True), unpad_batch(collate_padded(samples, 257)))
+    unpadded = _loss_and_grads(*_module(padding_free=True, use_rmpad=True), collate_padded(samples, 257).unpadded())
     padded = _loss_and_grads(*_module(padding_free=False), collate_padded(samples, 257))
     assert unpadded[0] == pytest.approx(padded[0], abs=1e-5)
-
-
-class _ListData:
-    packing = True
-
-    def __init__(self, samples):
-        self.samples = samples
-
-    def collate(self, indices):
-        return collate_packed([self.samples[i] for i in indices])
 
 
 def _one_step(micro_batches: list[list[int]], samples) -> tuple[float, dict[str, torch.Tensor]]:
     module, patcher = _module(padding_free=True)
     strategy = SingleDevice(device="cpu")
     optimizer = torch.optim.SGD(module.parameters(), lr=0.0)  # keep the gradients, change nothing
-    ctx = TrainContext(module=module, optimizer=optimizer, strategy=strategy, patcher=patcher, dataset=_ListData(samples),
-                       step_batches=None, lr_at=None, flops_fn=lambda batch: 0.0, peak_flops=None, sinks=None,
-                       checkpoint_root=None, max_steps=1, max_grad_norm=float("inf"), save_every=0, unpad=False)
+    ctx = StepContext(module=module, optimizer=optimizer, strategy=strategy,
+                      collate=lambda indices: collate_packed([samples[i] for i in indices]),
+                      attention_kwargs=patcher.attention_kwargs, flops_fn=lambda batch: 0.0)
     strategy.optimizer_step = lambda opt, mod: None  # inspect gradients before they are cleared
     stats = train_step(ctx, micro_batches)
     return stats["loss"], {n: p.grad.clone() for n, p in module.named_parameters()}

@@ -167,19 +167,19 @@ def test_packed_and_padded_vl_batches_give_the_same_loss(bundle, tmp_path):
                                    cache_dir=tmp_path, num_proc=1, **bundle.data_inputs())
         for packing in (True, False)
     }
-    pack = next(p for p in datasets[True].micro_batches(0) if "pixel_values_videos" in datasets[True].collate(p))
+    pack = next(p for p in datasets[True].micro_batches(0) if datasets[True].collate(p).pixel_values_videos is not None)
     losses = {}
     for packing, dataset in datasets.items():
         KernelPatcher(use_rmpad=packing).apply(bundle.model, torch.device("cpu"), padding_free=packing,
                                                   encoders=bundle.encoders, decoder_path=bundle.decoder_path)
         module = CausalLMWithLoss(bundle.model, cross_entropy_sum, bundle.hidden_states)
         batch = dataset.collate(pack)
-        inputs = {k: batch[k] for k in bundle.input_keys if k in batch}
+        inputs = batch.model_inputs(bundle.input_keys)
         if packing:
-            inputs.update(varlen_kwargs(batch["cu_seqlens"], batch["max_seqlen"], "sdpa"))
+            inputs.update(varlen_kwargs(batch.cu_seqlens, batch.max_seqlen, "sdpa"))
         with torch.no_grad():
-            losses[packing] = module(labels=batch["labels"], **inputs) / batch["num_label_tokens"]
-    assert "image_grid_thw" in batch and "video_grid_thw" in batch
+            losses[packing] = module(labels=batch.labels, **inputs) / batch.num_label_tokens
+    assert batch.image_grid_thw is not None and batch.video_grid_thw is not None
     torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=1e-5)
 
 
@@ -213,12 +213,12 @@ def test_prefetched_batches_equal_direct_collation_and_follow_the_plan(bundle, t
     for _ in range(3):
         for indices in steps.next_step():
             got, expected = collator.get(indices), dataset.collate(indices)
-            assert got.keys() == expected.keys()
-            for key, value in expected.items():
+            assert got.fields().keys() == expected.fields().keys()
+            for key, value in expected.fields().items():
                 if isinstance(value, torch.Tensor):
-                    torch.testing.assert_close(got[key], value, rtol=0, atol=0)
+                    torch.testing.assert_close(getattr(got, key), value, rtol=0, atol=0)
                 else:
-                    assert got[key] == value
+                    assert getattr(got, key) == value
     with pytest.raises(RuntimeError, match="prefetch plan and the training loop disagree"):
         collator.get([0])
     collator.close()
