@@ -1,12 +1,9 @@
-"""Every private API of a library that lmms_engine relies on, in one place.
+"""Every private API of torch / transformers / liger-kernel / deepspeed that lmms_engine needs, in one
+place. Each entry has a test in tests/unit/test_compat.py that fails by name when an upgrade moves
+or changes it: upgrade a library, run that file, and fix what it names here. Nothing else in the code
+base reaches a library's private names (an underscore module, attribute or method).
 
-A private name (an underscore module, attribute or method) can change in any release without
-notice. Each one the code needs is reached through this module only, and tests/unit/test_compat.py
-checks each against the installed version, failing with the name of what moved. After an upgrade,
-a failing test there says which entry to adapt; nothing else in the code base should need a look.
-
-Sections: torch, DeepSpeed (imported lazily: it is an optional extra). The transformers and
-liger-kernel entries live in their own section below.
+Sections: torch, DeepSpeed (imported lazily: it is an optional extra), transformers, liger-kernel.
 """
 
 from __future__ import annotations
@@ -101,3 +98,38 @@ def zero3_partition(param: torch.Tensor) -> torch.Tensor | None:
 def is_zero3_param(param: torch.Tensor) -> bool:
     """True for a parameter that ZeRO-3 partitions (it carries a `ds_id`)."""
     return hasattr(param, "ds_id")
+
+
+# ---------------------------------------------------------------- transformers
+
+
+def qwen2_audio_process_audio():
+    """`Qwen2AudioProcessor._process_audio` (transformers 5.x): expands each `<|AUDIO|>` to one token
+    per encoder output feature. The omni processor reuses it for its audio part."""
+    from transformers import Qwen2AudioProcessor
+
+    return Qwen2AudioProcessor._process_audio
+
+
+def submodule_from_config(module_class: type[nn.Module], config) -> nn.Module:
+    """`PreTrainedModel._from_config`: a sub-model built from its config the way transformers builds
+    its own composite models (attention implementation and dtype handling included)."""
+    return module_class._from_config(config)
+
+
+# ---------------------------------------------------------------- liger-kernel
+
+
+def liger_patch_rms_norm(module: nn.Module, eps: float) -> None:
+    """liger-kernel's instance-level RMSNorm patch (`monkey_patch._patch_rms_norm_module`)."""
+    from liger_kernel.transformers.monkey_patch import _patch_rms_norm_module
+
+    _patch_rms_norm_module(module, eps=eps)
+
+
+def liger_patch_swiglu(module: nn.Module) -> None:
+    """liger-kernel's instance-level SwiGLU MLP patch (`monkey_patch._patch_swiglu_module`)."""
+    from liger_kernel.transformers.monkey_patch import _patch_swiglu_module
+    from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
+
+    _patch_swiglu_module(module, LigerSwiGLUMLP)

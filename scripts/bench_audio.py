@@ -286,7 +286,8 @@ def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int
         bundle.model.model.audio_tower.set_attn_implementation("sdpa")
         hidden_fn, input_keys = lm_hidden_states, STOCK_INPUT_KEYS
     else:
-        patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing)
+        patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing, encoders=bundle.encoders,
+                      decoder_path=bundle.decoder_path)
         hidden_fn, input_keys = bundle.hidden_states, bundle.input_keys
     module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), hidden_fn), bundle.shard_units,
                               bundle.encoder_units)
@@ -346,6 +347,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cuda", "cpu"), default=None, help="cuda (cpu with --tiny)")
     parser.add_argument("--parallel", choices=("auto", "single", "fsdp2"), default="auto",
                         help="auto: fsdp2 under torchrun with more than one rank, else single")
+    parser.add_argument("--decoder-layers", type=int, default=None,
+                        help="cut the preset's decoder to this many layers (the encoder stays whole): one GPU holds "
+                             "Qwen2-Audio-7B's full encoder with ~20 of its 32 decoder layers under fp32 AdamW")
     parser.add_argument("--tokens-per-step", type=int, default=None, help="tokens per pack, per rank (16384)")
     parser.add_argument("--steps", type=int, default=None, help="packs per rank (8); a step takes grad_accum of them")
     parser.add_argument("--warmup", type=int, default=None, help="untimed packs at the start (2)")
@@ -381,6 +385,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
     model_cfg = OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml")
+    if args.decoder_layers is not None:
+        model_cfg.config.text_config.num_hidden_layers = args.decoder_layers
     processor = build_builtin_audio_processor(int(model_cfg.config.audio_config.num_mel_bins))
     settings = audio_settings(processor, processor.tokenizer, 30.0, AUDIO_PAD, None)
     text = model_cfg.config.text_config
@@ -394,7 +400,8 @@ def main(argv: list[str] | None = None) -> dict:
     card = device_name(device)
     peak = peak_flops(card) or REFERENCE_PEAK_FLOPS
     is_main = int(os.environ.get("RANK", "0")) == 0
-    report = {"model": args.model, "tokens_per_step": args.tokens_per_step, "steps": args.steps, "warmup": args.warmup,
+    report = {"model": args.model, "decoder_layers": int(model_cfg.config.text_config.num_hidden_layers),
+              "tokens_per_step": args.tokens_per_step, "steps": args.steps, "warmup": args.warmup,
               "baseline_micro_batch": args.baseline_micro_batch, "parallel": args.parallel, "world_size": world,
               "device": args.device, "audio_data": DATA, "data": data_stats(samples, packs, settings),
               **environment(device), "peak_flops": peak,

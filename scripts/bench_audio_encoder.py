@@ -25,7 +25,12 @@ from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncod
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import synchronize  # noqa: E402
 
-from lmms_engine.models.audio_encoder import CONV_CONTEXT_FRAMES, audio_features_varlen, max_mel_frames  # noqa: E402
+from lmms_engine.models.audio_encoder import (  # noqa: E402
+    CONV_CONTEXT_FRAMES,
+    audio_features_varlen,
+    max_mel_frames,
+    patch_audio_attention,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES_PER_SECOND = 100
@@ -46,7 +51,9 @@ def build_encoder(audio_config: dict, device: str, dtype: torch.dtype) -> Qwen2A
     """The stock encoder of a preset's `audio_config`, seeded random init, transformers' sdpa."""
     torch.manual_seed(0)
     config = Qwen2AudioEncoderConfig(**audio_config, attn_implementation="sdpa")
-    return Qwen2AudioEncoder(config).to(device=device, dtype=dtype)
+    encoder = Qwen2AudioEncoder(config).to(device=device, dtype=dtype)
+    patch_audio_attention(encoder)  # the rmpad path's varlen forward; stock calls keep the stock one
+    return encoder
 
 
 def encoder_costs(encoder: Qwen2AudioEncoder, lengths: list[int], iters: int, warmup: int = 2) -> dict:

@@ -165,7 +165,8 @@ def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int
     if cfg.hf_style:  # transformers' defaults: sdpa in the decoder and the vision tower
         set_text_attention(bundle.model, "sdpa", "sdpa")
     else:
-        patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing)
+        patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing, encoders=bundle.encoders,
+                      decoder_path=bundle.decoder_path)
     module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units,
                               bundle.encoder_units)
     optimizer = strategy.build_optimizer(module, lambda m: build_adamw(m, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8))

@@ -98,7 +98,7 @@ def _packed_attention(module, query, key, value, attention_mask, scaling=None, d
     if dropout and module.training:
         raise ValueError("attention dropout is not supported by the packed attention backends")
     cu, max_len = kwargs["cu_seq_lens_q"], kwargs["max_length_q"]
-    query, key, value = _compute_dtype(query, key, value)
+    query, key, value = to_compute_dtype(query, key, value)
     if backend == "flex":
         out = _flex(query, key, value, kwargs["lmms_block_mask"], scaling)
         return out.transpose(1, 2), None
@@ -122,7 +122,7 @@ def varlen_attention(q, k, v, cu_seqlens, max_len: int, scaling, *, causal: bool
     raise ValueError(f"no varlen kernel for backend {backend!r}; choose one of {BIDIRECTIONAL_BACKENDS} or sdpa")
 
 
-def _compute_dtype(*tensors: torch.Tensor):
+def to_compute_dtype(*tensors: torch.Tensor):
     """RoPE in fp32 (HF computes cos/sin in fp32) upcasts q/k; flash kernels take bf16/fp16 only."""
     dtype = tensors[-1].dtype  # value comes straight from a projection: the compute dtype
     if torch.is_autocast_enabled(tensors[0].device.type):

@@ -46,7 +46,7 @@ def _vision_varlen_forward(self, hidden_states, cu_seqlens, position_embeddings=
     q, k, v = self.qkv(hidden_states).reshape(tokens, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
     cos, sin = position_embeddings
     q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
-    q, k, v = attention._compute_dtype(q, k, v)
+    q, k, v = attention.to_compute_dtype(q, k, v)
     out = attention.varlen_attention(q, k, v, cu_seqlens.to(torch.int32), _max_length(cu_seqlens, max_seqlen),
                                      self.scaling, causal=False, backend=self.lmms_varlen_backend)
     return self.proj(out.reshape(tokens, -1))

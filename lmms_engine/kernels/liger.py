@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from lmms_engine import compat
+
 log = logging.getLogger(__name__)
 
 LigerPatch = Callable[[nn.Module], list[str]]
@@ -90,23 +92,32 @@ def patch_qwen2_5_vl(model: nn.Module) -> list[str]:
     (`apply_multimodal_rotary_pos_emb` -> Liger's mrope kernel); later versions merge the sections
     into cos / sin beforehand and call the plain `apply_rotary_pos_emb` (-> Liger's rope kernel).
     """
-    from liger_kernel.transformers.monkey_patch import _patch_rms_norm_module, _patch_swiglu_module
-    from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
+    return [f"{model.config.model_type} (lmms_engine registry): "
+            + patch_qwen_vl_parts(model.model.language_model, model.model.visual)]
 
-    text, vision = model.model.language_model, model.model.visual
+
+def patch_qwen_vl_parts(text: nn.Module, vision: nn.Module) -> str:
+    """A Qwen2.5-VL decoder and vision tower (wherever they sit in a model) patched as above."""
+    norms = _patch_decoder(text)
+    for block in vision.blocks:
+        norms += [block.norm1, block.norm2]
+        if vision.config.hidden_act in ("silu", "swish"):
+            compat.liger_patch_swiglu(block.mlp)
+    for norm in norms[len(text.layers) * 2 + 1:]:
+        compat.liger_patch_rms_norm(norm, eps=norm.variance_epsilon)
+    rope = _patch_qwen2_5_vl_rope()
+    return f"{len(norms)} RMSNorm, {len(text.layers) + len(vision.blocks)} SwiGLU MLPs, {rope}"
+
+
+def _patch_decoder(text: nn.Module) -> list[nn.Module]:
+    """RMSNorm on every decoder layer and the final norm, SwiGLU on the MLPs; returns the norms."""
     norms = [text.norm]
     for layer in text.layers:
         norms += [layer.input_layernorm, layer.post_attention_layernorm]
-        _patch_swiglu_module(layer.mlp, LigerSwiGLUMLP)
-    for block in vision.blocks:
-        norms += [block.norm1, block.norm2]
-        if model.config.vision_config.hidden_act in ("silu", "swish"):
-            _patch_swiglu_module(block.mlp, LigerSwiGLUMLP)
+        compat.liger_patch_swiglu(layer.mlp)
     for norm in norms:
-        _patch_rms_norm_module(norm, eps=norm.variance_epsilon)
-    rope = _patch_qwen2_5_vl_rope()
-    return [f"qwen2_5_vl (lmms_engine registry): {len(norms)} RMSNorm, "
-            f"{len(text.layers) + len(vision.blocks)} SwiGLU MLPs, {rope}"]
+        compat.liger_patch_rms_norm(norm, eps=norm.variance_epsilon)
+    return norms
 
 
 def _patch_qwen2_5_vl_rope() -> str:
@@ -129,18 +140,11 @@ def patch_qwen2_audio(model: nn.Module) -> list[str]:
     norm, SwiGLU on the decoder MLPs, Liger's rotary kernel for the qwen2 modeling module. The
     Whisper-style audio encoder (LayerNorm, GELU MLP, no rotary) has nothing Liger replaces and is
     left as it is."""
-    from liger_kernel.transformers.monkey_patch import _patch_rms_norm_module, _patch_swiglu_module
     from liger_kernel.transformers.rope import liger_rotary_pos_emb
-    from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
     from transformers.models.qwen2 import modeling_qwen2
 
     text = model.model.language_model
-    norms = [text.norm]
-    for layer in text.layers:
-        norms += [layer.input_layernorm, layer.post_attention_layernorm]
-        _patch_swiglu_module(layer.mlp, LigerSwiGLUMLP)
-    for norm in norms:
-        _patch_rms_norm_module(norm, eps=norm.variance_epsilon)
+    norms = _patch_decoder(text)
     modeling_qwen2.apply_rotary_pos_emb = liger_rotary_pos_emb
     return [f"qwen2_audio (lmms_engine registry): {len(norms)} RMSNorm, {len(text.layers)} SwiGLU MLPs, "
             "rope (liger_rotary_pos_emb)"]
@@ -150,6 +154,5 @@ def patch_qwen2_audio(model: nn.Module) -> list[str]:
 def patch_lmms_omni(model: nn.Module) -> list[str]:
     """The omni model's Qwen2.5-VL part (decoder and vision tower) as `patch_qwen2_5_vl` does it;
     its Whisper-style audio encoder has nothing Liger replaces and is left as it is."""
-    from lmms_engine.models.omni import vl_view
-
-    return [f"lmms_omni: {name}" for name in patch_qwen2_5_vl(vl_view(model))]
+    return [f"lmms_omni: qwen2_5_vl (lmms_engine registry): "
+            + patch_qwen_vl_parts(model.model.language_model, model.model.visual)]

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import logging
+import operator
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
-from transformers import PreTrainedModel
 
 from lmms_engine.kernels import attention
-from lmms_engine.kernels.encoder_attention import encoder_varlen_backend, patch_vision_attention
 from lmms_engine.kernels.encoder_mlp import pad_encoder_mlps
 from lmms_engine.kernels.loss import cross_entropy_sum, liger_fused_cross_entropy_sum
 
 log = logging.getLogger(__name__)
+
+
+class EncoderKernels(Protocol):
+    """What the patcher needs of a model family's modality encoder (models/encoders.py)."""
+
+    name: str
+
+    def module(self, model: torch.nn.Module) -> torch.nn.Module: ...
+
+    def patch_kernels(self, model: torch.nn.Module, device: torch.device) -> list[str]: ...
 
 
 class KernelPatcher:
@@ -36,8 +47,11 @@ class KernelPatcher:
         self.pad_encoder_mlps = pad_encoder_mlps
         self.backend: str | None = None  # resolved by apply()
 
-    def apply(self, model: torch.nn.Module, device: torch.device, padding_free: bool) -> None:
-        """Patch `model` in place. padding_free: the run's batches are packed or unpadded streams."""
+    def apply(self, model: torch.nn.Module, device: torch.device, padding_free: bool,
+              encoders: Sequence[EncoderKernels] = (), decoder_path: str = "model") -> None:
+        """Patch `model` in place. padding_free: the run's batches are packed or unpadded streams.
+        encoders / decoder_path: the model family's (ModelBundle.encoders / .decoder_path); each
+        encoder's kernel hook is applied once here."""
         if padding_free:
             self.backend = attention.resolve_backend(self.attn_backend, device)
             text_impl = attention.register(self.backend)
@@ -45,7 +59,15 @@ class KernelPatcher:
         else:
             text_impl = "sdpa"
             log.info("attention: sdpa over padded batches")
-        _set_attention(model, text_impl, device)
+        if not encoders and _has_language_model(model):
+            raise ValueError("KernelPatcher.apply: this model has encoders beside its decoder; pass the family's "
+                             "encoders=bundle.encoders and decoder_path=bundle.decoder_path")
+        # The decoder alone gets the (causal) packed backend: it must never reach an encoder.
+        decoder = operator.attrgetter(decoder_path)(model) if encoders else model
+        decoder.set_attn_implementation(text_impl)
+        for encoder in encoders:
+            for line in encoder.patch_kernels(model, device):
+                log.info("attention: %s", line)
         if self.use_liger_kernel:
             from lmms_engine.kernels.liger import apply_liger
 
@@ -53,8 +75,8 @@ class KernelPatcher:
             patched = apply_liger(model)
             log.info("liger: patched %s", ", ".join(patched))
         if self.pad_encoder_mlps and device.type == "cuda":  # after Liger, which rebinds the MLPs' forward too
-            for encoder in _encoders(model).values():
-                pad_encoder_mlps(encoder, fused_act=self.use_liger_kernel)
+            for encoder in encoders:
+                pad_encoder_mlps(encoder.module(model), fused_act=self.use_liger_kernel)
 
     def loss_fn(self):
         return liger_fused_cross_entropy_sum() if self.use_liger_kernel else cross_entropy_sum
@@ -66,32 +88,8 @@ class KernelPatcher:
         return attention.varlen_kwargs(batch["cu_seqlens"], batch["max_seqlen"], self.backend)
 
 
-def _set_attention(model: torch.nn.Module, text_impl: str, device: torch.device) -> None:
-    """The decoder gets `text_impl` (causal). Encoders beside it (a VL model's vision tower) keep
-    transformers' bidirectional sdpa, and on CUDA get one varlen kernel call over all their
-    images instead (kernels/encoder_attention.py): packed causal kernels must never reach them."""
-    encoders = _encoders(model)
-    if not encoders:
-        model.set_attn_implementation(text_impl)
-        return
-    model.model.language_model.set_attn_implementation(text_impl)
-    backend = encoder_varlen_backend(device)
-    for name, encoder in encoders.items():
-        encoder.set_attn_implementation("sdpa")
-        patched = patch_vision_attention(encoder, backend) if backend else 0
-        if patched:
-            log.info("attention: %s varlen (bidirectional) for %s", backend, name)
-        else:  # e.g. the audio encoder, whose rmpad path picks its own varlen kernel (models/audio_encoder.py)
-            log.info("attention: %s keeps its own (sdpa config; a family's rmpad path may run varlen)", name)
-
-
-def _encoders(model: torch.nn.Module) -> dict[str, PreTrainedModel]:
-    """Sub-models next to `model.model.language_model` (none for a text-only LM)."""
-    inner = getattr(model, "model", None)
-    if inner is None or not isinstance(getattr(inner, "language_model", None), PreTrainedModel):
-        return {}
-    return {name: child for name, child in inner.named_children()
-            if isinstance(child, PreTrainedModel) and name != "language_model"}
+def _has_language_model(model: torch.nn.Module) -> bool:
+    return isinstance(getattr(getattr(model, "model", None), "language_model", None), torch.nn.Module)
 
 
 def _require_cuda_for_liger(device: torch.device) -> None:

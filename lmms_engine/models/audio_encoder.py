@@ -80,8 +80,9 @@ def audio_features_varlen(
 ) -> AudioVarlenOutput:
     """Encode clips on their valid mel frames only (see the module docstring for the reference).
 
-    encoder: a transformers `Qwen2AudioEncoder` (its attention modules are patched once, in place;
-      they keep their stock behaviour when called the stock way).
+    encoder: a transformers `Qwen2AudioEncoder` whose attention modules `patch_audio_attention` has
+      bound once (the KernelPatcher does it through the family's audio encoder; patched modules keep
+      their stock behaviour when called the stock way).
     features: the processor's padded batch (clips, n_mels, T); a list of (n_mels, T_i) clips; or a
       packed (n_mels, sum L) stream split by `lengths`. Frames past a clip's valid length are conv
       context only (up to `CONV_CONTEXT_FRAMES` are read).
@@ -93,7 +94,7 @@ def audio_features_varlen(
     _check_clips(encoder, clips, mel_lengths)
     device = encoder.conv1.weight.device
     backend = backend or encoder_varlen_backend(device) or "sdpa"
-    patch_audio_attention(encoder)
+    _check_patched(encoder)
     conv_lengths = [feat_extract_output_lengths(n)[0] for n in mel_lengths]
     hidden = _conv_stream(encoder, clips, mel_lengths)
     hidden = hidden + encoder.embed_positions(_positions(conv_lengths, device))  # a module call: ZeRO-3 gathers it
@@ -217,7 +218,14 @@ def patch_audio_attention(encoder: nn.Module) -> int:
     for module in modules:
         if "forward" not in vars(module):
             module.forward = types.MethodType(_audio_attention_forward, module)
+    encoder._lmms_varlen_attention = True
     return len(modules)
+
+
+def _check_patched(encoder: nn.Module) -> None:
+    if not getattr(encoder, "_lmms_varlen_attention", False):
+        raise ValueError("the audio encoder's attention is not on the varlen forward: call "
+                         "patch_audio_attention(encoder) once first (KernelPatcher.apply does it for a model family)")
 
 
 def _audio_attention_forward(self, hidden_states, attention_mask=None, output_attentions=False, **kwargs):
@@ -231,7 +239,7 @@ def _audio_attention_forward(self, hidden_states, attention_mask=None, output_at
     q = (self.q_proj(hidden_states) * self.scaling).view(tokens, self.num_heads, self.head_dim)
     k = self.k_proj(hidden_states).view(tokens, self.num_heads, self.head_dim)
     v = self.v_proj(hidden_states).view(tokens, self.num_heads, self.head_dim)
-    q, k, v = attention._compute_dtype(q, k, v)
+    q, k, v = attention.to_compute_dtype(q, k, v)
     out = attention.varlen_attention(q, k, v, kwargs[_CU_SEQLENS_KEY], kwargs[_MAX_LEN_KEY], 1.0,
                                      causal=False, backend=kwargs[_BACKEND_KEY])
     return self.out_proj(out.reshape(1, tokens, -1)), None

@@ -47,12 +47,13 @@ def load_pretrained(model_class: type[PreTrainedModel], path: str, trust_remote_
 
 
 def check_text_vocab_fits(config, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
-    """A multimodal config's decoder (config.text_config) must have an embedding row per token."""
-    vocab_size = config.text_config.vocab_size
-    if len(tokenizer) > vocab_size:
+    """The decoder (a multimodal config's text config) must have an embedding row per token."""
+    text_config = config.get_text_config()
+    if len(tokenizer) > text_config.vocab_size:
+        key = "model.config.vocab_size" if text_config is config else "model.config.text_config.vocab_size"
         raise ValueError(
-            f"model {name!r}: tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}; "
-            "use a matching tokenizer or raise model.config.text_config.vocab_size"
+            f"model {name!r}: tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+            f"{text_config.vocab_size}; use a matching tokenizer or raise {key}"
         )
 
 

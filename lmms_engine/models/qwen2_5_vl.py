@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +29,7 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
 )
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLDecoderLayer, Qwen2_5_VLVisionBlock
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLDecoderLayer
 from transformers.utils import is_torchvision_available
 
 from lmms_engine.models.base import ModelBundle
@@ -41,16 +40,14 @@ from lmms_engine.models.builder_utils import (
     plain,
     with_tokenizer_ids,
 )
-from lmms_engine.models.flops import train_flops
+from lmms_engine.models.encoders import family_hidden_states
 from lmms_engine.models.mrope import MropeSpec
-from lmms_engine.models.vision_flops import vision_train_flops
 from lmms_engine.models.tokenizer import build_byte_tokenizer
+from lmms_engine.models.vision_encoder import QwenVisionEncoder, qwen_vision_encoder
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
-# Batch keys of the visual inputs (data/collate.py makes them; absent when a batch has none).
-MEDIA_INPUT_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
@@ -84,29 +81,9 @@ VL_CHAT_TEMPLATE = (
 )
 
 
-@dataclass
-class VLModelBundle(ModelBundle):
-    """A ModelBundle whose `tokenizer` is the processor's tokenizer, plus the processor itself
-    (image / video preprocessing and placeholder expansion)."""
-
-    processor: Qwen2_5_VLProcessor | None = None
-
-    input_keys = ("input_ids", "position_ids", "attention_mask", *MEDIA_INPUT_KEYS)
-
-    def data_inputs(self) -> dict[str, Any]:
-        return {"processor": self.processor, "mrope_spec": MropeSpec.from_config(self.model.config)}
-
-    def hidden_states(self, model, **inputs) -> torch.Tensor:
-        return vl_hidden_states(model, **inputs)
-
-    def step_flops(self, batch) -> float:
-        return vl_step_flops(self.model, batch)
-
-    def components(self) -> dict[str, tuple[str, ...]]:
-        return {"vision": ("model.visual.",), "merger": ("model.visual.merger.",)}
-
-    def artifacts(self):
-        return self.processor
+def qwen2_5_vl_encoders(config: Qwen2_5_VLConfig) -> tuple[QwenVisionEncoder, ...]:
+    """The family's encoders: the vision tower (with its merger) at model.visual."""
+    return (qwen_vision_encoder("model.visual", config.image_token_id, config.video_token_id),)
 
 
 def build_qwen2_5_vl(
@@ -116,7 +93,7 @@ def build_qwen2_5_vl(
     config: Mapping[str, Any] | None = None,
     trust_remote_code: bool = False,
     structure_only: bool = False,
-) -> VLModelBundle:
+) -> ModelBundle:
     """Build a Qwen2.5-VL model and its processor.
 
     pretrained: hub id or local path; None = random init from `config` (a Qwen2_5_VLConfig dict
@@ -128,20 +105,22 @@ def build_qwen2_5_vl(
     """
     if pretrained is None and not config:
         raise ValueError(f"model {name!r}: set model.pretrained or give a preset config to initialise from")
-    vl_processor = _load_processor(processor or pretrained, trust_remote_code, config)
-    hf_config = _hf_config(pretrained, config, trust_remote_code, vl_processor.tokenizer, name)
+    vl_processor = load_vl_processor(processor or pretrained, trust_remote_code, config)
+    hf_config = vl_hf_config(pretrained, config, trust_remote_code, vl_processor.tokenizer, name)
     # Checked on the config, before any weights are made or read.
     check_text_vocab_fits(hf_config, vl_processor.tokenizer, name)
-    _check_special_token_ids(hf_config, vl_processor.tokenizer, name)
-    _check_patch_geometry(hf_config.vision_config, vl_processor, name)
+    check_special_token_ids(hf_config, vl_processor.tokenizer, name)
+    check_patch_geometry(hf_config.vision_config, vl_processor, name)
     model = make_model(Qwen2_5_VLForConditionalGeneration, hf_config, pretrained, trust_remote_code, SUPPORTED_MODEL_TYPES, structure_only)
-    return VLModelBundle(
+    return ModelBundle(
         model=model,
         tokenizer=vl_processor.tokenizer,
         name=name,
-        shard_units=(Qwen2_5_VLDecoderLayer, Qwen2_5_VLVisionBlock),
-        encoder_units=(Qwen2_5_VLVisionBlock,),
+        decoder_units=(Qwen2_5_VLDecoderLayer,),
+        encoders=qwen2_5_vl_encoders(hf_config),
+        decoder_path="model.language_model",
         processor=vl_processor,
+        data_extras={"mrope_spec": MropeSpec.from_config(hf_config)},
     )
 
 
@@ -185,7 +164,7 @@ def _patch_geometry(vision_config: Mapping[str, Any]) -> dict[str, int]:
     }
 
 
-def _load_processor(path: str | None, trust_remote_code: bool, config: Mapping[str, Any] | None):
+def load_vl_processor(path: str | None, trust_remote_code: bool, config: Mapping[str, Any] | None):
     if path is None:
         return build_builtin_processor(plain(config or {}).get("vision_config"))
     _require_torchvision()
@@ -210,7 +189,7 @@ def _require_torchvision() -> None:
 # ---------------------------------------------------------------- model and config
 
 
-def _hf_config(
+def vl_hf_config(
     pretrained: str | None,
     config: Mapping[str, Any] | None,
     trust_remote_code: bool,
@@ -246,7 +225,7 @@ def _token_id_from_preset(
 # ---------------------------------------------------------------- consistency checks
 
 
-def _check_special_token_ids(config: Qwen2_5_VLConfig, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+def check_special_token_ids(config: Qwen2_5_VLConfig, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
     """The model finds visual tokens by these ids: they must be the tokenizer's."""
     for field, token in TOKEN_ID_FIELDS.items():
         expected = tokenizer.convert_tokens_to_ids(token)
@@ -257,7 +236,7 @@ def _check_special_token_ids(config: Qwen2_5_VLConfig, tokenizer: PreTrainedToke
             )
 
 
-def _check_patch_geometry(vision_config, processor: Qwen2_5_VLProcessor, name: str) -> None:
+def check_patch_geometry(vision_config, processor: Qwen2_5_VLProcessor, name: str) -> None:
     """Placeholder counts come from the processor's geometry, features from the tower's."""
     expected = _patch_geometry(vision_config.to_dict())
     actual = {key: int(getattr(processor.image_processor, key)) for key in expected}
@@ -278,84 +257,7 @@ def set_text_attention(model: Qwen2_5_VLForConditionalGeneration, text_impl: str
     model.model.visual.set_attn_implementation(vision_impl)
 
 
-def vl_hidden_states(
-    model: Qwen2_5_VLForConditionalGeneration,
-    input_ids: torch.Tensor,
-    position_ids: torch.Tensor,
-    pixel_values: torch.Tensor | None = None,
-    image_grid_thw: torch.Tensor | None = None,
-    pixel_values_videos: torch.Tensor | None = None,
-    video_grid_thw: torch.Tensor | None = None,
-    second_per_grid_ts: torch.Tensor | None = None,
-    **text_kwargs,
-) -> torch.Tensor:
-    """Decoder output (B, T, hidden) of a packed row (B = 1) or a padded batch.
-
-    Vision features are scattered into the token embeddings, then the decoder runs with the given
-    mrope positions (3, B, T) and attention kwargs (cu_seq_lens_* or attention_mask), which never
-    reach the vision tower. second_per_grid_ts only shapes the positions, computed by the data.
-
-    The vision tower runs exactly ONCE per call, on the images and videos together, and on a
-    one-token dummy input when the micro-batch has none: every rank then runs the same sharded
-    vision blocks the same number of times, so FSDP2 / ZeRO-3 gathers match across ranks (a rank
-    without images would otherwise skip them and hang the others). The dummy's features enter the
-    output multiplied by zero: no effect on the loss, but gradients (zeros) reach every parameter.
-    """
-    del second_per_grid_ts
-    embeds = model.model.get_input_embeddings()(input_ids)
-    media = [(pixel_values, image_grid_thw, model.config.image_token_id, "image"),
-             (pixel_values_videos, video_grid_thw, model.config.video_token_id, "video")]
-    media = [item for item in media if item[0] is not None]
-    if media:
-        embeds = _scatter_visual(model, input_ids, embeds, media)
-    else:
-        embeds = embeds + 0.0 * _dummy_visual_features(model).sum().to(embeds.dtype)
-    outputs = model.model.language_model(inputs_embeds=embeds, position_ids=position_ids, use_cache=False, **text_kwargs)
-    return outputs.last_hidden_state
-
-
-def _run_visual(model, pixels: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-    # The tower returns merged features as pooler_output (transformers 5.x), one row per token.
-    visual = model.model.visual
-    return visual(pixels.to(visual.patch_embed.proj.weight.dtype), grid_thw=grid_thw).pooler_output
-
-
-def _scatter_visual(model, input_ids, embeds, media) -> torch.Tensor:
-    features = _run_visual(model, torch.cat([item[0] for item in media]), torch.cat([item[1] for item in media]))
-    masks = [input_ids == token_id for _, _, token_id, _ in media]
-    counts = [int(mask.sum()) for mask in masks]
-    if sum(counts) != features.shape[0]:
-        placeholders = ", ".join(f"{count} {kind}" for count, (*_, kind) in zip(counts, media))
-        raise ValueError(
-            f"{placeholders} placeholder tokens but the vision tower made {features.shape[0]} features; "
-            "input_ids and the image / video grids do not belong together"
-        )
-    for mask, part in zip(masks, features.split(counts)):
-        embeds = embeds.masked_scatter(mask.unsqueeze(-1), part.to(embeds.dtype))
-    return embeds
-
-
-def _dummy_visual_features(model) -> torch.Tensor:
-    """The tower on one merged token's worth of zero pixels (grid 1 x m x m)."""
-    vision = model.config.vision_config
-    merge = vision.spatial_merge_size
-    width = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
-    device = model.model.get_input_embeddings().weight.device
-    pixels = torch.zeros(merge * merge, width, device=device)
-    grid = torch.tensor([[1, merge, merge]], device=device)
-    return _run_visual(model, pixels, grid)
-
-
-# ---------------------------------------------------------------- training facts
-
-
-def vl_step_flops(model: Qwen2_5_VLForConditionalGeneration, batch) -> float:
-    """Decoder FLOPs over the documents (models/flops.py on the text config) plus the vision
-    tower's on every image / video grid of the micro-batch (models/vision_flops.py); a frozen
-    tower counts its forward only."""
-    grids = [grid for key in ("image_grid_thw", "video_grid_thw") if key in batch for grid in batch[key].tolist()]
-    vision = model.model.visual
-    trainable = any(p.requires_grad for p in vision.blocks.parameters())
-    return train_flops(model.config.text_config, batch["doc_lengths"]) + vision_train_flops(
-        model.config.vision_config, grids, trainable=trainable
-    )
+def vl_hidden_states(model: Qwen2_5_VLForConditionalGeneration, **inputs) -> torch.Tensor:
+    """Decoder output (B, T, hidden) of a packed row (B = 1) or a padded batch: the family's generic
+    forward (models/encoders.py) on a Qwen2.5-VL model, for callers holding the model alone."""
+    return family_hidden_states(model, "model.language_model", qwen2_5_vl_encoders(model.config), **inputs)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,10 +38,9 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
-from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoderLayer
 
-from lmms_engine.models.audio_encoder import audio_features_varlen, feat_extract_output_lengths
-from lmms_engine.models.audio_flops import audio_train_flops
+from lmms_engine.models.audio_encoder import feat_extract_output_lengths
+from lmms_engine.models.audio_modality import QwenAudioEncoder, qwen_audio_encoder
 from lmms_engine.models.base import ModelBundle
 from lmms_engine.models.builder_utils import (
     check_model_type,
@@ -51,19 +49,15 @@ from lmms_engine.models.builder_utils import (
     plain,
     with_tokenizer_ids,
 )
-from lmms_engine.models.flops import train_flops
+from lmms_engine.models.encoders import family_hidden_states
 from lmms_engine.models.tokenizer import build_byte_tokenizer
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("qwen2_audio",)
-# Batch keys of the audio inputs (see the module docstring; absent when a micro-batch has none).
-AUDIO_INPUT_KEYS = ("audio_features", "audio_frames", "audio_lengths")
 
 AUDIO_BOS, AUDIO_PAD, AUDIO_EOS = "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"
 AUDIO_SPECIALS = (AUDIO_BOS, AUDIO_PAD, AUDIO_EOS)
-# The smallest clip with one output feature (L = 3 -> M = 2 -> P = 1): the encoder's dummy input.
-DUMMY_MEL_FRAMES = 3
 
 # How each media part type is rendered; an omni model's template adds the vision ones
 # (`chatml_media_template({**AUDIO_PLACEHOLDERS, **vision placeholders})`).
@@ -95,29 +89,9 @@ def chatml_media_template(placeholders: Mapping[str, str]) -> str:
 AUDIO_CHAT_TEMPLATE = chatml_media_template(AUDIO_PLACEHOLDERS)
 
 
-@dataclass
-class AudioModelBundle(ModelBundle):
-    """A ModelBundle whose `tokenizer` is the processor's tokenizer, plus the processor itself
-    (log-mel features and `<|AUDIO|>` placeholder expansion)."""
-
-    processor: Qwen2AudioProcessor | None = None
-
-    input_keys = ("input_ids", "position_ids", "attention_mask", *AUDIO_INPUT_KEYS)
-
-    def data_inputs(self) -> dict[str, Any]:
-        return {"processor": self.processor}
-
-    def hidden_states(self, model, **inputs) -> torch.Tensor:
-        return audio_hidden_states(model, **inputs)
-
-    def step_flops(self, batch) -> float:
-        return audio_step_flops(self.model, batch)
-
-    def components(self) -> dict[str, tuple[str, ...]]:
-        return {"audio": ("model.audio_tower.",), "projector": ("model.multi_modal_projector.",)}
-
-    def artifacts(self):
-        return self.processor
+def qwen2_audio_encoders(config: Qwen2AudioConfig) -> tuple[QwenAudioEncoder, ...]:
+    """The family's encoders: the audio encoder with its projector."""
+    return (qwen_audio_encoder("model.audio_tower", "model.multi_modal_projector", config.audio_token_index),)
 
 
 def build_qwen2_audio(
@@ -127,7 +101,7 @@ def build_qwen2_audio(
     config: Mapping[str, Any] | None = None,
     trust_remote_code: bool = False,
     structure_only: bool = False,
-) -> AudioModelBundle:
+) -> ModelBundle:
     """Build a Qwen2-Audio model and its processor.
 
     pretrained: hub id or local path; None = random init from `config` (a Qwen2AudioConfig dict
@@ -139,19 +113,20 @@ def build_qwen2_audio(
     """
     if pretrained is None and not config:
         raise ValueError(f"model {name!r}: set model.pretrained or give a preset config to initialise from")
-    audio_processor = _load_processor(processor or pretrained, trust_remote_code, config)
+    audio_processor = load_audio_processor(processor or pretrained, trust_remote_code, config)
     hf_config = _hf_config(pretrained, config, trust_remote_code, audio_processor.tokenizer, name)
     # Checked on the config, before any weights are made or read.
     check_text_vocab_fits(hf_config, audio_processor.tokenizer, name)
     _check_audio_token_id(hf_config, audio_processor.tokenizer, name)
-    _check_feature_extractor(hf_config.audio_config, audio_processor, name)
+    check_feature_extractor(hf_config.audio_config, audio_processor, name)
     model = make_model(Qwen2AudioForConditionalGeneration, hf_config, pretrained, trust_remote_code, SUPPORTED_MODEL_TYPES, structure_only)
-    return AudioModelBundle(
+    return ModelBundle(
         model=model,
         tokenizer=audio_processor.tokenizer,
         name=name,
-        shard_units=(Qwen2DecoderLayer, Qwen2AudioEncoderLayer),
-        encoder_units=(Qwen2AudioEncoderLayer,),
+        decoder_units=(Qwen2DecoderLayer,),
+        encoders=qwen2_audio_encoders(hf_config),
+        decoder_path="model.language_model",
         processor=audio_processor,
     )
 
@@ -178,7 +153,7 @@ def build_audio_tokenizer() -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def _load_processor(path: str | None, trust_remote_code: bool, config: Mapping[str, Any] | None):
+def load_audio_processor(path: str | None, trust_remote_code: bool, config: Mapping[str, Any] | None):
     if path is None:
         audio_config = plain(config or {}).get("audio_config") or {}
         return build_builtin_audio_processor(int(audio_config.get("num_mel_bins", 128)))
@@ -243,7 +218,7 @@ def _check_audio_token_id(config: Qwen2AudioConfig, tokenizer: PreTrainedTokeniz
         )
 
 
-def _check_feature_extractor(audio_config, processor: Qwen2AudioProcessor, name: str) -> None:
+def check_feature_extractor(audio_config, processor: Qwen2AudioProcessor, name: str) -> None:
     """The encoder's conv1 takes `num_mel_bins` channels and at most its 30 s of frames: the
     feature extractor must make exactly those, or features and placeholders stop matching."""
     extractor = processor.feature_extractor
@@ -260,90 +235,10 @@ def _check_feature_extractor(audio_config, processor: Qwen2AudioProcessor, name:
 # ---------------------------------------------------------------- packed forward
 
 
-def audio_hidden_states(
-    model: Qwen2AudioForConditionalGeneration,
-    input_ids: torch.Tensor,
-    position_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    audio_features: torch.Tensor | None = None,
-    audio_frames: torch.Tensor | None = None,
-    audio_lengths: torch.Tensor | None = None,
-    **text_kwargs,
-) -> torch.Tensor:
-    """Decoder output (B, T, hidden) of a packed row (B = 1, cu_seq_lens_* in text_kwargs) or a
-    padded batch (attention_mask), with the audio inputs of the batch contract (module docstring).
-
-    The audio encoder runs exactly ONCE per call, on all clips together, and on a 3-frame dummy clip
-    when the micro-batch has none: every rank then runs the same sharded encoder layers the same
-    number of times, so FSDP2 / ZeRO-3 gathers match across ranks (a rank without audio would
-    otherwise skip them and hang the others). The dummy's features enter the output multiplied by
-    zero: no effect on the loss, but gradients (zeros) reach every encoder and projector parameter.
-    """
-    embeds = model.model.get_input_embeddings()(input_ids)
-    if audio_features is not None:
-        embeds = _scatter_audio(model, input_ids, embeds, audio_features, audio_frames, audio_lengths)
-    else:
-        embeds = embeds + 0.0 * _dummy_audio_features(model).sum().to(embeds.dtype)
-    outputs = model.model.language_model(
-        inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask, use_cache=False, **text_kwargs
-    )
-    return outputs.last_hidden_state
-
-
-def _project_audio(model, clips, lengths) -> torch.Tensor:
-    """Encoder (rmpad) + projector -> (sum P, text hidden), clip after clip."""
-    encoded = audio_features_varlen(model.model.audio_tower, clips, lengths)
-    return model.model.multi_modal_projector(encoded.features)
-
-
-def _scatter_audio(model, input_ids, embeds, features, frames, lengths) -> torch.Tensor:
-    if features.dim() != 2:
-        raise ValueError(f"audio_features must be packed (n_mels, frames); got shape {tuple(features.shape)}")
-    if lengths is None:
-        raise ValueError("audio_features need audio_lengths (valid mel frames per clip)")
-    # Split on the frames each clip carries; the encoder reads frames past L_i as conv context only.
-    clips = features if frames is None else list(features.split(frames.tolist(), dim=1))
-    projected = _project_audio(model, clips, lengths)
-    mask = input_ids == model.config.audio_token_index
-    placeholders = int(mask.sum())
-    if placeholders != projected.shape[0]:
-        raise ValueError(
-            f"{placeholders} <|AUDIO|> placeholder tokens but the audio encoder made {projected.shape[0]} features "
-            f"from {len(lengths)} clips (valid mel frames {_ints(lengths)}); input_ids and audio_lengths "
-            "do not belong together"
-        )
-    return embeds.masked_scatter(mask.unsqueeze(-1), projected.to(embeds.dtype))
-
-
-def _ints(values) -> list[int]:
-    return [int(v) for v in (values.tolist() if torch.is_tensor(values) else values)]
-
-
-def _dummy_audio_features(model) -> torch.Tensor:
-    """Encoder + projector on DUMMY_MEL_FRAMES frames of zeros (one output feature)."""
-    encoder = model.model.audio_tower
-    clip = torch.zeros(encoder.num_mel_bins, DUMMY_MEL_FRAMES, device=encoder.conv1.weight.device)
-    return _project_audio(model, [clip], [DUMMY_MEL_FRAMES])
-
-
-# ---------------------------------------------------------------- training facts
-
-
-def audio_step_flops(model: Qwen2AudioForConditionalGeneration, batch) -> float:
-    """Decoder FLOPs over the documents (models/flops.py on the text config) plus the audio
-    encoder's and projector's on every clip of the micro-batch (models/audio_flops.py); frozen
-    parts count their forward only. The dummy clip of an audio-free micro-batch is not counted."""
-    flops = train_flops(model.config.text_config, batch["doc_lengths"])
-    if "audio_lengths" not in batch:
-        return flops
-    tower = model.model.audio_tower
-    return flops + audio_train_flops(
-        model.config.audio_config,
-        model.config.text_config.hidden_size,
-        batch["audio_lengths"].tolist(),
-        encoder_trainable=any(p.requires_grad for p in tower.layers.parameters()),
-        projector_trainable=any(p.requires_grad for p in model.model.multi_modal_projector.parameters()),
-    )
+def audio_hidden_states(model: Qwen2AudioForConditionalGeneration, **inputs) -> torch.Tensor:
+    """Decoder output (B, T, hidden) of a packed row (B = 1) or a padded batch: the family's generic
+    forward (models/encoders.py) on a Qwen2-Audio model, for callers holding the model alone."""
+    return family_hidden_states(model, "model.language_model", qwen2_audio_encoders(model.config), **inputs)
 
 
 def placeholder_count(mel_length: int) -> int:

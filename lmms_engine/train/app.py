@@ -73,7 +73,8 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     dataset = instantiate(rc.groups["data"], tokenizer=bundle.tokenizer, seed=rc.trainer.seed, **bundle.data_inputs())
     if strategy.is_main:
         _write_json(run_dir / "data_stats.json", dataset.stats)
-    patcher.apply(bundle.model, strategy.device, padding_free=dataset.packing or patcher.use_rmpad)
+    patcher.apply(bundle.model, strategy.device, padding_free=dataset.packing or patcher.use_rmpad,
+                  encoders=bundle.encoders, decoder_path=bundle.decoder_path)
     freeze_components(bundle.model, rc.optim.freeze, bundle.components())
     module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units,
                               bundle.encoder_units)

@@ -18,7 +18,7 @@ from torch import nn
 from lmms_engine.checkpoint.manager import save_checkpoint
 from lmms_engine.data.batch import Batch
 from lmms_engine.data.steps import StepSource
-from lmms_engine.models.base import ModelBundle
+from lmms_engine.models.base import TEXT_INPUT_KEYS
 from lmms_engine.parallel.base import Strategy
 from lmms_engine.train.state import capture_rng
 
@@ -39,7 +39,7 @@ class StepContext:
     flops_fn: Callable[[Batch], float]  # training FLOPs of a micro-batch (ModelBundle.step_flops)
     max_grad_norm: float = float("inf")  # inf: no clipping
     unpad: bool = False  # kernels.use_rmpad on unpacked data
-    input_keys: tuple[str, ...] = ModelBundle.input_keys  # the batch fields the model's forward takes
+    input_keys: tuple[str, ...] = TEXT_INPUT_KEYS  # the batch fields the model's forward takes
 
 
 class Sinks(Protocol):

@@ -73,7 +73,8 @@ def _loss_and_grads(packed: bool, liger: bool = False):
     bundle = _bundle()
     model = bundle.model.cuda()
     patcher = KernelPatcher(use_rmpad=packed, attn_backend="torch_varlen" if packed else "sdpa", use_liger_kernel=liger)
-    patcher.apply(model, torch.device("cuda"), padding_free=packed)
+    patcher.apply(model, torch.device("cuda"), padding_free=packed, encoders=bundle.encoders,
+          decoder_path=bundle.decoder_path)
     module = CausalLMWithLoss(model, patcher.loss_fn(), bundle.hidden_states)
     batch = _batch(bundle, packed).to(torch.device("cuda"))
     inputs = batch.model_inputs(bundle.input_keys)
@@ -87,7 +88,8 @@ def _loss_and_grads(packed: bool, liger: bool = False):
 
 def test_vision_tower_gets_a_bidirectional_varlen_kernel():
     bundle = _bundle()
-    KernelPatcher(use_rmpad=True, attn_backend="torch_varlen").apply(bundle.model.cuda(), torch.device("cuda"), True)
+    KernelPatcher(use_rmpad=True, attn_backend="torch_varlen").apply(bundle.model.cuda(), torch.device("cuda"), padding_free=True, encoders=bundle.encoders,
+          decoder_path=bundle.decoder_path)
     blocks = bundle.model.model.visual.blocks
     assert [getattr(b.attn, "lmms_varlen_backend", None) for b in blocks] == ["torch_varlen"] * len(blocks)
     assert bundle.model.model.visual.config._attn_implementation == "sdpa"  # what a saved config names

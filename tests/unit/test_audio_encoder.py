@@ -13,6 +13,7 @@ from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncod
 from lmms_engine.models.audio_encoder import (
     CONV_CONTEXT_FRAMES,
     audio_features_varlen,
+    patch_audio_attention,
     feat_extract_output_lengths,
     max_mel_frames,
 )
@@ -33,6 +34,7 @@ def _encoder(attn_implementation: str = "sdpa") -> Qwen2AudioEncoder:
     config = Qwen2AudioEncoderConfig(**_preset("tiny_qwen2_audio")["audio_config"])
     config._attn_implementation = attn_implementation
     encoder = Qwen2AudioEncoder(config).eval()
+    patch_audio_attention(encoder)
     with torch.no_grad():  # larger than the 0.02 init, so boundary mistakes are far above round-off
         for param in encoder.parameters():
             if param.dim() > 1:

@@ -20,9 +20,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageText
 
 from lmms_engine.kernels import attention
 from lmms_engine.kernels.loss import cross_entropy_sum
-from lmms_engine.kernels.patcher import KernelPatcher, _encoders
+from lmms_engine.kernels.patcher import KernelPatcher
+from lmms_engine.models.base import ModelBundle
 from lmms_engine.models.audio_flops import audio_train_flops
-from lmms_engine.models.omni import LmmsOmniForConditionalGeneration, OmniModelBundle, build_omni
+from lmms_engine.models.omni import LmmsOmniForConditionalGeneration, build_omni
 from lmms_engine.models.qwen2_5_vl import build_qwen2_5_vl
 from lmms_engine.models.qwen2_audio import build_qwen2_audio
 from lmms_engine.models.vision_flops import vision_train_flops
@@ -40,7 +41,7 @@ def _preset(name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def bundle() -> OmniModelBundle:
+def bundle() -> ModelBundle:
     torch.manual_seed(0)
     return build_omni(**_preset("tiny_omni"))
 
@@ -120,7 +121,8 @@ def test_packed_mixed_micro_batch_calls_each_tower_once_and_trains(bundle, demo)
     datasets, pack = demo
     model = copy.deepcopy(bundle.model)
     patcher = KernelPatcher(use_rmpad=True, attn_backend="sdpa")
-    patcher.apply(model, torch.device("cpu"), padding_free=True)
+    patcher.apply(model, torch.device("cpu"), padding_free=True, encoders=bundle.encoders,
+          decoder_path=bundle.decoder_path)
     # The rmpad audio encoder calls its modules, not itself: its conv1 runs once per encoder call.
     calls = {"visual": 0, "audio": 0}
     for name, part in (("visual", model.model.visual), ("audio", model.model.audio_tower.conv1)):
@@ -159,7 +161,8 @@ def test_packed_and_padded_omni_batches_give_the_same_loss(bundle, demo):
     losses = {}
     for packing, dataset in datasets.items():
         patcher = KernelPatcher(use_rmpad=True, attn_backend="sdpa") if packing else KernelPatcher()
-        patcher.apply(model, torch.device("cpu"), padding_free=packing)
+        patcher.apply(model, torch.device("cpu"), padding_free=packing, encoders=bundle.encoders,
+          decoder_path=bundle.decoder_path)
         module = CausalLMWithLoss(model, cross_entropy_sum, bundle.hidden_states)
         batch = dataset.collate(pack)
         inputs = batch.model_inputs(bundle.input_keys)
@@ -247,8 +250,9 @@ def test_components_shard_units_and_data_inputs(bundle):
 
 def test_patcher_keeps_packed_causal_attention_out_of_both_encoders(bundle):
     model = copy.deepcopy(bundle.model)
-    KernelPatcher(use_rmpad=True, attn_backend="sdpa").apply(model, torch.device("cpu"), padding_free=True)
-    assert set(_encoders(model)) == {"visual", "audio_tower"}
+    KernelPatcher(use_rmpad=True, attn_backend="sdpa").apply(model, torch.device("cpu"), padding_free=True, encoders=bundle.encoders,
+          decoder_path=bundle.decoder_path)
+    assert [e.module_path for e in bundle.encoders] == ["model.visual", "model.audio_tower"]
     assert model.model.language_model.config._attn_implementation == attention.register("sdpa")
     assert model.model.visual.config._attn_implementation == "sdpa"
     assert model.model.audio_tower.config._attn_implementation == "sdpa"

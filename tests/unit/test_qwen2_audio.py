@@ -5,6 +5,7 @@ kernel patcher and Liger registry."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoderLayer
 
 from lmms_engine.kernels import attention
-from lmms_engine.kernels.patcher import KernelPatcher, _encoders
+from lmms_engine.kernels.patcher import KernelPatcher
+from lmms_engine.models.base import ModelBundle
 from lmms_engine.models.audio_encoder import CONV_CONTEXT_FRAMES
 from lmms_engine.models.audio_flops import (
     audio_encoder_forward_flops,
@@ -24,7 +26,6 @@ from lmms_engine.models.audio_flops import (
 )
 from lmms_engine.models.flops import train_flops
 from lmms_engine.models.qwen2_audio import (
-    AudioModelBundle,
     audio_hidden_states,
     build_qwen2_audio,
     placeholder_count,
@@ -42,10 +43,12 @@ def _preset(name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def bundle() -> AudioModelBundle:
+def bundle() -> ModelBundle:
     torch.manual_seed(0)
     built = build_qwen2_audio(**_preset("tiny_qwen2_audio"))
     built.model.eval()
+    for encoder in built.encoders:  # the rmpad encoder's varlen attention (KernelPatcher.apply does this in a run)
+        encoder.patch_kernels(built.model, torch.device("cpu"))
     return built
 
 
@@ -75,7 +78,7 @@ def _conversation(question: str, answer: str, clips: int = 1) -> list[dict]:
     ]
 
 
-def _encode(bundle: AudioModelBundle, messages: list[dict], clips: list[np.ndarray]) -> dict:
+def _encode(bundle: ModelBundle, messages: list[dict], clips: list[np.ndarray]) -> dict:
     text = bundle.processor.apply_chat_template(messages, tokenize=False)
     return bundle.processor(text=[text], audio=clips, sampling_rate=SAMPLING_RATE, return_tensors="pt")
 
@@ -101,7 +104,7 @@ def _stock_logits(model, sample: dict) -> torch.Tensor:
     return model(**{key: sample[key] for key in keys}).logits[0]
 
 
-def _packed_row(bundle: AudioModelBundle, samples: list[dict]) -> dict:
+def _packed_row(bundle: ModelBundle, samples: list[dict]) -> dict:
     lengths = [s["input_ids"].shape[1] for s in samples]
     cu_seqlens = torch.tensor([0, *np.cumsum(lengths).tolist()], dtype=torch.int32)
     return {
@@ -117,7 +120,7 @@ def _packed_row(bundle: AudioModelBundle, samples: list[dict]) -> dict:
 
 def test_tiny_preset_builds_a_small_audio_model(bundle):
     config, tokenizer = bundle.model.config, bundle.tokenizer
-    assert isinstance(bundle, AudioModelBundle)
+    assert isinstance(bundle, ModelBundle) and [e.name for e in bundle.encoders] == ["audio"]
     assert bundle.shard_units == (Qwen2DecoderLayer, Qwen2AudioEncoderLayer)
     assert bundle.encoder_units == (Qwen2AudioEncoderLayer,)
     assert bundle.processor.tokenizer is tokenizer
@@ -206,7 +209,8 @@ def test_packed_clips_give_the_stock_padded_logits(bundle, audible_model):
     with torch.no_grad():
         stock = torch.cat([_stock_logits(audible_model, s) for s in samples])
     model = copy.deepcopy(audible_model)
-    KernelPatcher(use_rmpad=True, attn_backend="sdpa").apply(model, torch.device("cpu"), padding_free=True)
+    KernelPatcher(use_rmpad=True, attn_backend="sdpa").apply(model, torch.device("cpu"), padding_free=True, encoders=bundle.encoders,
+          decoder_path=bundle.decoder_path)
     row = _packed_row(bundle, samples)
     assert row["audio_lengths"].tolist() == [300, 137, 50]
     with torch.no_grad():
@@ -319,7 +323,7 @@ def test_rmpad_encoder_costs_the_formula_plus_little_overhead(bundle, valid):
 
 def test_step_flops_add_the_audio_work_by_what_is_trained(bundle):
     model = copy.deepcopy(bundle.model)
-    built = AudioModelBundle(model=model, tokenizer=bundle.tokenizer, name="t", processor=bundle.processor)
+    built = dataclasses.replace(bundle, model=model)
     audio, text_config = model.config.audio_config, model.config.text_config
     batch = {"doc_lengths": [120, 80], "audio_lengths": torch.tensor([300, 137])}
     decoder = train_flops(text_config, [120, 80])
@@ -339,8 +343,9 @@ def test_step_flops_add_the_audio_work_by_what_is_trained(bundle):
 
 def test_patcher_gives_the_decoder_the_packed_backend_and_leaves_the_encoder_bidirectional(bundle):
     model = copy.deepcopy(bundle.model)
-    KernelPatcher(use_rmpad=True, attn_backend="sdpa").apply(model, torch.device("cpu"), padding_free=True)
-    assert set(_encoders(model)) == {"audio_tower"}
+    KernelPatcher(use_rmpad=True, attn_backend="sdpa").apply(model, torch.device("cpu"), padding_free=True, encoders=bundle.encoders,
+          decoder_path=bundle.decoder_path)
+    assert [e.module_path for e in bundle.encoders] == ["model.audio_tower"]
     assert model.model.language_model.config._attn_implementation == attention.register("sdpa")
     assert model.model.audio_tower.config._attn_implementation == "sdpa"
 

@@ -20,6 +20,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
 )
 
 from lmms_engine.kernels import attention
+from lmms_engine.models.base import ModelBundle
 from lmms_engine.models.mrope import (
     MropeSample,
     MropeSpec,
@@ -28,7 +29,6 @@ from lmms_engine.models.mrope import (
     packed_mrope_position_ids,
 )
 from lmms_engine.models.qwen2_5_vl import (
-    VLModelBundle,
     build_qwen2_5_vl,
     vl_hidden_states,
     set_text_attention,
@@ -45,7 +45,7 @@ def _preset(name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def bundle() -> VLModelBundle:
+def bundle() -> ModelBundle:
     torch.manual_seed(0)
     built = build_qwen2_5_vl(**_preset("tiny_qwen2_5_vl"))
     built.model.eval()
@@ -65,12 +65,12 @@ def _conversation(question: str, answer: str, images: int = 1) -> list[dict]:
     ]
 
 
-def _encode(bundle: VLModelBundle, messages: list[dict], images: list) -> dict:
+def _encode(bundle: ModelBundle, messages: list[dict], images: list) -> dict:
     text = bundle.tokenizer.apply_chat_template(messages, tokenize=False)
     return bundle.processor(text=[text], images=images, return_tensors="pt")
 
 
-def _positions(bundle: VLModelBundle, inputs: dict) -> torch.Tensor:
+def _positions(bundle: ModelBundle, inputs: dict) -> torch.Tensor:
     spec = MropeSpec.from_config(bundle.model.config)
     sample = MropeSample(input_ids=inputs["input_ids"][0], image_grid_thw=inputs["image_grid_thw"])
     positions, _ = mrope_position_ids(sample, spec)
@@ -88,7 +88,7 @@ def _model_inputs(inputs: dict) -> dict:
 def test_tiny_preset_builds_a_small_vl_model(bundle):
     config = bundle.model.config
     tokenizer = bundle.tokenizer
-    assert isinstance(bundle, VLModelBundle)
+    assert isinstance(bundle, ModelBundle) and [e.name for e in bundle.encoders] == ["vision"]
     assert bundle.shard_units == (Qwen2_5_VLDecoderLayer, Qwen2_5_VLVisionBlock)
     assert bundle.processor.tokenizer is tokenizer
     assert 1e6 < sum(p.numel() for p in bundle.model.parameters()) < 10e6

@@ -15,9 +15,10 @@ Image = pytest.importorskip("PIL.Image", reason="images are PIL images")
 
 from lmms_engine.kernels.loss import cross_entropy_sum
 from lmms_engine.kernels.patcher import KernelPatcher
+from lmms_engine.models.base import ModelBundle
 from lmms_engine.models.flops import train_flops
 from lmms_engine.models.mrope import MropeSample, MropeSpec, mrope_position_ids
-from lmms_engine.models.qwen2_5_vl import VLModelBundle, build_qwen2_5_vl
+from lmms_engine.models.qwen2_5_vl import build_qwen2_5_vl
 from lmms_engine.models.vision_flops import vision_train_flops
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw, component_of, freeze_components
@@ -25,7 +26,7 @@ from lmms_engine.train.optim import build_adamw, component_of, freeze_components
 PRESETS = Path(__file__).resolve().parents[2] / "conf" / "model"
 
 
-def _bundle() -> VLModelBundle:
+def _bundle() -> ModelBundle:
     values = yaml.safe_load((PRESETS / "tiny_qwen2_5_vl.yaml").read_text())
     values.pop("_target_")
     torch.manual_seed(0)
@@ -33,11 +34,11 @@ def _bundle() -> VLModelBundle:
 
 
 @pytest.fixture
-def bundle() -> VLModelBundle:
+def bundle() -> ModelBundle:
     return _bundle()
 
 
-def _inputs(bundle: VLModelBundle, with_image: bool) -> dict:
+def _inputs(bundle: ModelBundle, with_image: bool) -> dict:
     parts = [{"type": "image_url", "image_url": "x.png"}] if with_image else []
     messages = [
         {"role": "user", "content": [*parts, {"type": "text", "text": "What is it?"}]},
@@ -54,7 +55,7 @@ def _inputs(bundle: VLModelBundle, with_image: bool) -> dict:
     return inputs
 
 
-def _count_tower_calls(bundle: VLModelBundle) -> list[int]:
+def _count_tower_calls(bundle: ModelBundle) -> list[int]:
     calls = []
     bundle.model.model.visual.register_forward_hook(lambda module, args, out: calls.append(1))
     return calls
@@ -97,7 +98,8 @@ def test_images_and_videos_share_one_tower_call(bundle):
 
 
 def test_patcher_keeps_packed_causal_attention_out_of_the_vision_tower(bundle):
-    KernelPatcher(use_rmpad=True, attn_backend="sdpa").apply(bundle.model, torch.device("cpu"), padding_free=True)
+    KernelPatcher(use_rmpad=True, attn_backend="sdpa").apply(bundle.model, torch.device("cpu"), padding_free=True,
+                                                        encoders=bundle.encoders, decoder_path=bundle.decoder_path)
     assert bundle.model.model.language_model.config._attn_implementation == "lmms_sdpa"
     assert bundle.model.model.visual.config._attn_implementation == "sdpa"
 
@@ -168,7 +170,8 @@ def test_packed_and_padded_vl_batches_give_the_same_loss(bundle, tmp_path):
     pack = next(p for p in datasets[True].micro_batches(0) if datasets[True].collate(p).pixel_values_videos is not None)
     losses = {}
     for packing, dataset in datasets.items():
-        KernelPatcher(use_rmpad=packing).apply(bundle.model, torch.device("cpu"), padding_free=packing)
+        KernelPatcher(use_rmpad=packing).apply(bundle.model, torch.device("cpu"), padding_free=packing,
+                                                  encoders=bundle.encoders, decoder_path=bundle.decoder_path)
         module = CausalLMWithLoss(bundle.model, cross_entropy_sum, bundle.hidden_states)
         batch = dataset.collate(pack)
         inputs = batch.model_inputs(bundle.input_keys)

@@ -1,0 +1,84 @@
+"""Qwen2.5-VL's vision tower (and merger) as a ModalityEncoder: images and videos of a micro-batch
+in one tower call (each attending within itself, never causally), features scattered at the
+image / video placeholders. Used by the Qwen2.5-VL family and the omni model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionBlock
+
+from lmms_engine.kernels.encoder_attention import encoder_varlen_backend, patch_vision_attention
+from lmms_engine.models.encoders import ModalityEncoder, scatter_features
+from lmms_engine.models.vision_flops import vision_train_flops
+
+log = logging.getLogger(__name__)
+
+# Batch keys of the visual inputs (data/collate.py makes them; absent when a batch has none).
+# second_per_grid_ts only shapes the mrope positions, which the data side computes.
+VISION_BATCH_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+@dataclass(frozen=True)
+class QwenVisionEncoder(ModalityEncoder):
+    """placeholder_ids = (image token id, video token id)."""
+
+    def has_inputs(self, inputs) -> bool:
+        return inputs.get("pixel_values") is not None or inputs.get("pixel_values_videos") is not None
+
+    def embed(self, model, input_ids, embeds, inputs) -> torch.Tensor:
+        image_id, video_id = self.placeholder_ids
+        media = [(inputs.get("pixel_values"), inputs.get("image_grid_thw"), image_id, "image"),
+                 (inputs.get("pixel_values_videos"), inputs.get("video_grid_thw"), video_id, "video")]
+        media = [item for item in media if item[0] is not None]
+        features = self._run(model, torch.cat([m[0] for m in media]), torch.cat([m[1] for m in media]))
+        return scatter_features(embeds, input_ids, [(m[2], m[3]) for m in media], features, "vision tower")
+
+    def dummy(self, model) -> torch.Tensor:
+        """The tower on one merged token's worth of zero pixels (grid 1 x m x m)."""
+        config = self.module(model).config
+        merge = config.spatial_merge_size
+        width = config.in_channels * config.temporal_patch_size * config.patch_size**2
+        device = self.module(model).patch_embed.proj.weight.device
+        pixels = torch.zeros(merge * merge, width, device=device)
+        return self._run(model, pixels, torch.tensor([[1, merge, merge]], device=device))
+
+    def trainable(self, model) -> bool:
+        # The merger is a component of its own: the tower's cost follows its blocks.
+        return any(p.requires_grad for p in self.module(model).blocks.parameters())
+
+    def flops(self, model, batch: Mapping, trainable: bool) -> float:
+        grids = [grid for key in ("image_grid_thw", "video_grid_thw") if batch.get(key) is not None
+                 for grid in batch[key].tolist()]
+        return vision_train_flops(self.module(model).config, grids, trainable=trainable) if grids else 0.0
+
+    def patch_kernels(self, model, device) -> list[str]:
+        """Bidirectional sdpa from transformers, and on CUDA one varlen kernel call over all images."""
+        tower = self.module(model)
+        tower.set_attn_implementation("sdpa")
+        backend = encoder_varlen_backend(device)
+        if backend and patch_vision_attention(tower, backend):
+            return [f"{self.name}: {backend} varlen attention (bidirectional)"]
+        return [f"{self.name}: sdpa attention"]
+
+    def _run(self, model, pixels: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        # The tower returns merged features as pooler_output (transformers 5.x), one row per token.
+        tower = self.module(model)
+        return tower(pixels.to(tower.patch_embed.proj.weight.dtype), grid_thw=grid_thw).pooler_output
+
+
+def qwen_vision_encoder(module_path: str, image_token_id: int, video_token_id: int,
+                        block_classes: tuple[type[nn.Module], ...] = (Qwen2_5_VLVisionBlock,)) -> QwenVisionEncoder:
+    """The vision encoder of a model whose tower sits at `module_path` (its merger at `.merger`)."""
+    return QwenVisionEncoder(
+        name="vision",
+        module_path=module_path,
+        components={"vision": f"{module_path}.", "merger": f"{module_path}.merger."},
+        placeholder_ids=(image_token_id, video_token_id),
+        batch_keys=VISION_BATCH_KEYS,
+        unit_classes=block_classes,
+    )
