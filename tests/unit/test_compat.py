@@ -3,6 +3,7 @@ failure here names the entry an upgrade broke (see compat.py's docstring)."""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 
 import pytest
@@ -56,11 +57,41 @@ def test_torch_dcp_load_planner_has_what_load_bytes_reads():
     assert "load_bytes" in vars(DefaultLoadPlanner), "compat: DefaultLoadPlanner.load_bytes (safe_load overrides it)"
 
 
+# ---------------------------------------------------------------- transformers
+
+
+def test_transformers_qwen2_audio_process_audio():
+    params = list(inspect.signature(compat.qwen2_audio_process_audio()).parameters)
+    assert params[:2] == ["self", "audio"], f"compat.qwen2_audio_process_audio: _process_audio{params} changed"
+
+
+def test_transformers_submodule_from_config_builds_from_a_config():
+    from transformers import Qwen2Config, Qwen2Model
+
+    config = Qwen2Config(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    model = compat.submodule_from_config(Qwen2Model, config)
+    assert isinstance(model, Qwen2Model) and model.config.hidden_size == 8, "compat.submodule_from_config"
+
+
+# ---------------------------------------------------------------- liger-kernel
+
+
+def test_liger_instance_patches_keep_their_signatures():
+    from liger_kernel.transformers import monkey_patch
+
+    rms = list(inspect.signature(monkey_patch._patch_rms_norm_module).parameters)
+    assert rms[:3] == ["module", "offset", "eps"], f"compat.liger_patch_rms_norm: _patch_rms_norm_module{rms}"
+    swiglu = list(inspect.signature(monkey_patch._patch_swiglu_module).parameters)
+    assert swiglu[:2] == ["module", "liger_module"], f"compat.liger_patch_swiglu: _patch_swiglu_module{swiglu}"
+
+
 # ---------------------------------------------------------------- DeepSpeed
 
-deepspeed = pytest.importorskip("deepspeed")
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="the deepspeed extra")
 
 
+@needs_deepspeed
 @pytest.mark.parametrize("index", [0, 1], ids=["zero12", "zero3"])
 def test_deepspeed_zero_optimizers_hold_what_release_gradients_touches(index):
     cls = compat.deepspeed_zero_optimizer_classes()[index]
@@ -89,6 +120,7 @@ class _FakeZeroOptimizer:
         self.calls.append("cpu")
 
 
+@needs_deepspeed
 def test_deepspeed_release_gradients_clears_partitions_and_buffers():
     optimizer = _FakeZeroOptimizer()
     compat.deepspeed_release_gradients(optimizer)
@@ -96,6 +128,7 @@ def test_deepspeed_release_gradients_clears_partitions_and_buffers():
     assert optimizer.calls == ["flat", "cpu"]
 
 
+@needs_deepspeed
 def test_deepspeed_set_clip_threshold_refuses_an_optimizer_without_clip_grad():
     optimizer = _FakeZeroOptimizer()
     compat.deepspeed_set_clip_threshold(optimizer, 1.5)
@@ -104,11 +137,13 @@ def test_deepspeed_set_clip_threshold_refuses_an_optimizer_without_clip_grad():
         compat.deepspeed_set_clip_threshold(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), 1.0)
 
 
+@needs_deepspeed
 def test_deepspeed_checkpoint_classes_import():
     names = [cls.__name__ for cls in compat.deepspeed_checkpoint_classes()]
     assert names == ["LossScaler", "DynamicLossScaler", "ZeroStageEnum", "fragment_address", "PosixPath"]
 
 
+@needs_deepspeed
 def test_deepspeed_engine_has_a_checkpoint_engine_with_load():
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
     from deepspeed.runtime.engine import DeepSpeedEngine
@@ -118,6 +153,7 @@ def test_deepspeed_engine_has_a_checkpoint_engine_with_load():
         "compat.deepspeed_checkpoint_engine: TorchCheckpointEngine.load(path, map_location) changed")
 
 
+@needs_deepspeed
 def test_deepspeed_zero3_parameter_attributes():
     from deepspeed.runtime.zero.partition_parameters import Init
 
@@ -126,3 +162,4 @@ def test_deepspeed_zero3_parameter_attributes():
     assert "ds_id" in source, "compat.is_zero3_param: zero.Init no longer sets param.ds_id"
     plain = nn.Parameter(torch.zeros(1))
     assert compat.zero3_partition(plain) is None and not compat.is_zero3_param(plain)
+
