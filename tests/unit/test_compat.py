@@ -60,30 +60,39 @@ def test_torch_dcp_load_planner_has_what_load_bytes_reads():
 # ---------------------------------------------------------------- transformers
 
 
-def test_transformers_qwen2_audio_process_audio():
-    params = list(inspect.signature(compat.qwen2_audio_process_audio()).parameters)
-    assert params[:2] == ["self", "audio"], f"compat.qwen2_audio_process_audio: _process_audio{params} changed"
+def test_qwen2_audio_process_audio_is_the_processors_expansion():
+    process = compat.qwen2_audio_process_audio()
+    assert callable(process), "transformers: Qwen2AudioProcessor._process_audio is gone"
+    assert list(inspect.signature(process).parameters)[0] == "self"
 
 
-def test_transformers_submodule_from_config_builds_from_a_config():
-    from transformers import Qwen2Config, Qwen2Model
+def test_submodule_from_config_builds_a_sub_model_with_its_attention_implementation():
+    from transformers import Qwen2AudioEncoderConfig
+    from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
-    config = Qwen2Config(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)
-    model = compat.submodule_from_config(Qwen2Model, config)
-    assert isinstance(model, Qwen2Model) and model.config.hidden_size == 8, "compat.submodule_from_config"
+    config = Qwen2AudioEncoderConfig(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
+                                     num_mel_bins=16, max_source_positions=8)
+    encoder = compat.submodule_from_config(Qwen2AudioEncoder, config)
+    assert isinstance(encoder, Qwen2AudioEncoder), "transformers: PreTrainedModel._from_config changed"
+    assert encoder.config._attn_implementation in ("sdpa", "eager")
+    assert encoder.conv1.in_channels == 16
 
 
 # ---------------------------------------------------------------- liger-kernel
 
 
-def test_liger_instance_patches_keep_their_signatures():
-    from liger_kernel.transformers import monkey_patch
+def test_liger_instance_patches_rebind_forward():
+    pytest.importorskip("liger_kernel")
+    from transformers import Qwen2Config
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm
 
-    rms = list(inspect.signature(monkey_patch._patch_rms_norm_module).parameters)
-    assert rms[:3] == ["module", "offset", "eps"], f"compat.liger_patch_rms_norm: _patch_rms_norm_module{rms}"
-    swiglu = list(inspect.signature(monkey_patch._patch_swiglu_module).parameters)
-    assert swiglu[:2] == ["module", "liger_module"], f"compat.liger_patch_swiglu: _patch_swiglu_module{swiglu}"
+    norm = Qwen2RMSNorm(8, eps=1e-6)
+    compat.liger_patch_rms_norm(norm, eps=1e-6)
+    assert "forward" in vars(norm), "liger-kernel: monkey_patch._patch_rms_norm_module changed"
+    mlp = Qwen2MLP(Qwen2Config(hidden_size=8, intermediate_size=16))
+    compat.liger_patch_swiglu(mlp)
+    assert "forward" in vars(mlp), "liger-kernel: monkey_patch._patch_swiglu_module changed"
+    assert torch.is_tensor(norm.weight)
 
 
 # ---------------------------------------------------------------- DeepSpeed
@@ -120,7 +129,6 @@ class _FakeZeroOptimizer:
         self.calls.append("cpu")
 
 
-@needs_deepspeed
 def test_deepspeed_release_gradients_clears_partitions_and_buffers():
     optimizer = _FakeZeroOptimizer()
     compat.deepspeed_release_gradients(optimizer)
@@ -128,7 +136,6 @@ def test_deepspeed_release_gradients_clears_partitions_and_buffers():
     assert optimizer.calls == ["flat", "cpu"]
 
 
-@needs_deepspeed
 def test_deepspeed_set_clip_threshold_refuses_an_optimizer_without_clip_grad():
     optimizer = _FakeZeroOptimizer()
     compat.deepspeed_set_clip_threshold(optimizer, 1.5)
