@@ -117,6 +117,17 @@ def submodule_from_config(module_class: type[nn.Module], config) -> nn.Module:
     return module_class._from_config(config)
 
 
+def config_attn_implementation(config) -> str | None:
+    """`PreTrainedConfig._attn_implementation`: the attention implementation a config names (the
+    setter transformers offers, `set_attn_implementation`, lives on the model, not the config)."""
+    return config._attn_implementation
+
+
+def set_config_attn_implementation(config, name: str | None) -> None:
+    """Set what `config_attn_implementation` reads (e.g. sdpa in a config being saved)."""
+    config._attn_implementation = name
+
+
 # ---------------------------------------------------------------- liger-kernel
 
 

@@ -78,6 +78,18 @@ def test_submodule_from_config_builds_a_sub_model_with_its_attention_implementat
     assert encoder.conv1.in_channels == 16
 
 
+def test_config_attn_implementation_is_what_the_model_runs():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=16)
+    model = Qwen2ForCausalLM(config)
+    model.set_attn_implementation("eager")
+    assert compat.config_attn_implementation(model.config) == "eager", "transformers: config._attn_implementation changed"
+    compat.set_config_attn_implementation(model.config, "sdpa")
+    assert compat.config_attn_implementation(model.config) == "sdpa"
+
+
 # ---------------------------------------------------------------- liger-kernel
 
 
