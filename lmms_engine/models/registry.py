@@ -41,6 +41,8 @@ def checkpoint_model_type(pretrained: str, trust_remote_code: bool = False) -> s
         config, _ = PreTrainedConfig.get_config_dict(pretrained, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ValueError(f"model.pretrained={pretrained!r}: no readable config.json ({err})") from None
+    if not config:
+        raise ValueError(f"model.pretrained={pretrained!r}: no readable config.json (not a checkpoint folder)")
     if "model_type" not in config:
         raise ValueError(f"model.pretrained={pretrained!r}: its config.json has no model_type")
     return config["model_type"]
