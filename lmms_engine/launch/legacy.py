@@ -69,7 +69,18 @@ class Collector:
         self.errors.append(f"{key}: {message}")
 
     def overrides(self) -> list[str]:
-        return [f"{g}={o}" for g, o in self.options.items()] + [f"{k}={hydra_value(v)}" for k, v in self.keys.items()]
+        """Group options, then keys group by group (top-level keys last), for a readable command."""
+        options = sorted(self.options.items(), key=lambda item: GROUP_ORDER.index(item[0]))
+        keys = sorted(self.keys.items(), key=lambda item: _group_rank(item[0]))
+        return [f"{g}={o}" for g, o in options] + [f"{k}={hydra_value(v)}" for k, v in keys]
+
+
+GROUP_ORDER = ("model", "data", "kernels", "parallel", "optim", "trainer", "logger")
+
+
+def _group_rank(key: str) -> int:
+    group = key.split(".")[0]
+    return GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER)
 
 
 def is_legacy(node: dict) -> bool:
