@@ -86,7 +86,7 @@ def test_linear_schedule_decays_from_the_end_of_warmup_to_the_floor():
 
 def test_two_epochs_train_on_every_sample_exactly_twice(tmp_path, monkeypatch, caplog):
     data = tmp_path / "chats.jsonl"
-    data.write_text("".join(DEMO_TEXT.read_text().splitlines(keepends=True)[:24]))
+    data.write_text("".join(DEMO_TEXT.read_text().splitlines(keepends=True)[:10]))
     seen: list[int] = []
     collate = SFTDataset.collate
 
@@ -95,7 +95,7 @@ def test_two_epochs_train_on_every_sample_exactly_twice(tmp_path, monkeypatch, c
         return collate(self, indices)
 
     monkeypatch.setattr(SFTDataset, "collate", recording)
-    cfg = compose_config(f"data.dataset_path={data}", "data.packing_length=256", f"data.cache_dir={tmp_path / 'cache'}",
+    cfg = compose_config(f"data.dataset_path={data}", "data.packing_length=256", f"data.cache_dir={tmp_path / 'cache'}", "data.num_proc=1",
                          "trainer.max_steps=null", "trainer.epochs=2", "trainer.export_hf=false", "trainer.save_final=false")
     with caplog.at_level(logging.INFO, logger="lmms_engine.train"):
         run_dir = run(cfg, tmp_path / "run")
