@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from lmms_engine.config import validate
 from lmms_engine.launch.legacy import LegacyConfigError, hydra_value, is_legacy, translate
-from tests.conftest import compose_config
+from tests.conftest import REPO, compose_config
 from tests.legacy_config import HAND_WRITTEN, ISSUE_CONFIG
 
 
@@ -187,3 +187,9 @@ def test_mixed_schema_is_refused(tmp_path):
     node = copy.deepcopy(yaml.safe_load(ISSUE_CONFIG)) | {"optim": {"lr": 1.0}}
     with pytest.raises(LegacyConfigError, match=r"^optim: not a key of the original schema"):
         translate(node, tmp_path)
+
+
+def test_shipped_original_engine_example_is_the_issue_config(tmp_path):
+    shipped = yaml.safe_load((REPO / "examples" / "load_from_pretrained_example.yaml").read_text())
+    assert shipped == yaml.safe_load(ISSUE_CONFIG)
+    assert translate(shipped, tmp_path).parallel == "fsdp2"
