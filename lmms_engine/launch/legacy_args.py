@@ -22,6 +22,12 @@ SIMPLE = {
     "dataloader_num_workers": "trainer.data_workers", "gradient_checkpointing": "parallel.activation_checkpointing",
     "output_dir": "output_root",
 }
+# Translated by the functions below.
+SPECIAL = {"adam_beta1", "adam_beta2", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
+           "max_steps", "warmup_steps", "warmup_ratio", "lr_scheduler_type", "lr_scheduler_kwargs", "bf16", "fp16",
+           "report_to", "run_name", "freeze_modules", "save_strategy", "resume_from_checkpoint", "eval_strategy",
+           "evaluation_strategy", "group_by_length", "optim", "ddp_find_unused_parameters", "torch_compile",
+           "ema_enabled", "use_muon", "sp_ulysses_degree"}
 # Read by legacy.py's strategy and kernel translation.
 HANDLED_ELSEWHERE = {"fsdp2", "fsdp_config", "deepspeed", "use_liger_kernel", "use_rmpad"}
 IGNORED = {  # harmless: nothing in the training changes
@@ -185,9 +191,3 @@ def _switches(out, args: dict, parallel: str, packing: bool) -> None:
     if args.get("sp_ulysses_degree", 1) != 1:
         out.error("trainer_args.sp_ulysses_degree", "sequence parallelism is not supported; use 1")
 
-
-SPECIAL = {"adam_beta1", "adam_beta2", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
-           "max_steps", "warmup_steps", "warmup_ratio", "lr_scheduler_type", "lr_scheduler_kwargs", "bf16", "fp16",
-           "report_to", "run_name", "freeze_modules", "save_strategy", "resume_from_checkpoint", "eval_strategy",
-           "evaluation_strategy", "group_by_length", "optim", "ddp_find_unused_parameters", "torch_compile",
-           "ema_enabled", "use_muon", "sp_ulysses_degree"}

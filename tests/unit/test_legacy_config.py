@@ -193,3 +193,9 @@ def test_shipped_original_engine_example_is_the_issue_config(tmp_path):
     shipped = yaml.safe_load((REPO / "examples" / "load_from_pretrained_example.yaml").read_text())
     assert shipped == yaml.safe_load(ISSUE_CONFIG)
     assert translate(shipped, tmp_path).parallel == "fsdp2"
+
+
+def test_adam_betas_and_epsilon(tmp_path):
+    node = _issue_config(trainer_args={"adam_beta1": 0.8, "adam_beta2": 0.95, "adam_epsilon": 1e-6})
+    rc = validate(_compose(translate(node, tmp_path).overrides))
+    assert (rc.optim.betas, rc.optim.eps) == ([0.8, 0.95], 1e-6)
