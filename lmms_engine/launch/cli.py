@@ -54,11 +54,11 @@ def _read(path: Path):
 def legacy_translation(path: Path) -> Translation | None:
     """The translation of an original-engine config (None for a framework config); exits with one
     line per key that cannot be translated."""
-    node = OmegaConf.to_container(_read(path), resolve=True)
-    if not (isinstance(node, dict) and is_legacy(node)):
+    node = _read(path)
+    if not (OmegaConf.is_dict(node) and is_legacy(node)):  # keys only: a framework yaml may interpolate other groups
         return None
     try:
-        return translate(node, resolve_cache_dir(None))
+        return translate(OmegaConf.to_container(node, resolve=True), resolve_cache_dir(None))
     except ValueError as err:
         raise SystemExit("\n".join(f"--config {path}: {line}" for line in str(err).splitlines())) from None
 

@@ -199,3 +199,11 @@ def test_adam_betas_and_epsilon(tmp_path):
     node = _issue_config(trainer_args={"adam_beta1": 0.8, "adam_beta2": 0.95, "adam_epsilon": 1e-6})
     rc = validate(_compose(translate(node, tmp_path).overrides))
     assert (rc.optim.betas, rc.optim.eps) == ([0.8, 0.95], 1e-6)
+
+
+def test_a_framework_experiment_with_interpolations_is_not_taken_for_the_original_schema(tmp_path):
+    from lmms_engine.launch.cli import legacy_translation
+
+    config = tmp_path / "experiment.yaml"
+    config.write_text("name: ${model.name}_sft\ntrainer: {max_steps: 3}\n")  # resolvable only once composed
+    assert legacy_translation(config) is None
