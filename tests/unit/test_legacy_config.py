@@ -10,6 +10,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from lmms_engine.config import validate
+from lmms_engine.launch.cli import legacy_translation
 from lmms_engine.launch.legacy import LegacyConfigError, hydra_value, is_legacy, translate
 from tests.conftest import REPO, compose_config
 from tests.legacy_config import HAND_WRITTEN, ISSUE_CONFIG
@@ -202,8 +203,6 @@ def test_adam_betas_and_epsilon(tmp_path):
 
 
 def test_a_framework_experiment_with_interpolations_is_not_taken_for_the_original_schema(tmp_path):
-    from lmms_engine.launch.cli import legacy_translation
-
     config = tmp_path / "experiment.yaml"
     config.write_text("name: ${model.name}_sft\ntrainer: {max_steps: 3}\n")  # resolvable only once composed
     assert legacy_translation(config) is None
