@@ -27,6 +27,7 @@ from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw, freeze_components
 from lmms_engine.train.prefetch import make_collator
 from lmms_engine.train.resolvers import register_resolvers
+from lmms_engine.train.run_length import check_run_length, resolve_run_length
 from lmms_engine.train.schedule import lr_at
 from lmms_engine.train.state import restore_rng, seed_everything
 
@@ -56,6 +57,7 @@ def main(cfg: DictConfig) -> None:
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     """Train as `cfg` says, writing into `run_dir`. Returns the run directory."""
     rc = validate(cfg)
+    check_run_length(rc)
     check_writable(run_dir / "checkpoints", pdist.env_rank())  # before any work, not at the first save
     strategy = instantiate(rc.groups["parallel"])
     strategy.setup()
@@ -73,6 +75,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     dataset = instantiate(rc.groups["data"], tokenizer=bundle.tokenizer, seed=rc.trainer.seed, **bundle.data_inputs())
     if strategy.is_main:
         _write_json(run_dir / "data_stats.json", dataset.stats)
+    rc = resolve_run_length(rc, dataset, strategy.world_size)  # trainer.epochs / optim.warmup_ratio as steps
     patcher.apply(bundle.model, strategy.device, padding_free=dataset.packing or patcher.use_rmpad,
                   encoders=bundle.encoders, decoder_path=bundle.decoder_path)
     freeze_components(bundle.model, rc.optim.freeze, bundle.components())
