@@ -28,6 +28,7 @@ from lmms_engine.train.optim import build_adamw, freeze_components
 from lmms_engine.train.prefetch import make_collator
 from lmms_engine.train.resolvers import register_resolvers
 from lmms_engine.train.schedule import lr_at
+from lmms_engine.train.shutdown import release_frames, sigterm_exits
 from lmms_engine.train.state import restore_rng, seed_everything
 
 log = logging.getLogger("lmms_engine.train")
@@ -58,11 +59,15 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     rc = validate(cfg)
     check_writable(run_dir / "checkpoints", pdist.env_rank())  # before any work, not at the first save
     strategy = instantiate(rc.groups["parallel"])
-    strategy.setup()
     try:
-        _run(cfg, rc, strategy, run_dir)
+        with sigterm_exits():  # outside the loop (which checkpoints on it) SIGTERM ends the run through here
+            strategy.setup()
+            _run(cfg, rc, strategy, run_dir)
+    except BaseException as err:
+        release_frames(err)  # the traceback would keep the model and engine, so their process groups, alive
+        raise
     finally:
-        strategy.teardown()
+        strategy.teardown()  # frees the process groups and joins their threads before interpreter exit
     return run_dir
 
 
