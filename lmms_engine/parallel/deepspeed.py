@@ -239,8 +239,7 @@ class DeepSpeedZero(Strategy):
         return gather_full_state_dict(self.unwrap(module), keep=self.is_main)
 
     def teardown(self) -> None:
-        """Release the engine (its hooks and buffers), then DeepSpeed's own references to the process
-        groups (deepspeed.utils.groups), then the groups themselves: see pdist.destroy."""
+        """Release the engine, DeepSpeed's own group references, then the groups (pdist.destroy)."""
         try:
             if self.engine is not None:
                 self.engine.destroy()
