@@ -47,6 +47,9 @@ def job_env(device: str) -> dict[str, str]:
     # This interpreter's bin first: DeepSpeed's JIT op build then finds the same ninja every time
     # (a different one rebuilds its CPU comm op, minutes per job).
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # One op build per environment: torch's default extension dir is shared by every venv of the
+    # user, and a build from another venv's DeepSpeed sources (other paths) replaces this one's.
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # torch sees no GPU: gloo on CPU
         env["DS_ACCELERATOR"] = "cpu"  # and DeepSpeed does not pick CUDA by itself

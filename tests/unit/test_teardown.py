@@ -153,6 +153,7 @@ def test_stress_jobs_force_cpu_and_the_interpreters_tools(tmp_path):
     env = stress_exit.job_env("cpu")
     assert env["CUDA_VISIBLE_DEVICES"] == "" and env["DS_ACCELERATOR"] == "cpu"
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert env["TORCH_EXTENSIONS_DIR"] == os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
     assert stress_exit.job_env("cuda").get("DS_ACCELERATOR") == os.environ.get("DS_ACCELERATOR")
 
 
