@@ -29,6 +29,7 @@ from lmms_engine.train.prefetch import make_collator
 from lmms_engine.train.resolvers import register_resolvers
 from lmms_engine.train.run_length import check_run_length, resolve_run_length
 from lmms_engine.train.schedule import lr_at
+from lmms_engine.train.shutdown import release_frames, sigterm_exits
 from lmms_engine.train.state import restore_rng, seed_everything
 
 log = logging.getLogger("lmms_engine.train")
@@ -60,11 +61,15 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     check_run_length(rc)
     check_writable(run_dir / "checkpoints", pdist.env_rank())  # before any work, not at the first save
     strategy = instantiate(rc.groups["parallel"])
-    strategy.setup()
     try:
-        _run(cfg, rc, strategy, run_dir)
+        with sigterm_exits():  # outside the loop (which checkpoints on it) SIGTERM ends the run through here
+            strategy.setup()
+            _run(cfg, rc, strategy, run_dir)
+    except BaseException as err:
+        release_frames(err)  # the traceback would keep the model and engine, so their process groups, alive
+        raise
     finally:
-        strategy.teardown()
+        strategy.teardown()  # frees the process groups and joins their threads before interpreter exit
     return run_dir
 
 
