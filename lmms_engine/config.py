@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
+from lmms_engine.config_checks import check_values
+
 TARGET_GROUPS = ("model", "data", "kernels", "parallel", "logger")
 # Arguments the entry point passes itself (objects built from other groups), not config keys.
 INJECTED = {
@@ -65,10 +67,10 @@ def validate(cfg: DictConfig) -> RunConfig:
     _check_top_level(cfg)
     trainer = _typed(cfg, "trainer", TrainerConfig)
     optim = _typed(cfg, "optim", OptimConfig)
-    _check_values(trainer)
     groups = {name: cfg[name] for name in TARGET_GROUPS}
     for name, group in groups.items():
         _check_target_keys(name, group)
+    check_values(trainer, optim, groups)  # ranges and options, before anything is built
     return RunConfig(trainer=trainer, optim=optim, groups=groups, name=cfg.name)
 
 
@@ -91,17 +93,6 @@ def _typed(cfg: DictConfig, group: str, schema: type):
     except Exception as err:  # omegaconf's ValidationError names the key and the expected type
         raise ValueError(f"invalid value in {group}: {err}") from None
     return OmegaConf.to_object(merged)
-
-
-def _check_values(trainer: TrainerConfig) -> None:
-    if trainer.max_steps < 1:
-        raise ValueError(f"trainer.max_steps must be >= 1, got {trainer.max_steps}")
-    if trainer.grad_accum < 1:
-        raise ValueError(f"trainer.grad_accum must be >= 1, got {trainer.grad_accum}")
-    if trainer.max_bad_steps < 0:
-        raise ValueError(f"trainer.max_bad_steps must be >= 0 (0: never stop), got {trainer.max_bad_steps}")
-    if trainer.keep_last is not None and trainer.keep_last < 1:
-        raise ValueError(f"trainer.keep_last must be >= 1 or null (keep all), got {trainer.keep_last}")
 
 
 def _check_target_keys(group: str, node: DictConfig) -> None:
