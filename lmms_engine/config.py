@@ -13,8 +13,6 @@ from dataclasses import dataclass, field, fields
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
-from lmms_engine.config_checks import check_values
-
 TARGET_GROUPS = ("model", "data", "kernels", "parallel", "logger")
 # Arguments the entry point passes itself (objects built from other groups), not config keys.
 INJECTED = {
@@ -70,6 +68,10 @@ def validate(cfg: DictConfig) -> RunConfig:
     groups = {name: cfg[name] for name in TARGET_GROUPS}
     for name, group in groups.items():
         _check_target_keys(name, group)
+    # Imported here: the builders' option sets pull in torch and transformers, and the command-line
+    # override check (lmms_engine.overrides) imports this module before any of them is needed.
+    from lmms_engine.config_checks import check_values
+
     check_values(trainer, optim, groups)  # ranges and options, before anything is built
     return RunConfig(trainer=trainer, optim=optim, groups=groups, name=cfg.name)
 

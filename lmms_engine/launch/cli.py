@@ -38,9 +38,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, type=Path, help="experiment yaml merged over conf/train.yaml")
     args, overrides = parser.parse_known_args(argv)
     ConfigStore.instance().store(group="experiment", name=CLI_EXPERIMENT, node=load_experiment(args.config), package="_global_")
+    from lmms_engine.overrides import exit_on_unknown_overrides
     from lmms_engine.train.app import main as app_main
 
     sys.argv = [sys.argv[0], f"experiment={CLI_EXPERIMENT}", *overrides]
+    exit_on_unknown_overrides(sys.argv[1:])
     app_main()
 
 
