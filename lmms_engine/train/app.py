@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmms_engine.checkpoint.export import export_hf
 from lmms_engine.checkpoint.manager import check_writable, latest_checkpoint, load_checkpoint
 from lmms_engine.config import RunConfig, validate
+from lmms_engine.logging.data_notes import warn_about_data
 from lmms_engine.models.flops import peak_flops
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.train.data_iter import make_step_batches
@@ -73,6 +74,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     dataset = instantiate(rc.groups["data"], tokenizer=bundle.tokenizer, seed=rc.trainer.seed, **bundle.data_inputs())
     if strategy.is_main:
         _write_json(run_dir / "data_stats.json", dataset.stats)
+        warn_about_data(dataset.stats, rc.groups["data"].get("packing_length"))
     patcher.apply(bundle.model, strategy.device, padding_free=dataset.packing or patcher.use_rmpad)
     freeze_components(bundle.model, rc.optim.freeze, bundle.components())
     module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units,
@@ -179,7 +181,10 @@ def _resume_path(resume: str | None, run_dir: Path) -> Path | None:
     if resume is None:
         return None
     if resume == "auto":
-        return latest_checkpoint(run_dir / "checkpoints")
+        latest = latest_checkpoint(run_dir / "checkpoints")
+        if latest is None:
+            log.info("trainer.resume=auto: no complete checkpoint in %s; training starts from scratch", run_dir / "checkpoints")
+        return latest
     path = Path(resume)
     if (path / "checkpoints").is_dir():
         path = latest_checkpoint(path / "checkpoints") or path / "checkpoints"
