@@ -20,6 +20,7 @@ from lmms_engine.checkpoint.export import export_hf
 from lmms_engine.checkpoint.manager import check_writable, latest_checkpoint, load_checkpoint
 from lmms_engine.config import RunConfig, validate
 from lmms_engine.logging.data_notes import warn_about_data
+from lmms_engine.logging.summary import run_summary
 from lmms_engine.models.flops import peak_flops
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.train.data_iter import make_step_batches
@@ -77,6 +78,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
         warn_about_data(dataset.stats, rc.groups["data"].get("packing_length"))
     patcher.apply(bundle.model, strategy.device, padding_free=dataset.packing or patcher.use_rmpad)
     freeze_components(bundle.model, rc.optim.freeze, bundle.components())
+    summary = run_summary(dataset.stats, bundle.model)  # before wrapping: whole-model counts
     module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units,
                               bundle.encoder_units)
     optimizer = strategy.build_optimizer(
@@ -89,7 +91,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
                                                           _data_workers(rc, strategy.device), strategy.device),
         lr_at=functools.partial(_lr, rc=rc), flops_fn=bundle.step_flops, input_keys=bundle.input_keys,
         peak_flops=_device_peak_flops(strategy.device),
-        sinks=_build_sinks(cfg, rc, run_dir, start_step, strategy.is_main),
+        sinks=_build_sinks(cfg, rc, run_dir, start_step, strategy.is_main, summary),
         checkpoint_root=run_dir / "checkpoints", max_steps=rc.trainer.max_steps,
         max_grad_norm=rc.trainer.max_grad_norm if rc.trainer.max_grad_norm > 0 else float("inf"),
         save_every=rc.trainer.save_every, save_final=rc.trainer.save_final, unpad=patcher.use_rmpad and not dataset.packing,
@@ -140,11 +142,13 @@ def _write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def _build_sinks(cfg: DictConfig, rc: RunConfig, run_dir: Path, start_step: int, is_main: bool):
+def _build_sinks(cfg: DictConfig, rc: RunConfig, run_dir: Path, start_step: int, is_main: bool, summary: dict):
     # _partial_: the resolved run config holds _target_ entries that instantiate must not build.
     build = instantiate(rc.groups["logger"], _partial_=True)
-    return build(run_dir=run_dir, run_config=OmegaConf.to_container(cfg, resolve=True), max_steps=rc.trainer.max_steps,
-                 start_step=start_step, is_main=is_main)
+    sinks = build(run_dir=run_dir, run_config=OmegaConf.to_container(cfg, resolve=True), max_steps=rc.trainer.max_steps,
+                  start_step=start_step, is_main=is_main)
+    sinks.summary(summary)
+    return sinks
 
 
 def _make_optimizer(module, optim, components):
