@@ -28,7 +28,7 @@ def check_cli_overrides(argv: list[str], config_name: str = "train") -> None:
     """Raise ValueError naming the first plain override (`key=value`, no `+`) whose key the composed
     config lacks. Anything else (syntax errors, unknown group options) is left to Hydra's own message."""
     overrides = _parse(_positional_overrides(argv))
-    if overrides is None:
+    if not overrides:
         return
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         groups = set(GlobalHydra.instance().config_loader().list_groups(""))
@@ -95,10 +95,13 @@ def _leaf_paths(node: DictConfig, prefix: str = "") -> list[str]:
 
 
 def _positional_overrides(argv: list[str]) -> list[str]:
+    """The overrides of `argv`; none when another primary config is chosen (its keys are not ours to know)."""
     # Hydra's own command-line parser (the one @hydra.main uses) separates overrides from its flags.
     from hydra._internal.utils import get_args_parser
 
     args, _ = get_args_parser().parse_known_args(argv)
+    if args.config_name or args.config_path or args.config_dir:
+        return []
     return list(args.overrides)
 
 

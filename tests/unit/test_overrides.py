@@ -21,7 +21,7 @@ UNKNOWN = [
     (["-m", "optim.lr=1e-5,2e-5", "optim.lrr=3"], r"^unknown key optim\.lrr \(did you mean optim\.lr\?\)"),
     (["--cfg", "job", "kernels.use_rmpd=true"], r"^unknown key kernels\.use_rmpd \(did you mean kernels\.use_rmpad\?\)"),
     (["logger=wandb", "logger.wandb.projcet=x"], r"^unknown key logger\.wandb\.projcet \(did you mean logger\.wandb\.project\?\); "
-                                                r"valid keys of logger\.wandb: project, name, entity, mode, tags$"),
+                                                r"valid keys of logger\.wandb: project, name, entity, mode, tags, group$"),
     (["data.zzz=1"], r"^unknown key data\.zzz; valid keys of data: dataset_path, "),  # nothing close: no guess
 ]
 
@@ -40,6 +40,7 @@ def test_unknown_key_names_the_closest_valid_keys(argv, message):
     ["data.video_fps=1"],  # a key of the default VL data option
     ["-m", "data=demo,demo_vl", "data.video_fps=1"],  # under a swept group: left to each job
     ["optim.lr=[bad"],  # a syntax error: Hydra points at it
+    ["--config-name", "other", "foo.bar=1"],  # another primary config: its keys are Hydra's to check
 ])
 def test_known_or_foreign_overrides_pass(argv):
     check_cli_overrides(argv)
