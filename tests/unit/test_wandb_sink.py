@@ -31,8 +31,13 @@ def _subprocess_env(tmp_path) -> dict:
 
 @pytest.fixture
 def offline_wandb(monkeypatch):
+    import wandb
+
     for key, value in WANDB_ENV.items():
         monkeypatch.setenv(key, value)
+    yield
+    wandb.teardown()  # stop this process's wandb service, which later subprocesses would otherwise share
+    os.environ.pop("WANDB_SERVICE", None)
 
 
 def test_run_id_is_kept_in_the_run_directory(tmp_path):
