@@ -90,5 +90,5 @@ def test_multirun_jobs_share_one_group_and_carry_their_overrides(tmp_path):
     (first,), (second,) = (run_records(d) for d in job_dirs)
     assert first.run_group == second.run_group == f"tiny/{job_dirs[0].parent.name}"
     assert job_dirs[0].parent.name.startswith("multirun_") and first.run_id != second.run_id
-    assert "optim.lr=1e-3" in first.tags and "optim.lr=2e-3" in second.tags and "trainer.max_steps=1" in first.tags
+    assert "optim.lr=0.001" in first.tags and "optim.lr=0.002" in second.tags and "trainer.max_steps=1" in first.tags
     assert not any(t.startswith("output_root") for t in first.tags)
