@@ -41,7 +41,7 @@ def records(path: Path) -> list:
 def run_records(run_dir: Path) -> list:
     """The `run` record of every offline wandb run file under `run_dir`, oldest first."""
     files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
-    return [r.run for f in files for r in records(f) if r.WhichOneof("record_type") == "run"][::1]
+    return [r.run for f in files for r in records(f) if r.WhichOneof("record_type") == "run"]
 
 
 def summary_keys(run_dir: Path) -> set[str]:
