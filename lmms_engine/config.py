@@ -67,11 +67,15 @@ def validate(cfg: DictConfig) -> RunConfig:
     _check_top_level(cfg)
     trainer = _typed(cfg, "trainer", TrainerConfig)
     optim = _typed(cfg, "optim", OptimConfig)
-    _check_values(trainer)
     _check_run_length(trainer, optim)
     groups = {name: cfg[name] for name in TARGET_GROUPS}
     for name, group in groups.items():
         _check_target_keys(name, group)
+    # Imported here: the builders' option sets pull in torch and transformers, and the command-line
+    # override check (lmms_engine.overrides) imports this module before any of them is needed.
+    from lmms_engine.config_checks import check_values
+
+    check_values(trainer, optim, groups)  # ranges and options, before anything is built
     return RunConfig(trainer=trainer, optim=optim, groups=groups, name=cfg.name)
 
 
@@ -94,15 +98,6 @@ def _typed(cfg: DictConfig, group: str, schema: type):
     except Exception as err:  # omegaconf's ValidationError names the key and the expected type
         raise ValueError(f"invalid value in {group}: {err}") from None
     return OmegaConf.to_object(merged)
-
-
-def _check_values(trainer: TrainerConfig) -> None:
-    if trainer.grad_accum < 1:
-        raise ValueError(f"trainer.grad_accum must be >= 1, got {trainer.grad_accum}")
-    if trainer.max_bad_steps < 0:
-        raise ValueError(f"trainer.max_bad_steps must be >= 0 (0: never stop), got {trainer.max_bad_steps}")
-    if trainer.keep_last is not None and trainer.keep_last < 1:
-        raise ValueError(f"trainer.keep_last must be >= 1 or null (keep all), got {trainer.keep_last}")
 
 
 def _check_run_length(trainer: TrainerConfig, optim: OptimConfig) -> None:

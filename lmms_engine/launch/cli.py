@@ -111,9 +111,11 @@ def main(argv: list[str] | None = None) -> None:
         if translation.multi_process and not any(o.startswith("parallel=") for o in overrides):
             join_one_process_group()
         hydra_args = [*translation.overrides, *overrides]
+    from lmms_engine.overrides import exit_on_unknown_overrides
     from lmms_engine.train.app import main as app_main
 
     sys.argv = [sys.argv[0], *hydra_args]
+    exit_on_unknown_overrides(sys.argv[1:])
     app_main()
 
 
