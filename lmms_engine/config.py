@@ -21,6 +21,9 @@ INJECTED = {
     "logger": {"run_dir", "run_config", "max_steps", "start_step", "is_main"},
 }
 
+# optim.schedule options (train/schedule.py implements them; validate checks the choice first).
+SCHEDULES = ("constant", "cosine", "linear", "wsd")
+
 
 @dataclass
 class TrainerConfig:
@@ -73,8 +76,9 @@ def validate(cfg: DictConfig) -> RunConfig:
         _check_target_keys(name, group)
     # Imported here: the builders' option sets pull in torch and transformers, and the command-line
     # override check (lmms_engine.overrides) imports this module before any of them is needed.
-    from lmms_engine.config_checks import check_values
+    from lmms_engine.config_checks import check_option, check_values
 
+    check_option("optim.schedule", optim.schedule, SCHEDULES)
     check_values(trainer, optim, groups)  # ranges and options, before anything is built
     return RunConfig(trainer=trainer, optim=optim, groups=groups, name=cfg.name)
 
@@ -102,16 +106,10 @@ def _typed(cfg: DictConfig, group: str, schema: type):
 
 def _check_run_length(trainer: TrainerConfig, optim: OptimConfig) -> None:
     """Exactly one of max_steps / epochs, and of warmup_steps / warmup_ratio (the defaults give way
-    to the alternative through the `unless` resolver, so setting the other key alone is enough)."""
+    to the alternative through the `unless` resolver, so setting the other key alone is enough).
+    Their ranges are checked with the other values (config_checks.py)."""
     _check_one_of("trainer", max_steps=trainer.max_steps, epochs=trainer.epochs)
-    for key, value in (("max_steps", trainer.max_steps), ("epochs", trainer.epochs)):
-        if value is not None and value < 1:
-            raise ValueError(f"trainer.{key} must be >= 1, got {value}")
     _check_one_of("optim", warmup_steps=optim.warmup_steps, warmup_ratio=optim.warmup_ratio)
-    if optim.warmup_steps is not None and optim.warmup_steps < 0:
-        raise ValueError(f"optim.warmup_steps must be >= 0, got {optim.warmup_steps}")
-    if optim.warmup_ratio is not None and not 0 <= optim.warmup_ratio < 1:
-        raise ValueError(f"optim.warmup_ratio must be in [0, 1), got {optim.warmup_ratio}")
 
 
 def _check_one_of(group: str, **values) -> None:

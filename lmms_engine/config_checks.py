@@ -18,7 +18,6 @@ from lmms_engine.kernels.attention import BACKENDS
 from lmms_engine.parallel.base import PRECISIONS
 from lmms_engine.parallel.common import checkpoint_every, encoder_checkpointing
 from lmms_engine.parallel.deepspeed import ZERO_STAGES
-from lmms_engine.train.schedule import SCHEDULES
 
 # (low, high, low_inclusive, high_inclusive); None = unbounded on that side.
 Range = tuple[float | None, float | None, bool, bool]
@@ -28,11 +27,12 @@ AT_LEAST_ONE: Range = (1, None, True, False)
 FRACTION: Range = (0, 1, True, True)
 
 TRAINER_RANGES: dict[str, Range] = {
-    "max_steps": AT_LEAST_ONE, "seed": NON_NEGATIVE, "grad_accum": AT_LEAST_ONE, "save_every": NON_NEGATIVE,
+    "max_steps": AT_LEAST_ONE, "epochs": AT_LEAST_ONE, "seed": NON_NEGATIVE, "grad_accum": AT_LEAST_ONE, "save_every": NON_NEGATIVE,
     "log_every": AT_LEAST_ONE, "data_workers": NON_NEGATIVE, "max_bad_steps": NON_NEGATIVE, "keep_last": AT_LEAST_ONE,
 }
 OPTIM_RANGES: dict[str, Range] = {
     "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "eps": POSITIVE, "warmup_steps": NON_NEGATIVE,
+    "warmup_ratio": (0, 1, True, False),
     "min_lr_ratio": FRACTION, "decay_ratio": FRACTION,
 }
 # Keys of the _target_ groups: checked where the chosen option has them (options differ in keys).
@@ -64,7 +64,6 @@ def check_values(trainer, optim, groups: dict[str, DictConfig]) -> None:
         check_range(f"trainer.{key}", getattr(trainer, key), bounds)
     for key, bounds in OPTIM_RANGES.items():
         check_range(f"optim.{key}", getattr(optim, key), bounds)
-    check_option("optim.schedule", optim.schedule, SCHEDULES)
     _check_betas(optim.betas)
     for component, lr in optim.component_lr.items():
         check_range(f"optim.component_lr.{component}", lr, POSITIVE)

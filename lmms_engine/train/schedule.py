@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-SCHEDULES = ("constant", "cosine", "linear", "wsd")
+from lmms_engine.config import SCHEDULES
 
 
 def lr_at(step: int, *, lr: float, schedule: str, warmup_steps: int, max_steps: int, min_lr_ratio: float, decay_ratio: float) -> float:

@@ -14,7 +14,7 @@ from tests.conftest import REPO
 
 UNKNOWN = [
     (["trainer.max_stpes=3"], r"^unknown key trainer\.max_stpes \(did you mean trainer\.max_steps\?\); "
-                              r"valid keys of trainer: max_steps, seed, "),
+                              r"valid keys of trainer: max_steps, epochs, seed, "),
     (["use_rmpad=true"], r"^unknown top-level key\(s\) use_rmpad \(did you mean kernels\.use_rmpad\?\); valid: name, "),
     (["trainr.max_steps=3"], r"^unknown top-level key\(s\) trainr \(did you mean trainer\?\)"),
     (["model=tiny", "data=demo", "data.packing_lenght=4"], r"^unknown key data\.packing_lenght \(did you mean data\.packing_length\?\)"),

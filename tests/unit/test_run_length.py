@@ -64,9 +64,9 @@ def test_epochs_of_a_stream_are_refused_before_anything_is_built():
 @pytest.mark.parametrize(("overrides", "message"), [
     (["trainer.epochs=2", "trainer.max_steps=10"], r"trainer.max_steps=10 and trainer.epochs=2 are alternatives"),
     (["trainer.max_steps=null"], r"trainer.max_steps and trainer.epochs are both null"),
-    (["trainer.max_steps=null", "trainer.epochs=0"], r"trainer.epochs must be >= 1, got 0"),
+    (["trainer.max_steps=null", "trainer.epochs=0"], r"trainer\.epochs=0 is out of range; it must be >= 1"),
     (["optim.warmup_ratio=0.1", "optim.warmup_steps=3"], r"optim.warmup_steps=3 and optim.warmup_ratio=0.1"),
-    (["optim.warmup_steps=null", "optim.warmup_ratio=1.5"], r"optim.warmup_ratio must be in \[0, 1\), got 1.5"),
+    (["optim.warmup_steps=null", "optim.warmup_ratio=1.5"], r"optim\.warmup_ratio=1\.5 is out of range; it must be in \[0, 1\)"),
 ])
 def test_run_length_mistakes_name_the_keys(overrides, message):
     with pytest.raises(ValueError, match=message):
