@@ -179,3 +179,19 @@ def _patch_qk_norms(text: nn.Module) -> list[nn.Module]:
     for norm in norms:
         compat.liger_patch_rms_norm(norm, eps=norm.variance_epsilon)
     return norms
+
+
+@register_liger("qwen3_vl")
+def patch_qwen3_vl(model: nn.Module) -> list[str]:
+    """Qwen3-VL's decoder from Liger's ops: RMSNorm on every layer, the q / k norms and the final
+    norm, SwiGLU on the MLPs, Liger's rotary kernel (transformers interleaves the mrope sections into
+    cos / sin before the plain `apply_rotary_pos_emb`). The vision tower (LayerNorm, GELU MLP, 2-D
+    vision rotary) has nothing of Liger's registry-level ops and is left as it is."""
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+    from transformers.models.qwen3_vl import modeling_qwen3_vl
+
+    text = model.model.language_model
+    norms = _patch_decoder(text) + _patch_qk_norms(text)
+    modeling_qwen3_vl.apply_rotary_pos_emb = liger_rotary_pos_emb
+    return [f"qwen3_vl (lmms_engine registry): {len(norms)} RMSNorm (q / k norms included), "
+            f"{len(text.layers)} SwiGLU MLPs, rope (liger_rotary_pos_emb on interleaved mrope)"]
