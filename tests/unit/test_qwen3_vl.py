@@ -250,3 +250,14 @@ def test_liger_registry_patches_decoder_and_qk_norms(bundle, monkeypatch):
     assert f"qwen3_vl (lmms_engine registry): {4 * layers + 1} RMSNorm" in summary
     assert "forward" in vars(model.model.language_model.layers[0].self_attn.q_norm)
     assert modeling_qwen3_vl.apply_rotary_pos_emb.__name__ == "liger_rotary_pos_emb"
+
+
+@pytest.mark.parametrize("preset,low,high", [("qwen3_vl_2b", 2.0e9, 2.25e9), ("qwen3_vl_4b", 4.3e9, 4.5e9),
+                                             ("qwen3_vl_8b", 8.6e9, 8.9e9)])
+def test_real_presets_have_published_sizes(preset, low, high):
+    """Built on the meta device (no memory, no init): parameter counts as Qwen publishes them."""
+    with torch.device("meta"):
+        bundle = _preset(preset)(structure_only=True)
+    n_params = sum(p.numel() for p in bundle.model.parameters())
+    assert low < n_params < high, n_params
+    assert bundle.model.config.vision_config.patch_size == 16
