@@ -106,18 +106,22 @@ def _padded_loss_and_grads(model, records) -> tuple[float, dict]:
     return (loss / count).item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _packed_loss_and_grads(bundle, model, records) -> tuple[float, dict]:
-    """Our path: one packed row, per-sample mrope positions, the family forward, the packed backend."""
+def _packed_loss_and_grads(bundle, model, records, patcher: KernelPatcher | None = None) -> tuple[float, dict]:
+    """Our path: one packed row, per-sample mrope positions, the family forward, the packed backend
+    (a patcher already applied to `model`, or CPU sdpa)."""
     spec = bundle.data_extras["mrope_spec"]
-    samples = [MropeSample(r["input_ids"][0].numpy(), _np(r, "image_grid_thw"), _np(r, "video_grid_thw")) for r in records]
+    samples = [MropeSample(r["input_ids"][0].cpu().numpy(), _np(r, "image_grid_thw"), _np(r, "video_grid_thw"))
+               for r in records]
     lengths = [r["input_ids"].shape[1] for r in records]
-    cu_seqlens = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int32)
-    patcher = KernelPatcher(attn_backend="sdpa")
-    patcher.apply(model, torch.device("cpu"), padding_free=True, encoders=bundle.encoders, decoder_path=bundle.decoder_path)
+    device = records[0]["input_ids"].device
+    cu_seqlens = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int32, device=device)
+    if patcher is None:
+        patcher = KernelPatcher(attn_backend="sdpa")
+        patcher.apply(model, device, padding_free=True, encoders=bundle.encoders, decoder_path=bundle.decoder_path)
     media = {key: _cat(records, key) for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")}
     hidden = bundle.hidden_states(
         model, input_ids=torch.cat([r["input_ids"] for r in records], dim=1),
-        position_ids=packed_mrope_position_ids(samples, spec),
+        position_ids=packed_mrope_position_ids(samples, spec).to(device),
         **{k: v for k, v in media.items() if v is not None},
         **patcher.attention_kwargs({"cu_seqlens": cu_seqlens, "max_seqlen": max(lengths)}),
     )[0]
@@ -128,7 +132,7 @@ def _packed_loss_and_grads(bundle, model, records) -> tuple[float, dict]:
 
 
 def _np(record, key):
-    return record[key].numpy() if key in record else None
+    return record[key].cpu().numpy() if key in record else None
 
 
 def test_packed_equals_stock_padded_forward_with_images_and_video(bundle, encoded):
