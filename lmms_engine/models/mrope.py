@@ -14,6 +14,10 @@ transformers computes this in `Qwen2_5_VLModel.get_rope_index` for a padded batc
 for ONE sample in numpy (cheap enough for data loader workers), so a packed row is simply the
 concatenation of its samples' ids: positions restart at 0 in every sample, as packing requires.
 
+Qwen3-VL (`MropeSpec.for_qwen3_vl`) uses the same rule with every video frame as its own block: its
+processor writes a `<t seconds>` timestamp before each temporal patch, so a (t, h, w) video grid is
+t grids (1, h, w), as its `get_rope_index` splits them.
+
 Two deliberate departures from transformers, both on inputs that it mishandles:
   - visual tokens are split into blocks by the grid sizes, not by runs of the placeholder id, so two
     images whose placeholders touch (no `<|vision_end|>` between them) still get one block each;
