@@ -34,6 +34,7 @@ from lmms_engine.kernels.loss import liger_fused_cross_entropy_sum
 from lmms_engine.kernels.patcher import KernelPatcher
 from lmms_engine.models.flops import peak_flops
 from lmms_engine.models.qwen2 import build_qwen2
+from lmms_engine.models.qwen3 import build_qwen3
 from lmms_engine.parallel.base import Strategy
 from lmms_engine.parallel.common import apply_activation_checkpointing
 from lmms_engine.parallel.single import SingleDevice
@@ -176,13 +177,17 @@ def make_strategy(cfg: BenchConfig, parallel: str):
     raise ValueError(f"--parallel {parallel!r}: choose single, fsdp2 or zero3")
 
 
+# Text families the benchmark builds, by the preset's _target_ (qwen2_5_*, qwen3_* presets).
+TEXT_BUILDERS = {"lmms_engine.models.qwen2.build_qwen2": build_qwen2, "lmms_engine.models.qwen3.build_qwen3": build_qwen3}
+
+
 def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
     torch.manual_seed(0)
     strategy = make_strategy(cfg, args.parallel)
     strategy.setup()
     # zero3: built inside deepspeed.zero.Init (partitioned layer by layer), as the trainer does.
     with strategy.model_init_context(), torch.device("cuda"):
-        bundle = build_qwen2(name=args.model, config=OmegaConf.to_container(model_cfg.config))
+        bundle = TEXT_BUILDERS[model_cfg._target_](name=args.model, config=OmegaConf.to_container(model_cfg.config))
     patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend, use_liger_kernel=cfg.liger and not cfg.liger_loss_only)
     patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing)
     loss_fn = liger_fused_cross_entropy_sum() if cfg.liger_loss_only else patcher.loss_fn()
@@ -240,6 +245,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON output path")
     args = parser.parse_args()
     model_cfg = OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml")
+    if model_cfg._target_ not in TEXT_BUILDERS:
+        raise ValueError(f"--model {args.model}: its _target_ {model_cfg._target_} is not one of {sorted(TEXT_BUILDERS)}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     n_packs = args.steps * world
     samples = make_documents(n=n_packs * args.tokens_per_step // 500, seed=0, vocab=model_cfg.config.vocab_size)

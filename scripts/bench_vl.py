@@ -1,12 +1,17 @@
-"""Qwen2.5-VL training throughput on one GPU: an HF-style padded baseline against the framework's
-configurations, on the same image-text samples with the same token budget, in one process.
+"""Qwen2.5-VL / Qwen3-VL training throughput on one GPU: an HF-style padded baseline against the
+framework's configurations, on the same image-text samples with the same token budget, in one process.
 
     python scripts/bench_vl.py --model qwen2_5_vl_3b --tokens-per-step 16384 --out docs/perf/bench_vl_3b.json
+    python scripts/bench_vl.py --model qwen3_vl_4b --tokens-per-step 16384 --out docs/perf/bench_qwen3_vl_4b.json
+
+The family follows the preset's `_target_` (build_qwen2_5_vl or build_qwen3_vl); Qwen3-VL images are
+resized with its factor 32 (patch 16, merge 2) under the same pixel cap, and its FLOPs count the
+DeepStack mergers (models/qwen3_vl_flops.py).
 
 The model is the preset's shape, randomly initialised, with the built-in processor's special tokens.
 Samples are synthetic but shaped like image SFT data (seeded, documented in docs/performance.md):
   - images: original sizes drawn from a mix of photo / screenshot / document / thumbnail sizes, resized
-    as Qwen2.5-VL's processor does (smart_resize, factor 28, max_pixels 1280*28*28 = 1.0 MP):
+    as the processor does (smart_resize, factor 28 / 32 for Qwen3-VL, max_pixels 1280*28*28 = 1.0 MP):
       640x480 (35%), 1024x768 (15%), 1280x720 (20%), 1024x1024 (10%), 1920x1080 (10%), 336x336 (10%);
   - samples: 80% one image, 10% two images, 10% text only; a prompt (log-normal, median 60 tokens)
     around the images and an answer (median 150 tokens; text-only samples median 600), answer trained.
@@ -52,6 +57,7 @@ from lmms_engine.models.qwen2_5_vl import (  # noqa: E402
     build_vl_tokenizer,
     set_text_attention,
 )
+from lmms_engine.models.qwen3_vl import build_qwen3_vl  # noqa: E402
 from lmms_engine.train.loop import StepContext, train_step  # noqa: E402
 from lmms_engine.train.module import CausalLMWithLoss  # noqa: E402
 from lmms_engine.train.optim import build_adamw  # noqa: E402
@@ -64,23 +70,29 @@ MAX_PIXELS = 1280 * 28 * 28
 VL_CONFIGS = ("hf_padded_sdpa", "rmpad_varlen", "liger_rmpad_varlen", "liger_rmpad_varlen_ac2")
 
 
+BUILDERS = {"lmms_engine.models.qwen2_5_vl.build_qwen2_5_vl": build_qwen2_5_vl,
+            "lmms_engine.models.qwen3_vl.build_qwen3_vl": build_qwen3_vl}
+
+
 def image_grid(rng: np.random.Generator, patch: int = 14, merge: int = 2) -> tuple[int, int, int]:
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
     sizes, weights = zip(*IMAGE_SIZES)
     height, width = sizes[rng.choice(len(sizes), p=weights)]
-    h, w = smart_resize(height, width, factor=patch * merge, min_pixels=4 * 28 * 28, max_pixels=MAX_PIXELS)
+    factor = patch * merge
+    h, w = smart_resize(height, width, factor=factor, min_pixels=4 * factor**2, max_pixels=MAX_PIXELS)
     return 1, h // patch, w // patch
 
 
-def make_vl_samples(n: int, seed: int, vocab: int, spec: MropeSpec, specials: dict[str, int]) -> list[Sample]:
+def make_vl_samples(n: int, seed: int, vocab: int, spec: MropeSpec, specials: dict[str, int],
+                    patch: int = 14) -> list[Sample]:
     """Synthetic samples whose `media` are images of the documented mix (grids only: no files)."""
     rng = np.random.default_rng(seed)
     text_low = max(specials.values()) + 1  # random text ids never collide with a special token
     samples = []
     for i in range(n):
         kind = rng.choice(3, p=[0.8, 0.1, 0.1])  # one image, two images, text only
-        grids = [image_grid(rng) for _ in range((1, 2, 0)[kind])]
+        grids = [image_grid(rng, patch, spec.spatial_merge_size) for _ in range((1, 2, 0)[kind])]
         prompt = int(np.clip(rng.lognormal(np.log(60), 0.8), 8, 1024))
         answer = int(np.clip(rng.lognormal(np.log(600 if kind == 2 else 150), 0.9), 8, 6000))
         ids = [rng.integers(text_low, vocab, size=prompt // 2)]
@@ -159,7 +171,7 @@ def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int
     strategy = make_strategy(cfg, "single")
     strategy.setup()
     with strategy.model_init_context(), torch.device("cuda"):
-        bundle = build_qwen2_5_vl(name=args.model, config=OmegaConf.to_container(model_cfg.config))
+        bundle = BUILDERS[model_cfg._target_](name=args.model, config=OmegaConf.to_container(model_cfg.config))
     patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend, use_liger_kernel=cfg.liger,
                             pad_encoder_mlps=cfg.pad_encoder_mlps)
     if cfg.hf_style:  # transformers' defaults: sdpa in the decoder and the vision tower
@@ -171,7 +183,7 @@ def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int
                               bundle.encoder_units)
     optimizer = strategy.build_optimizer(module, lambda m: build_adamw(m, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8))
     vision = bundle.model.config.vision_config
-    data = VLStepData(samples, cfg.packing, bundle.tokenizer.pad_token_id, MropeSpec.from_config(bundle.model.config),
+    data = VLStepData(samples, cfg.packing, bundle.tokenizer.pad_token_id, bundle.data_extras["mrope_spec"],
                       vision.in_channels * vision.temporal_patch_size * vision.patch_size**2)
     steps = step_micro_batches(packs, cfg, args.baseline_micro_batch)
     collator = make_collator(data.collate, [mb for step in steps for mb in step], args.data_workers, strategy.device)
@@ -197,7 +209,7 @@ def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="qwen2_5_vl_3b", help="a Qwen2.5-VL preset under conf/model/")
+    parser.add_argument("--model", default="qwen2_5_vl_3b", help="a Qwen2.5-VL or Qwen3-VL preset under conf/model/")
     parser.add_argument("--tokens-per-step", type=int, default=16384)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -209,14 +221,18 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON output path")
     args = parser.parse_args()
     model_cfg = OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml")
+    if model_cfg._target_ not in BUILDERS:
+        raise ValueError(f"--model {args.model}: its _target_ {model_cfg._target_} is not one of {sorted(BUILDERS)}")
     tokenizer = build_vl_tokenizer()
     ids = {field: tokenizer.convert_tokens_to_ids(token) for field, token in TOKEN_ID_FIELDS.items()}
     vision = model_cfg.config.vision_config
     spec = MropeSpec(image_token_id=ids["image_token_id"], video_token_id=ids["video_token_id"],
-                     spatial_merge_size=vision.spatial_merge_size, tokens_per_second=vision.tokens_per_second)
+                     spatial_merge_size=vision.spatial_merge_size,
+                     tokens_per_second=vision.get("tokens_per_second", 1.0))  # images only: unused by Qwen3-VL
     specials = {"start": ids["vision_start_token_id"], "end": ids["vision_end_token_id"], "video": ids["video_token_id"],
                 "image": ids["image_token_id"]}  # all below the random text ids
-    samples = make_vl_samples(args.steps * args.tokens_per_step // 300, 0, model_cfg.config.text_config.vocab_size, spec, specials)
+    samples = make_vl_samples(args.steps * args.tokens_per_step // 300, 0, model_cfg.config.text_config.vocab_size, spec,
+                              specials, vision.patch_size)
     packs = make_packs(samples, args.tokens_per_step, args.steps)
     results = []
     for name in args.configs.split(","):

@@ -27,11 +27,15 @@ def encoder_varlen_backend(device: torch.device) -> str | None:
     return next((b for b in attention.BIDIRECTIONAL_BACKENDS if attention.is_available(b, device)), None)
 
 
-def patch_vision_attention(vision_tower: nn.Module, backend: str) -> int:
-    """Bind the varlen forward to every Qwen2.5-VL vision attention module; returns how many."""
+def patch_vision_attention(vision_tower: nn.Module, backend: str,
+                           attention_classes: tuple[type[nn.Module], ...] | None = None) -> int:
+    """Bind the varlen forward to every vision attention module (Qwen2.5-VL's unless
+    `attention_classes` names others with the same qkv / proj / rotary layout, e.g. Qwen3-VL's);
+    returns how many."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionAttention
 
-    modules = [m for m in vision_tower.modules() if isinstance(m, Qwen2_5_VLVisionAttention)]
+    classes = attention_classes or (Qwen2_5_VLVisionAttention,)
+    modules = [m for m in vision_tower.modules() if isinstance(m, classes)]
     for module in modules:
         module.forward = types.MethodType(_vision_varlen_forward, module)
         module.lmms_varlen_backend = backend

@@ -156,3 +156,42 @@ def patch_lmms_omni(model: nn.Module) -> list[str]:
     its Whisper-style audio encoder has nothing Liger replaces and is left as it is."""
     return [f"lmms_omni: qwen2_5_vl (lmms_engine registry): "
             + patch_qwen_vl_parts(model.model.language_model, model.model.visual)]
+
+
+@register_liger("qwen3")
+def patch_qwen3(model: nn.Module) -> list[str]:
+    """Qwen3 dense from Liger's ops, instance-level (liger-kernel's own qwen3 patch also replaces
+    module-level classes for every later model): RMSNorm on every decoder layer, the per-head
+    q / k norms and the final norm, SwiGLU on the MLPs, Liger's rotary kernel."""
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+    from transformers.models.qwen3 import modeling_qwen3
+
+    text = model.model
+    norms = _patch_decoder(text) + _patch_qk_norms(text)
+    modeling_qwen3.apply_rotary_pos_emb = liger_rotary_pos_emb
+    return [f"qwen3 (lmms_engine registry): {len(norms)} RMSNorm (q / k norms included), "
+            f"{len(text.layers)} SwiGLU MLPs, rope (liger_rotary_pos_emb)"]
+
+
+def _patch_qk_norms(text: nn.Module) -> list[nn.Module]:
+    """Qwen3's per-head RMSNorm on queries and keys (over head_dim, before rotary)."""
+    norms = [norm for layer in text.layers for norm in (layer.self_attn.q_norm, layer.self_attn.k_norm)]
+    for norm in norms:
+        compat.liger_patch_rms_norm(norm, eps=norm.variance_epsilon)
+    return norms
+
+
+@register_liger("qwen3_vl")
+def patch_qwen3_vl(model: nn.Module) -> list[str]:
+    """Qwen3-VL's decoder from Liger's ops: RMSNorm on every layer, the q / k norms and the final
+    norm, SwiGLU on the MLPs, Liger's rotary kernel (transformers interleaves the mrope sections into
+    cos / sin before the plain `apply_rotary_pos_emb`). The vision tower (LayerNorm, GELU MLP, 2-D
+    vision rotary) has nothing of Liger's registry-level ops and is left as it is."""
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+    from transformers.models.qwen3_vl import modeling_qwen3_vl
+
+    text = model.model.language_model
+    norms = _patch_decoder(text) + _patch_qk_norms(text)
+    modeling_qwen3_vl.apply_rotary_pos_emb = liger_rotary_pos_emb
+    return [f"qwen3_vl (lmms_engine registry): {len(norms)} RMSNorm (q / k norms included), "
+            f"{len(text.layers)} SwiGLU MLPs, rope (liger_rotary_pos_emb on interleaved mrope)"]

@@ -73,6 +73,12 @@ class ModalityEncoder:
             return self.embed(model, input_ids, embeds, inputs)
         return embeds + 0.0 * self.dummy(model).sum().to(embeds.dtype)
 
+    def embed_for_decoder(self, model: nn.Module, input_ids: torch.Tensor, embeds: torch.Tensor,
+                          inputs: Mapping[str, torch.Tensor | None]) -> tuple[torch.Tensor, dict]:
+        """`embed_or_dummy`, plus keyword arguments for the decoder call: an encoder whose features
+        also enter later decoder layers (Qwen3-VL's DeepStack) returns them here; most return none."""
+        return self.embed_or_dummy(model, input_ids, embeds, inputs), {}
+
 
 def scatter_features(embeds: torch.Tensor, input_ids: torch.Tensor, placeholders: Sequence[tuple[int, str]],
                      features: torch.Tensor, source: str, detail: Callable[[], str] | None = None) -> torch.Tensor:
@@ -103,6 +109,8 @@ def family_hidden_states(model: nn.Module, decoder_path: str, encoders: Sequence
     if not encoders:
         return decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False, **inputs).last_hidden_state
     embeds = decoder.get_input_embeddings()(input_ids)
+    extras = {}
     for encoder in encoders:
-        embeds = encoder.embed_or_dummy(model, input_ids, embeds, {key: media[key] for key in encoder.batch_keys})
-    return decoder(inputs_embeds=embeds, position_ids=position_ids, use_cache=False, **inputs).last_hidden_state
+        embeds, more = encoder.embed_for_decoder(model, input_ids, embeds, {key: media[key] for key in encoder.batch_keys})
+        extras.update(more)
+    return decoder(inputs_embeds=embeds, position_ids=position_ids, use_cache=False, **extras, **inputs).last_hidden_state

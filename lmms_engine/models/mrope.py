@@ -14,6 +14,10 @@ transformers computes this in `Qwen2_5_VLModel.get_rope_index` for a padded batc
 for ONE sample in numpy (cheap enough for data loader workers), so a packed row is simply the
 concatenation of its samples' ids: positions restart at 0 in every sample, as packing requires.
 
+Qwen3-VL (`MropeSpec.for_qwen3_vl`) uses the same rule with every video frame as its own block: its
+processor writes a `<t seconds>` timestamp before each temporal patch, so a (t, h, w) video grid is
+t grids (1, h, w), as its `get_rope_index` splits them.
+
 Two deliberate departures from transformers, both on inputs that it mishandles:
   - visual tokens are split into blocks by the grid sizes, not by runs of the placeholder id, so two
     images whose placeholders touch (no `<|vision_end|>` between them) still get one block each;
@@ -43,6 +47,9 @@ class MropeSpec:
     tokens_per_second: float
     # Where text resumes after a visual block; see the module docstring.
     resume_text: str = "transformers"
+    # Qwen3-VL: every video frame (temporal grid step) is its own visual block, its `<t seconds>`
+    # timestamp text between frames, so a (t, h, w) video grid counts as t grids (1, h, w).
+    video_frames_apart: bool = False
 
     def __post_init__(self):
         if self.resume_text not in RESUME_MODES:
@@ -60,6 +67,17 @@ class MropeSpec:
             spatial_merge_size=vision.spatial_merge_size,
             tokens_per_second=vision.tokens_per_second,
             resume_text=resume_text,
+        )
+
+    @classmethod
+    def for_qwen3_vl(cls, config) -> MropeSpec:
+        """From a Qwen3VLConfig: frames apart; time is in the timestamp text, not the temporal ids."""
+        return cls(
+            image_token_id=config.image_token_id,
+            video_token_id=config.video_token_id,
+            spatial_merge_size=config.vision_config.spatial_merge_size,
+            tokens_per_second=1.0,  # unused: a one-frame block has a single temporal id
+            video_frames_apart=True,
         )
 
 
@@ -125,7 +143,7 @@ def _visual_blocks(ids: np.ndarray, sample: MropeSample, spec: MropeSpec) -> lis
     types = mm_token_type_ids(ids, spec)
     queues = {
         IMAGE: _GridQueue("image", sample.image_grid_thw, None, spec),
-        VIDEO: _GridQueue("video", sample.video_grid_thw, sample.second_per_grid_ts, spec),
+        VIDEO: _video_queue(sample, spec),
     }
     blocks = []
     for start, end in _runs(types):
@@ -141,6 +159,15 @@ def _runs(types: np.ndarray) -> list[tuple[int, int]]:
     starts = np.concatenate([[0], change])
     ends = np.concatenate([change, [len(types)]])
     return [(int(s), int(e)) for s, e in zip(starts, ends) if types[s] != TEXT]
+
+
+def _video_queue(sample: MropeSample, spec: MropeSpec) -> _GridQueue:
+    if not spec.video_frames_apart or sample.video_grid_thw is None:
+        return _GridQueue("video", sample.video_grid_thw, sample.second_per_grid_ts, spec)
+    grids = _as_grid_array(sample.video_grid_thw, "video")
+    frames = np.repeat(grids, grids[:, 0], axis=0)
+    frames[:, 0] = 1
+    return _GridQueue("video frame", frames, None, spec)
 
 
 class _GridQueue:

@@ -23,6 +23,8 @@ FAMILIES: dict[str, str] = {
     "qwen2_5_vl": "lmms_engine.models.qwen2_5_vl.build_qwen2_5_vl",
     "qwen2_audio": "lmms_engine.models.qwen2_audio.build_qwen2_audio",
     "lmms_omni": "lmms_engine.models.omni.build_omni",
+    "qwen3": "lmms_engine.models.qwen3.build_qwen3",
+    "qwen3_vl": "lmms_engine.models.qwen3_vl.build_qwen3_vl",
 }
 
 

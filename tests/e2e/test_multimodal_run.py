@@ -1,6 +1,6 @@
 """End-to-end runs of the multimodal tiny presets on their bundled demo data, on CPU: the default
-config (tiny Qwen2.5-VL on text + image + video), tiny Qwen2-Audio on text + audio and the tiny omni
-model on all of them. Each trains, resumes exactly, and exports a checkpoint that transformers' own
+config (tiny Qwen2.5-VL on text + image + video), tiny Qwen3-VL on the same data, tiny Qwen2-Audio on
+text + audio and the tiny omni model on all of them. Each trains, resumes exactly, and exports a checkpoint that transformers' own
 (Auto) classes load."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from transformers import (
     AutoProcessor,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2AudioForConditionalGeneration,
+    Qwen3VLForConditionalGeneration,
 )
 
 import lmms_engine.models.omni  # noqa: F401  registers lmms_omni with the Auto classes
@@ -36,6 +37,7 @@ FAMILIES = {
     "vl": ([], Qwen2_5_VLForConditionalGeneration, ("images", "videos")),
     "audio": (["model=tiny_qwen2_audio", "data=demo_audio"], Qwen2AudioForConditionalGeneration, ("audios",)),
     "omni": (["model=tiny_omni", "data=demo_omni"], AutoModelForImageTextToText, ("images", "audios")),
+    "qwen3_vl": (["model=tiny_qwen3_vl"], Qwen3VLForConditionalGeneration, ("images", "videos")),
 }
 
 
@@ -93,7 +95,7 @@ def test_resume_reproduces_the_remaining_steps(family_run, tmp_path):
 
 def _processor_inputs(family: str, processor) -> dict:
     parts, media = [], {}
-    if family in ("vl", "omni"):
+    if family in ("vl", "omni", "qwen3_vl"):
         parts.append({"type": "image_url", "image_url": "x.png"})
         media["images"] = [Image.fromarray(np.full((56, 56, 3), 255, dtype=np.uint8))]
     if family in ("audio", "omni"):

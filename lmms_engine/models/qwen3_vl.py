@@ -1,0 +1,128 @@
+"""Qwen3-VL (vision tower with DeepStack + Qwen3 decoder with interleaved mrope): from a hub id or
+local path, or randomly initialised from a preset's config (conf/model/*qwen3_vl*.yaml).
+
+Random init builds its processor in code (no download): the byte-level ChatML tokenizer with Qwen's
+vision specials (models/qwen2_5_vl.py's), Qwen3-VL's geometry (patch 16, temporal 2, merge 2) with
+small pixel bounds, and transformers' own `Qwen3VLProcessor`, so placeholder expansion (per-frame
+`<t seconds>` timestamps for videos) is the real one.
+
+Packed training goes through the generic family forward (models/encoders.py): the vision tower runs
+once per micro-batch with its own per-image / per-frame varlen attention; its merged features
+replace the placeholders and its DeepStack features reach the decoder as `visual_pos_masks` /
+`deepstack_visual_embeds` (models/qwen3_vl_encoder.py); the decoder gets the packed attention
+backend and per-sample 3-D mrope positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from transformers import AutoConfig, AutoProcessor, PreTrainedTokenizerBase, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextDecoderLayer
+
+from lmms_engine.models.base import ModelBundle
+from lmms_engine.models.builder_utils import check_model_type, check_text_vocab_fits, make_model, plain
+from lmms_engine.models.mrope import MropeSpec
+from lmms_engine.models.qwen2_5_vl import TOKEN_ID_FIELDS, build_vl_tokenizer, check_patch_geometry, check_special_token_ids
+from lmms_engine.models.qwen3_vl_encoder import Qwen3VisionEncoder, qwen3_vision_encoder
+
+SUPPORTED_MODEL_TYPES = ("qwen3_vl",)
+
+# Built-in processor: 4..64 merged tokens (32 x 32 px each) per image or frame, so CPU runs stay small.
+BUILTIN_MIN_PIXELS = 4 * 32 * 32
+BUILTIN_MAX_PIXELS = 64 * 32 * 32
+
+
+def qwen3_vl_encoders(config: Qwen3VLConfig) -> tuple[Qwen3VisionEncoder, ...]:
+    return (qwen3_vision_encoder("model.visual", config.image_token_id, config.video_token_id),)
+
+
+def build_qwen3_vl(
+    name: str,
+    pretrained: str | None = None,
+    processor: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    trust_remote_code: bool = False,
+    structure_only: bool = False,
+) -> ModelBundle:
+    """Build a Qwen3-VL model and its processor.
+
+    pretrained: hub id or local path; None = random init from `config` (a Qwen3VLConfig dict with
+      `text_config` and `vision_config`; its special-token ids are taken from the processor).
+    processor: hub id or local path; None = the pretrained model's, or the built-in byte-level one.
+    structure_only: the module tree from the config, no weights read (ranks that receive them).
+    """
+    if pretrained is None and not config:
+        raise ValueError(f"model {name!r}: set model.pretrained or give a preset config to initialise from")
+    vl_processor = load_qwen3_vl_processor(processor or pretrained, trust_remote_code)
+    hf_config = qwen3_vl_hf_config(pretrained, config, trust_remote_code, vl_processor.tokenizer, name)
+    check_text_vocab_fits(hf_config, vl_processor.tokenizer, name)  # before any weights are made or read
+    check_special_token_ids(hf_config, vl_processor.tokenizer, name)
+    check_patch_geometry(hf_config.vision_config, vl_processor, name)
+    model = make_model(Qwen3VLForConditionalGeneration, hf_config, pretrained, trust_remote_code,
+                       SUPPORTED_MODEL_TYPES, structure_only)
+    return ModelBundle(
+        model=model,
+        tokenizer=vl_processor.tokenizer,
+        name=name,
+        decoder_units=(Qwen3VLTextDecoderLayer,),
+        encoders=qwen3_vl_encoders(hf_config),
+        decoder_path="model.language_model",
+        processor=vl_processor,
+        data_extras={"mrope_spec": MropeSpec.for_qwen3_vl(hf_config)},
+    )
+
+
+def build_builtin_qwen3_vl_processor():
+    """The download-free processor: byte-level tokenizer + vision specials, Qwen3-VL's geometry."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    size = {"shortest_edge": BUILTIN_MIN_PIXELS, "longest_edge": BUILTIN_MAX_PIXELS}
+    geometry = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2}
+    normalise = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}  # Qwen3-VL's, not CLIP's
+    tokenizer = build_vl_tokenizer()
+    return Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=size, **geometry, **normalise),
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(size=size, **geometry, **normalise),
+        chat_template=tokenizer.chat_template,
+    )
+
+
+def load_qwen3_vl_processor(path: str | None, trust_remote_code: bool):
+    if path is None:
+        return build_builtin_qwen3_vl_processor()
+    loaded = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if not hasattr(loaded, "video_processor") or not hasattr(loaded, "tokenizer"):
+        raise ValueError(
+            f"model.processor={path!r} loaded a {type(loaded).__name__}, not a Qwen3-VL processor with image / "
+            "video processors and a tokenizer; point it at a Qwen3-VL checkpoint or processor folder"
+        )
+    return loaded
+
+
+def qwen3_vl_hf_config(pretrained: str | None, config: Mapping[str, Any] | None, trust_remote_code: bool,
+                       tokenizer: PreTrainedTokenizerBase, name: str) -> Qwen3VLConfig:
+    if pretrained:
+        hf_config = AutoConfig.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+        check_model_type(hf_config.model_type, pretrained, SUPPORTED_MODEL_TYPES)
+        return hf_config
+    values = plain(config)
+    for field, token in TOKEN_ID_FIELDS.items():
+        values[field] = _token_id(values, field, token, tokenizer, name)
+    values["text_config"] = {"pad_token_id": tokenizer.pad_token_id, **(values.get("text_config") or {})}
+    return Qwen3VLConfig(**values)
+
+
+def _token_id(values: dict, field: str, token: str, tokenizer: PreTrainedTokenizerBase, name: str) -> int:
+    """The tokenizer's id of `token`; a preset may name it too, but then it must agree."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"model {name!r}: the tokenizer has no {token} token, which Qwen3-VL needs")
+    if field in values and values[field] != token_id:
+        raise ValueError(
+            f"model {name!r}: config.{field}={values[field]} but the tokenizer's {token} is id {token_id}; "
+            f"drop {field} from the preset (it is taken from the tokenizer) or use the matching tokenizer"
+        )
+    return token_id

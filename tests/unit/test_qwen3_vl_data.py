@@ -1,0 +1,83 @@
+"""Qwen3-VL through the SFT data pipeline: a multi-image record's tokens and positions equal what
+transformers' own Qwen3-VL processor and `get_rope_index` give; bad media files are named errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("torchvision")
+
+from lmms_engine.data.errors import DataError  # noqa: E402
+from lmms_engine.models.mrope import mm_token_type_ids  # noqa: E402
+from tests.unit import test_data_vl as vl_data  # noqa: E402
+from tests.unit.test_qwen3_vl import _preset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    torch.manual_seed(0)
+    return _preset("tiny_qwen3_vl")()
+
+
+@pytest.fixture(scope="module")
+def spec(bundle):
+    return bundle.data_extras["mrope_spec"]
+
+
+def test_multi_image_record_equals_transformers_processor(bundle, spec, tmp_path):
+    folder = tmp_path / "media"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = {"a.png": (100, 60), "b.png": (90, 200)}
+    for name, (width, height) in sizes.items():
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(folder / name)
+    messages = [vl_data.user(vl_data.image("a.png"), "and", vl_data.image("b.png"), "differ?"), vl_data.assistant("Yes.")]
+    data = vl_data.write_records(tmp_path / "d.jsonl", [messages])
+    dataset = vl_data.build(bundle, spec, vl_data.write_yaml(tmp_path, data, folder), tmp_path)
+    sample = dataset[0]
+
+    hf_messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and"}, {"type": "image"},
+                                                {"type": "text", "text": "differ?"}]},
+                   {"role": "assistant", "content": "Yes."}]
+    text = bundle.processor.apply_chat_template(hf_messages, tokenize=False)
+    images = [Image.open(folder / name).convert("RGB") for name in sizes]
+    theirs = bundle.processor(text=[text], images=images, return_tensors="pt")
+    np.testing.assert_array_equal(sample.input_ids, theirs["input_ids"][0].numpy())
+    np.testing.assert_array_equal(mm_token_type_ids(sample.input_ids, spec), theirs["mm_token_type_ids"][0].numpy())
+
+    batch = dataset.collate([0])
+    assert batch["image_grid_thw"].tolist() == theirs["image_grid_thw"].tolist()
+    torch.testing.assert_close(batch["pixel_values"], theirs["pixel_values"].float())
+    expected, _ = bundle.model.model.get_rope_index(theirs["input_ids"], theirs["mm_token_type_ids"],
+                                                    image_grid_thw=theirs["image_grid_thw"])
+    torch.testing.assert_close(batch["position_ids"], expected)
+
+
+@pytest.mark.parametrize(("line", "file", "reason"), [(2, "missing.png", "media_missing"),
+                                                     (3, "garbage.png", "media_unreadable"),
+                                                     (4, "garbage.mp4", "media_unreadable")])
+def test_bad_media_raises_naming_record_and_file(bundle, spec, tmp_path, line, file, reason):
+    folder = tmp_path / "media"
+    folder.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(folder / "a.png")
+    (folder / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
+    (folder / "garbage.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    records = vl_data.bad_media_records()
+    data = vl_data.write_records(tmp_path / "d.jsonl", [records[0], records[line - 1]])
+    with pytest.raises(DataError, match=rf"d\.jsonl:2: .*{file}") as caught:
+        vl_data.build(bundle, spec, vl_data.write_yaml(tmp_path, data, folder), tmp_path)
+    assert caught.value.reason == reason
+
+
+def test_a_spelled_placeholder_is_a_named_mismatch(bundle, spec, tmp_path):
+    folder = tmp_path / "media"
+    folder.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(folder / "a.png")
+    messages = [vl_data.user(vl_data.image("a.png"), "see <|image_pad|>"), vl_data.assistant("No.")]
+    data = vl_data.write_records(tmp_path / "d.jsonl", [messages])
+    with pytest.raises(DataError, match=r"d\.jsonl:1: .*placeholder tokens") as caught:
+        vl_data.build(bundle, spec, vl_data.write_yaml(tmp_path, data, folder), tmp_path)
+    assert caught.value.reason == "placeholder_mismatch"
