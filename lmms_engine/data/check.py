@@ -138,8 +138,8 @@ def print_report(report: CheckReport, dataset_path: str, out=None) -> None:
     for source, tokenized in report.files.items():
         skipped = tokenized.records - tokenized.num_samples
         print(
-            f"  {source.path} ({source.data_type}): {tokenized.records} records, "
-            f"{tokenized.num_samples} valid, {skipped} skipped",
+            f"  {source.path} ({source.data_type}, format {format_summary(tokenized.formats)}): "
+            f"{tokenized.records} records, {tokenized.num_samples} valid, {skipped} skipped",
             file=out,
         )
     by_reason = Counter(error.reason for error in report.errors)
@@ -162,6 +162,14 @@ def print_report(report: CheckReport, dataset_path: str, out=None) -> None:
     print(f"media:          {counts}", file=out)
     verdict = f"{len(report.errors)} bad record(s)" if report.errors else "OK"
     print(f"result:         {verdict}", file=out)
+
+
+def format_summary(formats: dict[str, int]) -> str:
+    """The detected record format(s) of a source: `sharegpt+embedded`, or `openai 12 / sharegpt 3`
+    when its records differ (`unknown` when no record was readable)."""
+    if len(formats) <= 1:
+        return next(iter(formats), "unknown")
+    return " / ".join(f"{name} {count}" for name, count in sorted(formats.items(), key=lambda kv: -kv[1]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,7 +39,7 @@ from .dataset import _MediaInputs, collate_samples, cut_flags, placeholder_id_li
 from .errors import DataError, DataSourceError
 from .packing import apply_overlong, pack_best_fit_decreasing
 from .prepare import tokenize_items
-from .sources import DatasetEntry, SourceFile, load_arrow, columns_to_rows
+from .sources import DatasetEntry, SourceFile, arrow_rows, load_arrow
 from .types import Sample, format_location
 
 logger = logging.getLogger("lmms_engine.data")
@@ -292,7 +292,7 @@ class _RowTable:
 
     def rows(self, start: int, stop: int) -> list[dict]:
         if self.source.data_type != "parquet":
-            return list(columns_to_rows(self._arrow[start:stop]))
+            return arrow_rows(self._arrow, start, stop)
         first = int(np.searchsorted(self._group_starts, start, side="right")) - 1
         last = int(np.searchsorted(self._group_starts, stop, side="left"))
         table = self._parquet.read_row_groups(list(range(first, last)))
