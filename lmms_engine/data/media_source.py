@@ -121,7 +121,9 @@ def _row_value(source: str, row: int, column: str) -> Any:
 
 
 def _opened(source: str, open_it):
-    key = (os.getpid(), source)
+    """The opened source, per process and file version (a file rewritten since is opened again)."""
+    stat = os.stat(source)
+    key = (os.getpid(), source, stat.st_mtime_ns, stat.st_size)
     if key not in _OPEN:
         _OPEN[key] = open_it()
     return _OPEN[key]
@@ -131,8 +133,8 @@ def _parquet_value(source: str, row: int, column: str) -> Any:
     import pyarrow.parquet as pq
 
     parquet = _opened(source, lambda: _ParquetRows(pq.ParquetFile(source)))
-    group, offset = parquet.locate(row)
-    key, pid = (source, group, column), os.getpid()
+    group, offset = parquet.locate(row, source)
+    key, pid = (id(parquet), group, column), os.getpid()
     cached = _LAST_GROUP.get(pid)
     if cached is None or cached[0] != key:
         cached = (key, parquet.file.read_row_group(group, columns=[column]).column(0))
@@ -150,9 +152,9 @@ class _ParquetRows:
         for g in range(metadata.num_row_groups):
             self.starts.append(self.starts[-1] + metadata.row_group(g).num_rows)
 
-    def locate(self, row: int) -> tuple[int, int]:
+    def locate(self, row: int, source: str) -> tuple[int, int]:
         if not 0 <= row < self.starts[-1]:
-            raise ValueError(f"row {row} is past the end of a {self.starts[-1]}-row parquet file; it changed since "
-                             "the data was prepared: clear the data cache")
+            raise ValueError(f"{source}: row {row} is past the end of a {self.starts[-1]}-row parquet file; it changed "
+                             "since the data was prepared: clear the data cache")
         group = bisect.bisect_right(self.starts, row) - 1
         return group, row - self.starts[group]

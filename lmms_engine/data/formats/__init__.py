@@ -37,14 +37,9 @@ def to_openai(raw: Any, source: SourceFile, location: int, where: str) -> tuple[
     tabular = source.data_type in EMBEDDABLE_TYPES
     media = record_media(raw, str(source.path.absolute()), location, tabular, where)
     if data_format == "sharegpt":
-        record = sharegpt_record(raw, media, tabular, where)
-        label = "sharegpt"
-    else:
-        record = openai_record(raw, media, tabular, where)
-        label = "openai-json-string" if isinstance(raw.get("messages"), str) and tabular else "openai"
-    if media.embedded:
-        label += "+embedded"
-    return record, label
+        return sharegpt_record(raw, media, tabular, where), "sharegpt"
+    label = "openai-json-string" if isinstance(raw.get("messages"), str) and tabular else "openai"
+    return openai_record(raw, media, tabular, where), label
 
 
 def _detect(raw: dict, data_format: str, where: str) -> str:

@@ -27,10 +27,6 @@ class RecordMedia:
     items: dict[str, list[MediaValue]] = field(default_factory=dict)
     columns: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def embedded(self) -> bool:
-        return any(isinstance(v, EmbeddedMedia) for values in self.items.values() for v in values)
-
 
 def record_media(raw: dict, source: str, row: int, tabular: bool, where: str) -> RecordMedia:
     """The media columns of `raw` (a kind is absent when the record has no non-null column of it).
