@@ -142,8 +142,9 @@ def _map_chunks(
 ) -> Iterator[_ChunkResult]:
     """Chunk results in file order; in-process when one process would do (starting workers costs)."""
     first = list(itertools.islice(chunks, 2))
-    chunks = itertools.chain(first, chunks)
-    if num_proc <= 1 or len(first) <= 1:
+    several = len(first) > 1
+    chunks, first = itertools.chain(first, chunks), None  # not held here once the chain passed them
+    if num_proc <= 1 or not several:
         for items in chunks:
             yield tokenize_items(tokenizer, source, items, media)
         return

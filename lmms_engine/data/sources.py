@@ -281,11 +281,14 @@ def load_arrow(path: Path):
 def _parquet_items(path: Path) -> Iterator[tuple[int, Any]]:
     import pyarrow.parquet as pq
 
-    index = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1000):
-        for row in batch.to_pylist():
-            yield index, row
-            index += 1
+    parquet, index = pq.ParquetFile(path), 0
+    # One row group at a time: a reader over the whole file keeps every group's buffers it has read
+    # (measured: +230 MB after 12,000 rows of embedded images), so memory would grow with the file.
+    for group in range(parquet.num_row_groups):
+        for batch in parquet.iter_batches(batch_size=1000, row_groups=[group]):
+            for row in batch.to_pylist():
+                yield index, row
+                index += 1
 
 
 def columns_to_rows(columns: dict[str, list]) -> Iterator[dict[str, Any]]:
