@@ -32,7 +32,7 @@ from .types import MediaTable, TokenizedFile
 logger = logging.getLogger("lmms_engine.data")
 
 # Bump when tokenization or label masking changes: old cache files then stop matching.
-CACHE_FORMAT_VERSION = 3
+CACHE_FORMAT_VERSION = 4
 CACHE_ENV_VAR = "LMMS_ENGINE_CACHE"
 
 
@@ -62,6 +62,7 @@ def cache_file_for(
         "version": CACHE_FORMAT_VERSION,
         "path": str(source.path.resolve()),
         "data_type": source.data_type,
+        "data_format": source.data_format,
         "files": _file_identity(source.path),
         "tokenizer": fingerprint,
         "on_error": on_error,
@@ -107,6 +108,8 @@ def save_tokenized(cache_file: Path, tokenized: TokenizedFile) -> None:
         skip_reasons=np.asarray(reasons, dtype=np.str_),
         skip_counts=np.asarray([tokenized.skipped_by_reason[r] for r in reasons], dtype=np.int64),
         skip_examples=np.asarray(tokenized.skip_examples, dtype=np.str_),
+        format_names=np.asarray(sorted(tokenized.formats), dtype=np.str_),
+        format_counts=np.asarray([tokenized.formats[f] for f in sorted(tokenized.formats)], dtype=np.int64),
         **{f"media_{name}": getattr(tokenized.media, name) for name in MediaTable.ARRAYS},
     )
     os.replace(temporary, cache_file)
@@ -129,6 +132,9 @@ def load_tokenized(cache_file: Path) -> TokenizedFile | None:
                     str(r): int(c) for r, c in zip(saved["skip_reasons"], saved["skip_counts"], strict=True)
                 },
                 skip_examples=[str(e) for e in saved["skip_examples"]],
+                formats={
+                    str(f): int(c) for f, c in zip(saved["format_names"], saved["format_counts"], strict=True)
+                },
             )
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
         logger.warning("ignoring unreadable cache file %s (%s); rebuilding it", cache_file, error)

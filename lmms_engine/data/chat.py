@@ -126,7 +126,7 @@ def _template_part(part: ContentPart, rendering: MediaRendering) -> dict:
     kind = MEDIA_PART_KINDS[part.type]
     if kind == "audio" and rendering.audio_text is not None:
         return {"type": "text", "text": rendering.audio_text}
-    return {"type": kind, kind: part.value}
+    return {"type": kind, kind: str(part.value)}  # an embedded item as its label: templates print no bytes
 
 
 def audio_part_text(tokenizer: PreTrainedTokenizerBase, audio_token: str, bos: str, eos: str) -> str | None:

@@ -138,8 +138,8 @@ def print_report(report: CheckReport, dataset_path: str, out=None) -> None:
     for source, tokenized in report.files.items():
         skipped = tokenized.records - tokenized.num_samples
         print(
-            f"  {source.path} ({source.data_type}): {tokenized.records} records, "
-            f"{tokenized.num_samples} valid, {skipped} skipped",
+            f"  {source.path} ({source.data_type}, format {format_summary(tokenized)}): "
+            f"{tokenized.records} records, {tokenized.num_samples} valid, {skipped} skipped",
             file=out,
         )
     by_reason = Counter(error.reason for error in report.errors)
@@ -162,6 +162,18 @@ def print_report(report: CheckReport, dataset_path: str, out=None) -> None:
     print(f"media:          {counts}", file=out)
     verdict = f"{len(report.errors)} bad record(s)" if report.errors else "OK"
     print(f"result:         {verdict}", file=out)
+
+
+def format_summary(tokenized: TokenizedFile) -> str:
+    """The detected record format(s) of a source (formats/): `sharegpt`, or `openai 12 / sharegpt 3`
+    when its records differ (`unknown` when no record was readable); `, embedded media` when its
+    media are bytes inside the source."""
+    formats = tokenized.formats
+    if len(formats) <= 1:
+        summary = next(iter(formats), "unknown")
+    else:
+        summary = " / ".join(f"{name} {count}" for name, count in sorted(formats.items(), key=lambda kv: -kv[1]))
+    return summary + (", embedded media" if (tokenized.media.members != "").any() else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

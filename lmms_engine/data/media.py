@@ -48,6 +48,7 @@ from PIL import Image
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from .errors import DataError, shorten
+from .media_source import MediaFile
 from .types import MediaItem
 
 
@@ -217,40 +218,41 @@ def _under_data_folder(
 # ---------------------------------------------------------------- prepare time
 
 
-def measure_image(path: Path, where: str, settings: MediaSettings) -> MediaItem:
-    width, height = _decoded_image_size(path, where)
+def measure_image(file: MediaFile, where: str, settings: MediaSettings) -> MediaItem:
+    width, height = _decoded_image_size(file, where)
     resized = _resized(height, width, settings.factor, settings.image_min_pixels, settings.image_max_pixels)
     if resized is None:
         raise DataError(
-            where, "media_unreadable", f"image {str(path)!r} ({width}x{height}) has an aspect ratio over 200"
+            where, "media_unreadable", f"image {file.label!r} ({width}x{height}) has an aspect ratio over 200"
         )
     grid = (1, resized[0] // settings.patch_size, resized[1] // settings.patch_size)
-    return MediaItem(kind="image", path=str(path), grid_thw=grid)
+    return MediaItem(kind="image", path=file.path, member=file.member, grid_thw=grid)
 
 
-def _decoded_image_size(path: Path, where: str) -> tuple[int, int]:
+def _decoded_image_size(file: MediaFile, where: str) -> tuple[int, int]:
     try:
-        with Image.open(path) as image:
+        with Image.open(file.open()) as image:
             image.load()  # decode every pixel now: a truncated or corrupt file fails here
             return image.size
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise DataError(where, "media_unreadable", f"cannot decode image {str(path)!r}: {error}") from error
+        raise DataError(where, "media_unreadable", f"cannot decode image {file.label!r}: {error}") from error
 
 
-def measure_video(path: Path, where: str, settings: MediaSettings) -> MediaItem:
-    total, fps, height, width = _scan_video(path, where)
+def measure_video(file: MediaFile, where: str, settings: MediaSettings) -> MediaItem:
+    total, fps, height, width = _scan_video(file, where)
     num = sampled_frame_count(total, fps, settings)
     resized = _resized(height, width, settings.factor, settings.video_min_pixels, settings.video_max_pixels)
     if resized is None:
         raise DataError(
-            where, "media_unreadable", f"video {str(path)!r} ({width}x{height}) has an aspect ratio over 200"
+            where, "media_unreadable", f"video {file.label!r} ({width}x{height}) has an aspect ratio over 200"
         )
     tp = settings.temporal_patch_size
     grid = (num // tp, resized[0] // settings.patch_size, resized[1] // settings.patch_size)
     sampled_fps = num * fps / total  # frames taken per second of video
     return MediaItem(
         kind="video",
-        path=str(path),
+        path=file.path,
+        member=file.member,
         grid_thw=grid,
         second_per_grid_t=tp / sampled_fps,
         total_frames=total,
@@ -258,23 +260,23 @@ def measure_video(path: Path, where: str, settings: MediaSettings) -> MediaItem:
     )
 
 
-def _scan_video(path: Path, where: str) -> tuple[int, float, int, int]:
+def _scan_video(file: MediaFile, where: str) -> tuple[int, float, int, int]:
     """(decoded frame count, frame rate, height, width); decoding every frame catches corruption."""
     av = import_av(where)
 
     total, rate, height, width = 0, None, 0, 0
     try:
-        with av.open(str(path)) as container:
+        with av.open(file.open()) as container:
             if container.streams.video:
                 stream = container.streams.video[0]
                 rate = stream.average_rate or stream.guessed_rate
                 for frame in container.decode(stream):
                     total, height, width = total + 1, frame.height, frame.width
     except (av.FFmpegError, OSError, ValueError) as error:
-        raise DataError(where, "media_unreadable", f"cannot decode video {str(path)!r}: {error}") from error
+        raise DataError(where, "media_unreadable", f"cannot decode video {file.label!r}: {error}") from error
     if total == 0 or not rate:
         problem = "has no decodable frames" if total == 0 else "has no frame rate"
-        raise DataError(where, "media_unreadable", f"video {str(path)!r} {problem}")
+        raise DataError(where, "media_unreadable", f"video {file.label!r} {problem}")
     return total, float(rate), height, width
 
 
@@ -303,8 +305,9 @@ def _resized(
 # ---------------------------------------------------------------- collate time
 
 
-def load_image(path: str) -> Image.Image:
-    with Image.open(path) as image:
+def load_image(item: MediaItem) -> Image.Image:
+    """The image's pixels (a file read again, or an embedded item's bytes read back from its source)."""
+    with Image.open(MediaFile.of(item).open()) as image:
         return image.convert("RGB")
 
 
@@ -328,7 +331,7 @@ def read_video_frames(item: MediaItem) -> np.ndarray:
     indices = frame_indices(item.total_frames, item.num_frames)
     wanted, last = set(indices.tolist()), int(indices[-1])
     frames = {}
-    with av.open(item.path) as container:
+    with av.open(MediaFile.of(item).open()) as container:
         for i, frame in enumerate(container.decode(video=0)):
             if i in wanted:
                 frames[i] = frame.to_ndarray(format="rgb24")
@@ -336,7 +339,7 @@ def read_video_frames(item: MediaItem) -> np.ndarray:
                 break
     if len(frames) != len(wanted):
         raise ValueError(
-            f"video {item.path!r} has fewer frames than when it was cached; clear the data cache"
+            f"video {MediaFile.of(item).label!r} has fewer frames than when it was cached; clear the data cache"
         )
     return np.stack([frames[i] for i in indices.tolist()])
 
@@ -349,7 +352,7 @@ def pixel_inputs(media: Sequence[MediaItem], processor, settings: MediaSettings)
     inputs = {}
     if images:
         out = processor.image_processor(
-            images=[load_image(m.path) for m in images],
+            images=[load_image(m) for m in images],
             size={"shortest_edge": settings.image_min_pixels, "longest_edge": settings.image_max_pixels},
             return_tensors="pt",
         )
@@ -376,7 +379,7 @@ def _checked_grids(produced: torch.Tensor, items: Sequence[MediaItem]) -> torch.
     for grid, item in zip(produced.tolist(), items, strict=True):
         if tuple(grid) != item.grid_thw:
             raise ValueError(
-                f"{item.kind} {item.path!r} now gives grid {tuple(grid)} but {item.grid_thw} was cached (its "
+                f"{item.kind} {MediaFile.of(item).label!r} now gives grid {tuple(grid)} but {item.grid_thw} was cached (its "
                 "placeholder count); the file or the processor changed since caching: clear the data cache"
             )
     return produced

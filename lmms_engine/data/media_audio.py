@@ -48,6 +48,7 @@ from lmms_engine.models.audio_encoder import CONV_CONTEXT_FRAMES, feat_extract_o
 
 from .errors import DataError
 from .media import import_av
+from .media_source import MediaFile
 from .types import MediaItem
 
 AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
@@ -137,11 +138,12 @@ def audio_token_count(item: MediaItem, settings: AudioSettings) -> int:
 # ---------------------------------------------------------------- prepare time
 
 
-def measure_audio(path: Path, where: str, settings: AudioSettings) -> MediaItem:
-    samples = decode_audio(path, settings.sampling_rate, where)
+def measure_audio(file: MediaFile, where: str, settings: AudioSettings) -> MediaItem:
+    samples = decode_audio(file, settings.sampling_rate, where)
     item = MediaItem(
         kind="audio",
-        path=str(path),
+        path=file.path,
+        member=file.member,
         audio_samples=len(samples),
         sampling_rate=settings.sampling_rate,
         chunk_samples=settings.chunk_samples,
@@ -150,29 +152,31 @@ def measure_audio(path: Path, where: str, settings: AudioSettings) -> MediaItem:
         raise DataError(
             where,
             "media_unreadable",
-            f"audio {str(path)!r} is {len(samples)} samples long: too short for one audio token",
+            f"audio {file.label!r} is {len(samples)} samples long: too short for one audio token",
         )
     return item
 
 
-def decode_audio(path: Path | str, sampling_rate: int, where: str) -> np.ndarray:
-    """The whole file as float32 mono samples at sampling_rate; DataError if it cannot be decoded."""
+def decode_audio(file: MediaFile | Path | str, sampling_rate: int, where: str) -> np.ndarray:
+    """The whole file (or embedded item) as float32 mono samples at sampling_rate; DataError if it
+    cannot be decoded."""
+    file = file if isinstance(file, MediaFile) else MediaFile(str(file))
     av = import_av(where, "audio")
     try:
-        pieces = _decode_mono(av, str(path), sampling_rate)
+        pieces = _decode_mono(av, file, sampling_rate)
     except (av.FFmpegError, OSError, ValueError) as error:
-        raise DataError(where, "media_unreadable", f"cannot decode audio {str(path)!r}: {error}") from error
+        raise DataError(where, "media_unreadable", f"cannot decode audio {file.label!r}: {error}") from error
     if pieces is None:
-        raise DataError(where, "media_unreadable", f"{str(path)!r} has no audio stream")
+        raise DataError(where, "media_unreadable", f"{file.label!r} has no audio stream")
     samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
     if len(samples) == 0:
-        raise DataError(where, "media_unreadable", f"audio {str(path)!r} has no decodable samples")
+        raise DataError(where, "media_unreadable", f"audio {file.label!r} has no decodable samples")
     return samples
 
 
-def _decode_mono(av, path: str, sampling_rate: int) -> list[np.ndarray] | None:
+def _decode_mono(av, file: MediaFile, sampling_rate: int) -> list[np.ndarray] | None:
     """Decoded, resampled and downmixed pieces; None when the file has no audio stream."""
-    with av.open(path) as container:
+    with av.open(file.open()) as container:
         if not container.streams.audio:
             return None
         # Planar float at the target rate, channels kept: the downmix is their mean (as librosa's
@@ -195,10 +199,11 @@ def _mono(frame) -> np.ndarray:
 
 def audio_clips(item: MediaItem, settings: AudioSettings) -> list[np.ndarray]:
     """The item's clips (float32 samples), decoded again; ValueError if the file changed."""
-    samples = decode_audio(item.path, settings.sampling_rate, item.path)
+    file = MediaFile.of(item)
+    samples = decode_audio(file, settings.sampling_rate, file.label)
     if len(samples) != item.audio_samples:
         raise ValueError(
-            f"audio {item.path!r} now decodes to {len(samples)} samples but {item.audio_samples} were "
+            f"audio {file.label!r} now decodes to {len(samples)} samples but {item.audio_samples} were "
             "cached; the file changed since caching: clear the data cache"
         )
     bounds = np.cumsum([0, *clip_sample_counts(item, settings)])

@@ -5,6 +5,8 @@ of parts: `{"type": "text", "text": ...}`, `{"type": "image_url", "image_url": "
 "x.jpg"}}` and the same for `video_url` / `audio_url`. The aliases `image`, `video`, `audio` are
 accepted as type (their payload under the alias key or the `*_url` key). Keys whose value is None
 are ignored: arrow / parquet tables store every struct field on every row, unused ones as null.
+A media payload may also be an `EmbeddedMedia` (bytes of a parquet / arrow row), which only the
+format adapters (formats/) put there: no JSON value can be one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import DataError, shorten
+from .media_source import EmbeddedMedia
 from .types import MEDIA_TYPES, ROLES, ContentPart, Message, Provenance, Record
 
 PART_TYPE_ALIASES = {"image": "image_url", "video": "video_url", "audio": "audio_url"}
@@ -98,18 +101,22 @@ def _parse_part(raw: Any, i: int, j: int, where: str) -> ContentPart:
     return ContentPart(type=canonical, value=_media_url(raw, kind, canonical, at, where))
 
 
-def _media_url(raw: dict, kind: str, canonical: str, at: str, where: str) -> str:
-    """The url of a media part: under the `*_url` key or the alias key, as a str or {"url": str}."""
+def _media_url(raw: dict, kind: str, canonical: str, at: str, where: str) -> str | EmbeddedMedia:
+    """The url of a media part: under the `*_url` key or the alias key, as a str or {"url": str}
+    (or the embedded item a format adapter put there)."""
     payload = raw.get(canonical)
     if payload is None:
         payload = raw.get(kind)
+    if isinstance(payload, EmbeddedMedia):
+        return payload
     if isinstance(payload, dict):
         payload = payload.get("url")
     if not isinstance(payload, str) or not payload:
         raise DataError(
             where,
             "bad_part",
-            f"{at} of type {kind!r} needs '{canonical}' as a non-empty string or {{\"url\": string}}",
+            f"{at} of type {kind!r} needs '{canonical}' as a non-empty string or {{\"url\": string}} (or, "
+            f"without a payload, a media column such as 'images' in the record to take it from)",
         )
     return payload
 

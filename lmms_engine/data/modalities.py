@@ -23,6 +23,7 @@ from .media_audio import (
     audio_token_count,
     measure_audio,
 )
+from .media_source import EmbeddedMedia, MediaFile
 from .types import MediaItem, Record
 
 PART_KINDS = {"image_url": "image", "video_url": "video", "audio_url": "audio"}
@@ -131,12 +132,18 @@ def measure_record_media(record: Record, support: MediaSupport) -> tuple[MediaIt
             kind = PART_KINDS.get(part.type)
             if kind is None:
                 continue
-            path = resolve_media_path(
-                part.value, record.provenance.data_folder, where, support.allow_path_escape
-            )
+            file = _media_file(part.value, record, support)
             if kind == "audio":
-                items.append(measure_audio(path, where, support.audio))
+                items.append(measure_audio(file, where, support.audio))
             else:
                 measure = measure_image if kind == "image" else measure_video
-                items.append(measure(path, where, support.vision))
+                items.append(measure(file, where, support.vision))
     return tuple(items)
+
+
+def _media_file(value, record: Record, support: MediaSupport) -> MediaFile:
+    """An embedded item's bytes, or the file a part's path names (resolved and checked)."""
+    if isinstance(value, EmbeddedMedia):
+        return MediaFile.embedded(value)
+    where, folder = record.provenance.where, record.provenance.data_folder
+    return MediaFile(str(resolve_media_path(value, folder, where, support.allow_path_escape)))

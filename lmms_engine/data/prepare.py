@@ -12,6 +12,7 @@ counts are final; a bad media file is a DataError of its record, like any other 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import multiprocessing
@@ -30,6 +31,7 @@ from transformers import PreTrainedTokenizerBase
 from .cache import cache_file_for, load_tokenized, locked, save_tokenized
 from .chat import TEXT_ONLY, expand_placeholders, tokenize_batch
 from .errors import DataError
+from .formats import to_openai
 from .messages import parse_record
 from .modalities import MediaSupport, measure_record_media
 from .sources import SourceFile, read_chunks
@@ -50,6 +52,7 @@ class _ChunkResult:
     locations: np.ndarray
     media: list[tuple[MediaItem, ...]]  # per sample
     errors: list[DataError]
+    formats: Counter  # records per detected format
 
 
 def default_num_proc() -> int:
@@ -103,7 +106,10 @@ def tokenize_file(
     """Tokenize a whole source (no cache); raise the first DataError unless on_error == 'skip'.
     `all_errors`: a list that receives every skipped record's DataError, in file order (the result
     keeps only the first MAX_LOGGED_SKIPS messages); `lmms-data check` uses it."""
-    chunks = list(read_chunks(source, CHUNK_SIZE))
+    # Chunks are read as the workers take them, not all up front: a chunk of a parquet source with
+    # embedded images holds their bytes, so memory stays one chunk per worker, not the file.
+    read = [0]
+    chunks = _counted(read_chunks(source, CHUNK_SIZE), read)
     results, skipped, examples = [], Counter(), []
     # closing(): on an error, stop the worker pool now rather than when the generator is collected.
     with closing(_map_chunks(chunks, source, tokenizer, num_proc, media)) as chunk_results:
@@ -117,23 +123,32 @@ def tokenize_file(
                 if len(examples) < MAX_LOGGED_SKIPS:
                     examples.append(str(error))
             results.append(result)
-    records = sum(len(items) for items in chunks)
-    return _merge(results, records, dict(skipped), examples)
+    return _merge(results, read[0], dict(skipped), examples)
+
+
+def _counted(chunks: Iterator[list], total: list[int]) -> Iterator[list]:
+    """`chunks`, adding each one's record count to total[0] as it passes."""
+    for items in chunks:
+        total[0] += len(items)
+        yield items
 
 
 def _map_chunks(
-    chunks: list[list[tuple[int, Any]]],
+    chunks: Iterator[list[tuple[int, Any]]],
     source: SourceFile,
     tokenizer: PreTrainedTokenizerBase,
     num_proc: int,
     media: MediaSupport | None,
 ) -> Iterator[_ChunkResult]:
     """Chunk results in file order; in-process when one process would do (starting workers costs)."""
-    if num_proc <= 1 or len(chunks) <= 1:
+    first = list(itertools.islice(chunks, 2))
+    several = len(first) > 1
+    chunks, first = itertools.chain(first, chunks), None  # not held here once the chain passed them
+    if num_proc <= 1 or not several:
         for items in chunks:
             yield tokenize_items(tokenizer, source, items, media)
         return
-    with _worker_pool(tokenizer, min(num_proc, len(chunks))) as pool:
+    with _worker_pool(tokenizer, num_proc) as pool:
         yield from pool.imap(_tokenize_in_worker, ((source, items, media) for items in chunks))
 
 
@@ -187,10 +202,14 @@ def tokenize_items(
     media: MediaSupport | None = None,
 ) -> _ChunkResult:
     """Decode, validate and tokenize a chunk; bad records come back as errors, in order."""
-    records, errors = [], []  # errors as (location, DataError)
+    records, errors, formats = [], [], Counter()  # errors as (location, DataError)
     for location, payload in items:
         try:
-            records.append(parse_record(_decode(payload, source, location), _provenance(source, location)))
+            provenance = _provenance(source, location)
+            raw, detected = to_openai(_decode(payload, source, location), source, location, provenance.where)
+            if detected is not None:
+                formats[detected] += 1
+            records.append(parse_record(raw, provenance))
         except DataError as error:
             errors.append((location, error))
     ids, labels, lengths, locations, sample_media = [], [], [], [], []
@@ -217,6 +236,7 @@ def tokenize_items(
         locations=np.asarray(locations, dtype=np.int64),
         media=sample_media,
         errors=[error for _, error in errors],
+        formats=formats,
     )
 
 
@@ -274,6 +294,7 @@ def _merge(
         media=MediaTable.from_items([item for r in results for item in r.media]),
         skipped_by_reason=skipped,
         skip_examples=examples,
+        formats=dict(sum((r.formats for r in results), Counter())),
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataSourceError
-from .sources import DatasetEntry, SourceFile, columns_to_rows, load_arrow
+from .sources import DatasetEntry, SourceFile, arrow_rows, load_arrow
 
 ROW_BLOCK = 1000  # rows read at once from parquet / arrow
 LINE_COUNT_BLOCK = 1 << 24  # bytes per read when counting the lines before a shard
@@ -176,7 +176,7 @@ class _RowTable:
 
     def rows(self, start: int, stop: int) -> list[dict]:
         if self.source.data_type != "parquet":
-            return list(columns_to_rows(self._arrow[start:stop]))
+            return arrow_rows(self._arrow, start, stop)
         first = int(np.searchsorted(self._group_starts, start, side="right")) - 1
         last = int(np.searchsorted(self._group_starts, stop, side="left"))
         table = self._parquet.read_row_groups(list(range(first, last)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -40,10 +41,11 @@ def format_location(source: str, is_line: bool, location: int) -> str:
 @dataclass(frozen=True)
 class ContentPart:
     """One part of a message's content: `type` is `text` or one of MEDIA_TYPES; `value` is the
-    text itself or the media url / path (relative paths resolve under the record's data_folder)."""
+    text itself or the media url / path (relative paths resolve under the record's data_folder),
+    or a `media_source.EmbeddedMedia` (an item embedded in a parquet / arrow row)."""
 
     type: str
-    value: str
+    value: Any  # str, or EmbeddedMedia for an embedded media part
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,8 @@ class MediaItem:
     """
 
     kind: str  # "image" | "video" | "audio"
-    path: str  # resolved, absolute
+    path: str  # resolved, absolute: the media file, or the parquet / arrow source it is embedded in
+    member: str = ""  # embedded items: `row:column:index` in that source (media_source.py); "" for a file
     grid_thw: tuple[int, int, int] = (0, 0, 0)
     second_per_grid_t: float = 0.0
     total_frames: int = 0
@@ -142,12 +145,13 @@ class MediaTable:
     offsets: np.ndarray  # int64, (n + 1,)
     kinds: np.ndarray  # str, (m,)
     paths: np.ndarray  # str, (m,)
+    members: np.ndarray  # str, (m,): where an embedded item is inside its source ("" for files)
     grids: np.ndarray  # int64, (m, 3)
     seconds: np.ndarray  # float64, (m,): second_per_grid_t (0 for images)
     frames: np.ndarray  # int64, (m, 2): (total_frames, num_frames) of videos, 0 for images
     audio: np.ndarray  # int64, (m, 3): (audio_samples, sampling_rate, chunk_samples) of audio, 0 else
 
-    ARRAYS = ("offsets", "kinds", "paths", "grids", "seconds", "frames", "audio")
+    ARRAYS = ("offsets", "kinds", "paths", "members", "grids", "seconds", "frames", "audio")
 
     @classmethod
     def from_items(cls, per_sample: list[tuple[MediaItem, ...]]) -> MediaTable:
@@ -158,6 +162,7 @@ class MediaTable:
             offsets=offsets,
             kinds=np.asarray([i.kind for i in items], dtype=np.str_),
             paths=np.asarray([i.path for i in items], dtype=np.str_),
+            members=np.asarray([i.member for i in items], dtype=np.str_),
             grids=np.asarray([i.grid_thw for i in items], dtype=np.int64).reshape(-1, 3),
             seconds=np.asarray([i.second_per_grid_t for i in items], dtype=np.float64),
             frames=np.asarray([(i.total_frames, i.num_frames) for i in items], dtype=np.int64).reshape(-1, 2),
@@ -178,6 +183,7 @@ class MediaTable:
             offsets=np.concatenate(offsets),
             kinds=np.concatenate([t.kinds for t in tables]).astype(np.str_),
             paths=np.concatenate([t.paths for t in tables]).astype(np.str_),
+            members=np.concatenate([t.members for t in tables]).astype(np.str_),
             grids=np.concatenate([t.grids for t in tables]).reshape(-1, 3),
             seconds=np.concatenate([t.seconds for t in tables]),
             frames=np.concatenate([t.frames for t in tables]).reshape(-1, 2),
@@ -193,6 +199,7 @@ class MediaTable:
         return MediaItem(
             kind=str(self.kinds[row]),
             path=str(self.paths[row]),
+            member=str(self.members[row]),
             grid_thw=tuple(int(v) for v in self.grids[row]),
             second_per_grid_t=float(self.seconds[row]),
             total_frames=total,
@@ -214,6 +221,8 @@ class TokenizedFile:
     records: int  # records read (valid + skipped)
     media: MediaTable  # images / videos / audio of every sample (none for text data)
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    # records per detected format (formats.py: "openai", "sharegpt", ...), for `lmms-data check`
+    formats: dict[str, int] = field(default_factory=dict)
     skip_examples: list[str] = field(default_factory=list)
 
     @property

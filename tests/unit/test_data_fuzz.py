@@ -545,7 +545,8 @@ def mutate(draw, record: Any, name: str, table: dict, kinds: tuple[str, ...]) ->
         record["messages"] = draw(NOT_A_LIST)
     elif name == "drop_messages" and isinstance(record, dict):
         record.pop("messages", None)
-        record.update(draw(st.dictionaries(st.sampled_from(["conversations", "Messages", "text"]), JUNK)))
+        # not "conversations": that key is a LLaVA / ShareGPT record (tests/unit/test_data_formats.py)
+        record.update(draw(st.dictionaries(st.sampled_from(["conversation", "Messages", "text"]), JUNK)))
     elif name == "empty_messages" and isinstance(record, dict):
         record["messages"] = []
     elif name == "message_junk" and has_list:
