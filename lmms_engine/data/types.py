@@ -95,7 +95,6 @@ class MediaItem:
 
     kind: str  # "image" | "video" | "audio"
     path: str  # resolved, absolute: the media file, or the parquet / arrow source it is embedded in
-    member: str = ""  # embedded items: `row:column:index` in that source (media_source.py); "" for a file
     grid_thw: tuple[int, int, int] = (0, 0, 0)
     second_per_grid_t: float = 0.0
     total_frames: int = 0
@@ -103,6 +102,8 @@ class MediaItem:
     audio_samples: int = 0
     sampling_rate: int = 0
     chunk_samples: int = 0
+    # Last, so positional (kind, path, grid_thw, ...) construction stays as it was.
+    member: str = ""  # embedded items: `row:column:index` in that source (media_source.py); "" for a file
 
     def __post_init__(self):
         assert self.kind in MEDIA_KINDS, self.kind
