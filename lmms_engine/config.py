@@ -36,6 +36,7 @@ class TrainerConfig:
     data_workers: int | None = None  # processes collating upcoming micro-batches (null: 4 on CUDA, 0 = in the step)
     max_bad_steps: int = 5  # consecutive non-finite (skipped) steps that stop the run (0: never stop)
     keep_last: int | None = None  # complete checkpoints kept, newest first (null: all)
+    eval_every: int = 0  # eval loss every N steps, and after the last (0: only after the last); needs data.eval_*
 
 
 @dataclass
@@ -66,6 +67,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     trainer = _typed(cfg, "trainer", TrainerConfig)
     optim = _typed(cfg, "optim", OptimConfig)
     _check_values(trainer)
+    _check_eval(trainer, cfg.data)
     groups = {name: cfg[name] for name in TARGET_GROUPS}
     for name, group in groups.items():
         _check_target_keys(name, group)
@@ -102,6 +104,21 @@ def _check_values(trainer: TrainerConfig) -> None:
         raise ValueError(f"trainer.max_bad_steps must be >= 0 (0: never stop), got {trainer.max_bad_steps}")
     if trainer.keep_last is not None and trainer.keep_last < 1:
         raise ValueError(f"trainer.keep_last must be >= 1 or null (keep all), got {trainer.keep_last}")
+
+
+def _check_eval(trainer: TrainerConfig, data: DictConfig) -> None:
+    """Eval settings that can be judged before anything is built (the data builder checks the rest)."""
+    eval_path, eval_fraction = data.get("eval_path"), data.get("eval_fraction") or 0.0
+    if trainer.eval_every < 0:
+        raise ValueError(f"trainer.eval_every must be >= 0 (0: only after the last step), got {trainer.eval_every}")
+    if trainer.eval_every and eval_path is None and not eval_fraction:
+        raise ValueError(f"trainer.eval_every={trainer.eval_every} but there is no eval data: set data.eval_path=FILE "
+                         "(a file or dataset yaml) or data.eval_fraction=0.05 (held-out training records)")
+    if eval_path is not None and eval_fraction:
+        raise ValueError(f"data.eval_path={eval_path!r} and data.eval_fraction={eval_fraction} are both set; "
+                         "use one: a separate eval file, or held-out training records")
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ValueError(f"data.eval_fraction must be in [0, 1) (a fraction of the training records), got {eval_fraction}")
 
 
 def _check_target_keys(group: str, node: DictConfig) -> None:

@@ -22,6 +22,7 @@ from lmms_engine.config import RunConfig, validate
 from lmms_engine.models.flops import peak_flops
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.train.data_iter import make_step_batches
+from lmms_engine.train.evaluate import evaluate
 from lmms_engine.train.loop import LoopPolicy, StepContext, train
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw, freeze_components
@@ -94,7 +95,8 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
         sinks=_build_sinks(cfg, rc, run_dir, start_step, strategy.is_main), checkpoint_root=run_dir / "checkpoints",
         max_steps=rc.trainer.max_steps, save_every=rc.trainer.save_every, save_final=rc.trainer.save_final,
         max_bad_steps=rc.trainer.max_bad_steps, keep_last=rc.trainer.keep_last, bad_steps=bad_steps,
-        peak_flops=_device_peak_flops(strategy.device),
+        peak_flops=_device_peak_flops(strategy.device), eval_every=rc.trainer.eval_every,
+        evaluate=functools.partial(evaluate, data=dataset.eval_data) if dataset.eval_data is not None else None,
     )
     try:
         finished = train(ctx, policy, start_step)
