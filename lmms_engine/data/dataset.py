@@ -39,6 +39,7 @@ from .sources import DatasetEntry, SourceFile, resolve_sources
 from .steps import StepBatches
 from .streaming import StreamingSFTDataset, check_streamable
 from .types import MediaTable, Sample, TokenizedFile, format_location
+from .weighting import weighted_sample_index
 
 logger = logging.getLogger("lmms_engine.data")
 
@@ -116,7 +117,7 @@ def build_sft_dataset(
     store = _SampleStore.from_files(tokenized)
     overlong_counts = store.apply_overlong(packing_length, overlong, media)
     held_out = store.hold_out(eval_fraction)  # before weighting: a held-out record is never trained on
-    sample_index = _weighted_sample_index(store, entries, seed)
+    sample_index = weighted_sample_index(store, entries, seed)
     if len(sample_index) == 0 or (not packing and len(sample_index) < micro_batch_size):
         raise DataSourceError(
             str(dataset_path),
@@ -305,36 +306,6 @@ class _SampleStore:
                 np.int64
             )
         return counts
-
-
-def _weighted_sample_index(store: _SampleStore, entries: list[DatasetEntry], seed: int) -> np.ndarray:
-    """The flat sample list: each entry's samples repeated / subsampled per weight or num_samples."""
-    selected = []
-    for i, entry in enumerate(entries):
-        base = store.samples_of(entry.files)
-        if len(base) == 0:
-            logger.warning("%s: no usable samples", entry.origin)
-            continue
-        target = _target_count(len(base), entry)
-        selected.append(base[expand_indices(len(base), target, np.random.default_rng([seed, i]))])
-    return np.concatenate(selected) if selected else np.zeros(0, dtype=np.int64)
-
-
-def _target_count(n: int, entry: DatasetEntry) -> int:
-    if entry.num_samples is not None:
-        return entry.num_samples
-    if entry.weight is not None:
-        return max(1, round(entry.weight * n))
-    return n
-
-
-def expand_indices(n: int, target: int, rng: np.random.Generator) -> np.ndarray:
-    """`target` indices into range(n): every index target // n times, then target % n distinct
-    indices drawn with `rng` (the fractional part of a weight), in order."""
-    assert n > 0 and target > 0
-    full, rest = divmod(target, n)
-    extra = np.sort(rng.choice(n, size=rest, replace=False))
-    return np.concatenate([np.tile(np.arange(n), full), extra]).astype(np.int64)
 
 
 # ---------------------------------------------------------------- the dataset
