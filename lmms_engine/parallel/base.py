@@ -103,7 +103,9 @@ class Strategy:
     checkpoint_frozen = True
 
     def checkpoint_options(self) -> StateDictOptions:
-        return StateDictOptions(ignore_frozen_params=not self.checkpoint_frozen)
+        # Not strict without the frozen weights: set_state_dict would miss them; DCP's load still
+        # fails on any trainable weight the checkpoint lacks.
+        return StateDictOptions(ignore_frozen_params=not self.checkpoint_frozen, strict=self.checkpoint_frozen)
 
     def save_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
         """Sharded model + optimizer state into the existing folder `path` (DCP; every rank calls this)."""
