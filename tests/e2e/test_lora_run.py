@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModelForCausalLM
 
+from lmms_engine.config import validate
 from lmms_engine.checkpoint.manager import latest_checkpoint, load_checkpoint
 from lmms_engine.parallel.single import SingleDevice
 from lmms_engine.train.app import run
@@ -64,7 +65,7 @@ def test_merged_export_loads_with_transformers_and_gives_the_trained_logits(lora
     cfg, run_dir = lora_run
     torch.manual_seed(cfg.trainer.seed)  # the same frozen base as the run's
     bundle = instantiate(cfg.model, _convert_="all")
-    apply_lora(bundle.model, cfg.optim.lora, bundle.components())
+    apply_lora(bundle.model, validate(cfg).optim.lora, bundle.components())
     module = CausalLMWithLoss(bundle.model, loss_fn=None)
     optimizer = build_adamw(module, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8)
     strategy = SingleDevice(device="cpu")
