@@ -1,9 +1,7 @@
-"""Every private API of a library that lmms_engine relies on, in one place.
-
-A private name (an underscore module, attribute or method) can change in any release without
-notice. Each one the code needs is reached through this module only, and tests/unit/test_compat.py
-checks each against the installed version, failing with the name of what moved. After an upgrade,
-a failing test there says which entry to adapt; nothing else in the code base should need a look.
+"""Every private API of torch / transformers / liger-kernel / deepspeed that lmms_engine needs, in one
+place. Each entry has a test in tests/unit/test_compat.py that fails by name when an upgrade moves
+or changes it: upgrade a library, run that file, and fix what it names here. Nothing else in the code
+base reaches a library's private names (an underscore module, attribute or method).
 
 Sections: torch, DeepSpeed (imported lazily: it is an optional extra), transformers, liger-kernel.
 """
@@ -101,6 +99,7 @@ def is_zero3_param(param: torch.Tensor) -> bool:
     """True for a parameter that ZeRO-3 partitions (it carries a `ds_id`)."""
     return hasattr(param, "ds_id")
 
+
 # ---------------------------------------------------------------- transformers
 
 
@@ -116,6 +115,17 @@ def submodule_from_config(module_class: type[nn.Module], config) -> nn.Module:
     """`PreTrainedModel._from_config`: a sub-model built from its config the way transformers builds
     its own composite models (attention implementation and dtype handling included)."""
     return module_class._from_config(config)
+
+
+def config_attn_implementation(config) -> str | None:
+    """`PreTrainedConfig._attn_implementation`: the attention implementation a config names (the
+    setter transformers offers, `set_attn_implementation`, lives on the model, not the config)."""
+    return config._attn_implementation
+
+
+def set_config_attn_implementation(config, name: str | None) -> None:
+    """Set what `config_attn_implementation` reads (e.g. sdpa in a config being saved)."""
+    config._attn_implementation = name
 
 
 # ---------------------------------------------------------------- liger-kernel

@@ -24,7 +24,8 @@ INJECTED = {
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 100  # optimizer steps
+    max_steps: int | None = 100  # optimizer steps (null: derived from `epochs`)
+    epochs: int | None = None  # passes over the data instead of max_steps (steps derived at start; train/run_length.py)
     seed: int = 0  # model init, data order, RNG
     grad_accum: int = 1  # micro-batches per optimizer step and rank
     max_grad_norm: float = 1.0  # clip the global gradient norm (<= 0: no clipping, norm still logged)
@@ -61,7 +62,8 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     schedule: str = "cosine"  # constant | cosine | wsd
-    warmup_steps: int = 0  # linear warmup from 0
+    warmup_steps: int | None = 0  # linear warmup from 0 (null: from warmup_ratio)
+    warmup_ratio: float | None = None  # warmup over this fraction of the run's steps instead
     min_lr_ratio: float = 0.1  # floor of cosine / wsd decay, as a fraction of lr
     decay_ratio: float = 0.2  # wsd: the last fraction of steps that decays
     freeze: list[str] = field(default_factory=list)  # components not trained, e.g. [vision] (model-specific; lm = the rest)
@@ -82,12 +84,17 @@ def validate(cfg: DictConfig) -> RunConfig:
     _check_top_level(cfg)
     trainer = _typed(cfg, "trainer", TrainerConfig)
     optim = _typed(cfg, "optim", OptimConfig)
-    _check_values(trainer)
+    _check_run_length(trainer, optim)
     _check_eval(trainer, cfg.data)
     _check_lora(optim.lora, trainer)
     groups = {name: cfg[name] for name in TARGET_GROUPS}
     for name, group in groups.items():
         _check_target_keys(name, group)
+    # Imported here: the builders' option sets pull in torch and transformers, and the command-line
+    # override check (lmms_engine.overrides) imports this module before any of them is needed.
+    from lmms_engine.config_checks import check_values
+
+    check_values(trainer, optim, groups)  # ranges and options, before anything is built
     return RunConfig(trainer=trainer, optim=optim, groups=groups, name=cfg.name)
 
 
@@ -112,15 +119,27 @@ def _typed(cfg: DictConfig, group: str, schema: type):
     return OmegaConf.to_object(merged)
 
 
-def _check_values(trainer: TrainerConfig) -> None:
-    if trainer.max_steps < 1:
-        raise ValueError(f"trainer.max_steps must be >= 1, got {trainer.max_steps}")
-    if trainer.grad_accum < 1:
-        raise ValueError(f"trainer.grad_accum must be >= 1, got {trainer.grad_accum}")
-    if trainer.max_bad_steps < 0:
-        raise ValueError(f"trainer.max_bad_steps must be >= 0 (0: never stop), got {trainer.max_bad_steps}")
-    if trainer.keep_last is not None and trainer.keep_last < 1:
-        raise ValueError(f"trainer.keep_last must be >= 1 or null (keep all), got {trainer.keep_last}")
+def _check_run_length(trainer: TrainerConfig, optim: OptimConfig) -> None:
+    """Exactly one of max_steps / epochs, and of warmup_steps / warmup_ratio (the defaults give way
+    to the alternative through the `unless` resolver, so setting the other key alone is enough)."""
+    _check_one_of("trainer", max_steps=trainer.max_steps, epochs=trainer.epochs)
+    for key, value in (("max_steps", trainer.max_steps), ("epochs", trainer.epochs)):
+        if value is not None and value < 1:
+            raise ValueError(f"trainer.{key} must be >= 1, got {value}")
+    _check_one_of("optim", warmup_steps=optim.warmup_steps, warmup_ratio=optim.warmup_ratio)
+    if optim.warmup_steps is not None and optim.warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps must be >= 0, got {optim.warmup_steps}")
+    if optim.warmup_ratio is not None and not 0 <= optim.warmup_ratio < 1:
+        raise ValueError(f"optim.warmup_ratio must be in [0, 1), got {optim.warmup_ratio}")
+
+
+def _check_one_of(group: str, **values) -> None:
+    (a, va), (b, vb) = values.items()
+    if va is not None and vb is not None:
+        raise ValueError(f"{group}.{a}={va} and {group}.{b}={vb} are alternatives; set one and pass {group}.{a}=null "
+                         f"or {group}.{b}=null")
+    if va is None and vb is None:
+        raise ValueError(f"{group}.{a} and {group}.{b} are both null; set one of them")
 
 
 def _check_eval(trainer: TrainerConfig, data: DictConfig) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch import nn
 
+from lmms_engine import compat
 from lmms_engine.checkpoint.manager import describe_os_error
 from lmms_engine.names import unwrapped_name
 
@@ -83,11 +84,11 @@ def _standard_attention(config):
     """Our packed-attention names exist only inside a training process: the saved config (and each
     sub-config: text decoder, vision tower) names transformers' sdpa while saving."""
     configs = [config, *(getattr(config, name) for name in getattr(config, "sub_configs", {}))]
-    saved = [c._attn_implementation for c in configs]
+    saved = [compat.config_attn_implementation(c) for c in configs]
     try:
         for c in configs:
-            c._attn_implementation = "sdpa"
+            compat.set_config_attn_implementation(c, "sdpa")
         yield
     finally:
         for c, impl in zip(configs, saved):
-            c._attn_implementation = impl
+            compat.set_config_attn_implementation(c, impl)

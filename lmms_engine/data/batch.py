@@ -81,13 +81,17 @@ class Batch:
         moved = {name: fn(v) for name in self.__dataclass_fields__ if isinstance(v := getattr(self, name), torch.Tensor)}
         return dataclasses.replace(self, **moved)
 
-    # Read access by field name, for the model families' step_flops and the patcher's
-    # attention_kwargs, which read a mapping (`key in batch`: the field is set); new code reads
-    # the attributes.
+    # Read access by field name, for the model families' step_flops (ModalityEncoder.flops) and the
+    # patcher's attention_kwargs, which read a mapping (`key in batch` / `get`: the field is set);
+    # new code reads the attributes.
     def __getitem__(self, key: str):
         if key not in self.__dataclass_fields__:
             raise KeyError(key)
         return getattr(self, key)
+
+    def get(self, key: str, default=None):
+        value = getattr(self, key, None) if key in self.__dataclass_fields__ else None
+        return default if value is None else value
 
     __iter__ = None  # not a mapping to iterate (fields() is): iter(batch) is a TypeError
 

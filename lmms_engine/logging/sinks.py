@@ -13,6 +13,8 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from lmms_engine.logging.wandb_sink import WandbSink, sweep_identity
+
 log = logging.getLogger("lmms_engine.train")
 
 
@@ -31,6 +33,9 @@ class JsonlSink:
     def log(self, metrics: dict) -> None:
         self._file.write(json.dumps(_json_safe(metrics)) + "\n")
         self._file.flush()
+
+    def summary(self, values: dict) -> None:
+        pass  # data_stats.json holds the data side; the file is one row per step
 
     def close(self) -> None:
         self._file.close()
@@ -56,22 +61,12 @@ class ConsoleSink:
         if "eval_loss" in metrics:  # always shown: evaluations are rare and what a user watches
             log.info(_format_eval_line(metrics))
 
+    def summary(self, values: dict) -> None:
+        if "params" in values:
+            log.info("model: %s parameters, %s trained", f"{values['params']:,}", f"{values['trainable_params']:,}")
+
     def close(self) -> None:
         self._progress.stop()
-
-
-class WandbSink:
-    def __init__(self, run_dir: Path, config: dict, project: str, name: str | None, entity: str | None, mode: str | None, tags: list[str]):
-        import wandb
-
-        self._wandb = wandb
-        self._run = wandb.init(project=project, name=name or run_dir.name, entity=entity, mode=mode, dir=str(run_dir), config=config, tags=list(tags))
-
-    def log(self, metrics: dict) -> None:
-        self._run.log({k: v for k, v in metrics.items() if v is not None and k != "step"}, step=metrics["step"])
-
-    def close(self) -> None:
-        self._run.finish()
 
 
 class Sinks:
@@ -82,6 +77,11 @@ class Sinks:
         for sink in self._sinks:
             sink.log(metrics)
 
+    def summary(self, values: dict) -> None:
+        """Run-level facts (data_stats, parameter counts): wandb's run summary, a console line."""
+        for sink in self._sinks:
+            sink.summary(values)
+
     def close(self) -> None:
         for sink in self._sinks:
             sink.close()
@@ -89,12 +89,15 @@ class Sinks:
 
 def build_loggers(run_dir: Path, run_config: dict, max_steps: int, start_step: int, is_main: bool,
                   log_every: int = 1, wandb: dict | None = None) -> Sinks:
-    """The `logger/` group's target. wandb: None, or {project, name, entity, mode, tags}."""
+    """The `logger/` group's target. wandb: None, or {project, name, entity, mode, tags, group}; in a
+    Hydra multirun, group null = the sweep's name, and the job's overrides are added to the tags."""
     if not is_main:
         return Sinks([])
     sinks = [JsonlSink(run_dir / "metrics.jsonl", start_step), ConsoleSink(max_steps, start_step, log_every)]
     if wandb is not None:
-        sinks.append(WandbSink(run_dir, run_config, **wandb))
+        sweep_group, sweep_tags = sweep_identity()
+        settings = {**wandb, "group": wandb.get("group") or sweep_group, "tags": [*wandb.get("tags", []), *sweep_tags]}
+        sinks.append(WandbSink(run_dir, run_config, start_step, **settings))
     return Sinks(sinks)
 
 

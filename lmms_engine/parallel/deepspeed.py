@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,6 +237,18 @@ class DeepSpeedZero(Strategy):
         """Full fp32 weights in CPU memory on rank 0 (empty elsewhere), named as the module's
         state_dict. Every rank calls this: gathering partitioned parameters is collective."""
         return gather_full_state_dict(self.unwrap(module), keep=self.is_main)
+
+    def teardown(self) -> None:
+        """Release the engine, DeepSpeed's own group references, then the groups (pdist.destroy)."""
+        try:
+            if self.engine is not None:
+                self.engine.destroy()
+                self.engine = None
+            comm = sys.modules.get("deepspeed.comm")  # imported by setup(); absent if it never ran
+            if comm is not None and comm.is_initialized():
+                comm.destroy_process_group()  # also drops deepspeed.utils.groups' references
+        finally:
+            pdist.destroy()
 
 
 def drop_gradients(optimizer) -> None:

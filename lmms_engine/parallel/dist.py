@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import datetime
+import gc
+import logging
 import os
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+# Native threads a process group's backend owns, as Linux names them: gloo's transport loop and
+# work threads, NCCL's watchdog and heartbeat monitor. They end only when the backend is freed.
+PROCESS_GROUP_THREADS = ("gloo_tcp_loop", "pt_gloo_runloop", "pt_nccl_watchdg", "pt_nccl_heartbt")
 
 
 def env_rank() -> int:
@@ -70,8 +78,44 @@ def barrier() -> None:
 
 
 def destroy() -> None:
+    """Leave the job and free its process groups now, on this thread, while the interpreter runs.
+
+    destroy_process_group() only unregisters the groups: each C++ backend, and the worker threads
+    it owns, lives until its last Python reference goes. Left to interpreter exit, a gloo worker
+    still retiring the job's last collective frees that work's tensors, needs the GIL for their
+    Python objects, is ended by the finalizing interpreter (pthread_exit) inside a noexcept
+    destructor, and the process aborts: "terminate called without an active exception", SIGABRT.
+    Callers drop their own references (engine, device mesh, wrapped module) first; the collection
+    here frees the groups, whose destructors wait for pending work and join their threads.
+    """
     if dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()
+    left = process_group_threads()
+    if left:
+        log.warning("process-group threads still alive after teardown: %s; something still holds a process "
+                    "group, and the process may abort at exit", ", ".join(left))
+
+
+def process_group_threads() -> list[str]:
+    """Names of this process's live process-group backend threads (Linux; empty elsewhere)."""
+    return [name for name in native_thread_names() if name in PROCESS_GROUP_THREADS]
+
+
+def native_thread_names() -> list[str]:
+    """Every thread of this process, C++ ones included, by name (from /proc; empty without it)."""
+    names = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return names
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/comm", encoding="utf-8") as comm:
+                names.append(comm.read().strip())
+        except OSError:  # the thread ended meanwhile
+            continue
+    return sorted(names)
 
 
 def any_rank(strategy, flag: bool) -> bool:

@@ -111,6 +111,10 @@ class FSDP2(Strategy):
         materialize_from_rank0(module, torch.device("cpu") if self.cpu_offload else self.device, state, buffers, self.is_main)
         return module
 
+    def teardown(self) -> None:
+        self.mesh = None  # the mesh holds the process group: freed by pdist.destroy's collection
+        super().teardown()
+
     def gradient_sync(self, module: nn.Module, enabled: bool):
         # No reduce-scatter on accumulation micro-steps: gradients accumulate unsharded locally.
         module.set_requires_gradient_sync(enabled)

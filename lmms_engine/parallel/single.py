@@ -53,6 +53,11 @@ class SingleDevice(Strategy):
                                         self.encoder_checkpointing)
         return module.to(self.device)
 
+    def teardown(self) -> None:
+        if self._fsdp is not None:
+            self._fsdp.teardown()  # drops its device mesh, then destroys the one-rank group
+        else:
+            super().teardown()
 
     def gradient_sync(self, module: nn.Module, enabled: bool):
         """One rank: gradients are still reduced (cast to fp32 and added to the master gradients)

@@ -19,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from lmms_engine.checkpoint.export import export_adapter, export_hf
 from lmms_engine.checkpoint.manager import check_writable, latest_checkpoint, load_checkpoint
 from lmms_engine.config import RunConfig, validate
+from lmms_engine.logging.data_notes import warn_about_data
+from lmms_engine.logging.summary import run_summary
 from lmms_engine.models.flops import peak_flops
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.train.data_iter import make_step_batches
@@ -29,7 +31,9 @@ from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw, freeze_components
 from lmms_engine.train.prefetch import make_collator
 from lmms_engine.train.resolvers import register_resolvers
+from lmms_engine.train.run_length import check_run_length, resolve_run_length
 from lmms_engine.train.schedule import lr_at
+from lmms_engine.train.shutdown import release_frames, sigterm_exits
 from lmms_engine.train.state import restore_rng, seed_everything
 
 log = logging.getLogger("lmms_engine.train")
@@ -58,13 +62,18 @@ def main(cfg: DictConfig) -> None:
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     """Train as `cfg` says, writing into `run_dir`. Returns the run directory."""
     rc = validate(cfg)
+    check_run_length(rc)
     check_writable(run_dir / "checkpoints", pdist.env_rank())  # before any work, not at the first save
     strategy = instantiate(rc.groups["parallel"])
-    strategy.setup()
     try:
-        _run(cfg, rc, strategy, run_dir)
+        with sigterm_exits():  # outside the loop (which checkpoints on it) SIGTERM ends the run through here
+            strategy.setup()
+            _run(cfg, rc, strategy, run_dir)
+    except BaseException as err:
+        release_frames(err)  # the traceback would keep the model and engine, so their process groups, alive
+        raise
     finally:
-        strategy.teardown()
+        strategy.teardown()  # frees the process groups and joins their threads before interpreter exit
     return run_dir
 
 
@@ -78,10 +87,13 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     dataset = instantiate(rc.groups["data"], tokenizer=bundle.tokenizer, seed=rc.trainer.seed, **bundle.data_inputs())
     if strategy.is_main:
         _write_json(run_dir / "data_stats.json", dataset.stats)
+        warn_about_data(dataset.stats, rc.groups["data"].get("packing_length"))
+    rc = resolve_run_length(rc, dataset, strategy.world_size)  # trainer.epochs / optim.warmup_ratio as steps
     patcher.apply(bundle.model, strategy.device, padding_free=dataset.packing or patcher.use_rmpad,
                   encoders=bundle.encoders, decoder_path=bundle.decoder_path)
     freeze_components(bundle.model, rc.optim.freeze, bundle.components())
     lora = _apply_lora(rc, bundle, strategy)
+    summary = run_summary(dataset.stats, bundle.model)  # before wrapping: whole-model counts
     module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units,
                               bundle.encoder_units)
     optimizer = strategy.build_optimizer(
@@ -99,7 +111,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     )
     policy = LoopPolicy(
         step_source=step_source, lr_at=functools.partial(_lr, rc=rc),
-        sinks=_build_sinks(cfg, rc, run_dir, start_step, strategy.is_main), checkpoint_root=run_dir / "checkpoints",
+        sinks=_build_sinks(cfg, rc, run_dir, start_step, strategy.is_main, summary), checkpoint_root=run_dir / "checkpoints",
         max_steps=rc.trainer.max_steps, save_every=rc.trainer.save_every, save_final=rc.trainer.save_final,
         max_bad_steps=rc.trainer.max_bad_steps, keep_last=rc.trainer.keep_last, bad_steps=bad_steps,
         peak_flops=_device_peak_flops(strategy.device), eval_every=rc.trainer.eval_every,
@@ -168,11 +180,13 @@ def _write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def _build_sinks(cfg: DictConfig, rc: RunConfig, run_dir: Path, start_step: int, is_main: bool):
+def _build_sinks(cfg: DictConfig, rc: RunConfig, run_dir: Path, start_step: int, is_main: bool, summary: dict):
     # _partial_: the resolved run config holds _target_ entries that instantiate must not build.
     build = instantiate(rc.groups["logger"], _partial_=True)
-    return build(run_dir=run_dir, run_config=OmegaConf.to_container(cfg, resolve=True), max_steps=rc.trainer.max_steps,
-                 start_step=start_step, is_main=is_main)
+    sinks = build(run_dir=run_dir, run_config=OmegaConf.to_container(cfg, resolve=True), max_steps=rc.trainer.max_steps,
+                  start_step=start_step, is_main=is_main)
+    sinks.summary(summary)
+    return sinks
 
 
 def _make_optimizer(module, optim, components):
@@ -209,7 +223,10 @@ def _resume_path(resume: str | None, run_dir: Path) -> Path | None:
     if resume is None:
         return None
     if resume == "auto":
-        return latest_checkpoint(run_dir / "checkpoints")
+        latest = latest_checkpoint(run_dir / "checkpoints")
+        if latest is None:
+            log.info("trainer.resume=auto: no complete checkpoint in %s; training starts from scratch", run_dir / "checkpoints")
+        return latest
     path = Path(resume)
     if (path / "checkpoints").is_dir():
         path = latest_checkpoint(path / "checkpoints") or path / "checkpoints"

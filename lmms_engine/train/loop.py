@@ -85,6 +85,7 @@ def train(ctx: StepContext, policy: LoopPolicy, start_step: int) -> bool:
             if _eval_due(policy, step):  # after the step's timing: eval time is not training throughput
                 metrics.update(policy.evaluate(ctx))
             policy.sinks.log({**metrics, "skipped": stats["skipped"], "bad_steps": policy.bad_steps})
+            _check_bad_steps(policy, step, bad_in_row)  # after logging: the last bad step is in metrics.jsonl
             if policy.save_every and step % policy.save_every == 0 and step != policy.max_steps:
                 save(ctx, policy, step)
                 saved_at = step
@@ -113,18 +114,20 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> float:
 
 
 def _count_bad_step(ctx: StepContext, policy: LoopPolicy, step: int, stats: dict, bad_in_row: int) -> int:
-    """Consecutive skipped steps so far; raises once there are policy.max_bad_steps of them."""
+    """Consecutive skipped steps so far (a skipped step is counted and warned about)."""
     if not stats["skipped"]:
         return 0
     policy.bad_steps += 1
     log.warning("step %d: non-finite loss %s / grad norm %s, update skipped (rank %d sample_ids %s)",
                 step, stats["loss"], stats["grad_norm"], ctx.strategy.rank, stats["sample_ids"])
-    bad_in_row += 1
+    return bad_in_row + 1
+
+
+def _check_bad_steps(policy: LoopPolicy, step: int, bad_in_row: int) -> None:
     if policy.max_bad_steps and bad_in_row >= policy.max_bad_steps:
         raise ValueError(f"{bad_in_row} consecutive non-finite steps (loss or grad norm), the last at step "
                          f"{step}; stopping (trainer.max_bad_steps={policy.max_bad_steps}): lower optim.lr or "
                          f"check the data of the sample_ids in the warnings above")
-    return bad_in_row
 
 
 class _StopFlag:

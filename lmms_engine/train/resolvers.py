@@ -1,4 +1,4 @@
-"""OmegaConf resolvers used by conf/: `run_stamp` and `demo_data`.
+"""OmegaConf resolvers used by conf/: `run_stamp`, `demo_data`, `path_name` and `unless`.
 
 `run_stamp`: one run directory for all ranks of a torchrun job.
 
@@ -52,8 +52,23 @@ def demo_data(name: str) -> str:
     return str(Path(__file__).resolve().parents[1] / "data" / "demo" / name)
 
 
+def path_name(path: str) -> str:
+    """The last component of a path or hub id (`Qwen/Qwen2.5-7B-Instruct` -> `Qwen2.5-7B-Instruct`)."""
+    return Path(str(path)).name
+
+
+def unless(other, value):
+    """`value` while `other` is null, else null: a default that gives way to an alternative key
+    (`max_steps: ${unless:${.epochs},120}`), so exactly one of the two is set either way."""
+    return value if other is None else None
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_stamp"):
         OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
     if not OmegaConf.has_resolver("demo_data"):
         OmegaConf.register_new_resolver("demo_data", demo_data)
+    if not OmegaConf.has_resolver("path_name"):
+        OmegaConf.register_new_resolver("path_name", path_name)
+    if not OmegaConf.has_resolver("unless"):
+        OmegaConf.register_new_resolver("unless", unless)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-SCHEDULES = ("constant", "cosine", "wsd")
+SCHEDULES = ("constant", "cosine", "linear", "wsd")
 
 
 def lr_at(step: int, *, lr: float, schedule: str, warmup_steps: int, max_steps: int, min_lr_ratio: float, decay_ratio: float) -> float:
@@ -13,6 +13,7 @@ def lr_at(step: int, *, lr: float, schedule: str, warmup_steps: int, max_steps: 
     Linear warmup over `warmup_steps`, then:
       constant: lr.
       cosine:   cosine decay from lr to lr * min_lr_ratio at max_steps.
+      linear:   linear decay from lr to lr * min_lr_ratio at max_steps.
       wsd:      warmup-stable-decay; constant until the last `decay_ratio` of the steps, then linear
                 decay to lr * min_lr_ratio.
     """
@@ -26,6 +27,8 @@ def lr_at(step: int, *, lr: float, schedule: str, warmup_steps: int, max_steps: 
     if schedule == "cosine":
         progress = _fraction(step - warmup_steps, max_steps - warmup_steps)
         return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return lr - (lr - floor) * _fraction(step - warmup_steps, max_steps - warmup_steps)
     decay_steps = max(1, round(decay_ratio * max_steps))
     decay_start = max_steps - decay_steps
     if step <= decay_start:

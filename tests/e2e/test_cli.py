@@ -48,9 +48,9 @@ def test_main_job_trains_the_tiny_vl_model_and_loss_falls(tmp_path):
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path):
-    result = _train(["--cfg", "job"], tmp_path)
+    result = _train(["--cfg", "job", "--resolve"], tmp_path)  # --resolve: max_steps is ${unless:${.epochs},120}
     assert result.returncode == 0, result.stderr
-    assert "max_steps: 120" in result.stdout and "_target_: lmms_engine.models.qwen2_5_vl.build_qwen2_5_vl" in result.stdout
+    assert "max_steps: 120" in result.stdout and "epochs: null" in result.stdout and "_target_: lmms_engine.models.qwen2_5_vl.build_qwen2_5_vl" in result.stdout
 
 
 def test_user_mistake_exits_with_a_one_line_message(tmp_path):

@@ -3,6 +3,7 @@ failure here names the entry an upgrade broke (see compat.py's docstring)."""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 
 import pytest
@@ -56,11 +57,62 @@ def test_torch_dcp_load_planner_has_what_load_bytes_reads():
     assert "load_bytes" in vars(DefaultLoadPlanner), "compat: DefaultLoadPlanner.load_bytes (safe_load overrides it)"
 
 
+# ---------------------------------------------------------------- transformers
+
+
+def test_qwen2_audio_process_audio_is_the_processors_expansion():
+    process = compat.qwen2_audio_process_audio()
+    assert callable(process), "transformers: Qwen2AudioProcessor._process_audio is gone"
+    assert list(inspect.signature(process).parameters)[0] == "self"
+
+
+def test_submodule_from_config_builds_a_sub_model_with_its_attention_implementation():
+    from transformers import Qwen2AudioEncoderConfig
+    from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
+
+    config = Qwen2AudioEncoderConfig(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
+                                     num_mel_bins=16, max_source_positions=8)
+    encoder = compat.submodule_from_config(Qwen2AudioEncoder, config)
+    assert isinstance(encoder, Qwen2AudioEncoder), "transformers: PreTrainedModel._from_config changed"
+    assert encoder.config._attn_implementation in ("sdpa", "eager")
+    assert encoder.conv1.in_channels == 16
+
+
+def test_config_attn_implementation_is_what_the_model_runs():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=16)
+    model = Qwen2ForCausalLM(config)
+    model.set_attn_implementation("eager")
+    assert compat.config_attn_implementation(model.config) == "eager", "transformers: config._attn_implementation changed"
+    compat.set_config_attn_implementation(model.config, "sdpa")
+    assert compat.config_attn_implementation(model.config) == "sdpa"
+
+
+# ---------------------------------------------------------------- liger-kernel
+
+
+def test_liger_instance_patches_rebind_forward():
+    pytest.importorskip("liger_kernel")
+    from transformers import Qwen2Config
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm
+
+    norm = Qwen2RMSNorm(8, eps=1e-6)
+    compat.liger_patch_rms_norm(norm, eps=1e-6)
+    assert "forward" in vars(norm), "liger-kernel: monkey_patch._patch_rms_norm_module changed"
+    mlp = Qwen2MLP(Qwen2Config(hidden_size=8, intermediate_size=16))
+    compat.liger_patch_swiglu(mlp)
+    assert "forward" in vars(mlp), "liger-kernel: monkey_patch._patch_swiglu_module changed"
+    assert torch.is_tensor(norm.weight)
+
+
 # ---------------------------------------------------------------- DeepSpeed
 
-deepspeed = pytest.importorskip("deepspeed")
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="the deepspeed extra")
 
 
+@needs_deepspeed
 @pytest.mark.parametrize("index", [0, 1], ids=["zero12", "zero3"])
 def test_deepspeed_zero_optimizers_hold_what_release_gradients_touches(index):
     cls = compat.deepspeed_zero_optimizer_classes()[index]
@@ -104,11 +156,13 @@ def test_deepspeed_set_clip_threshold_refuses_an_optimizer_without_clip_grad():
         compat.deepspeed_set_clip_threshold(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), 1.0)
 
 
+@needs_deepspeed
 def test_deepspeed_checkpoint_classes_import():
     names = [cls.__name__ for cls in compat.deepspeed_checkpoint_classes()]
     assert names == ["LossScaler", "DynamicLossScaler", "ZeroStageEnum", "fragment_address", "PosixPath"]
 
 
+@needs_deepspeed
 def test_deepspeed_engine_has_a_checkpoint_engine_with_load():
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
     from deepspeed.runtime.engine import DeepSpeedEngine
@@ -118,6 +172,7 @@ def test_deepspeed_engine_has_a_checkpoint_engine_with_load():
         "compat.deepspeed_checkpoint_engine: TorchCheckpointEngine.load(path, map_location) changed")
 
 
+@needs_deepspeed
 def test_deepspeed_zero3_parameter_attributes():
     from deepspeed.runtime.zero.partition_parameters import Init
 
@@ -127,40 +182,3 @@ def test_deepspeed_zero3_parameter_attributes():
     plain = nn.Parameter(torch.zeros(1))
     assert compat.zero3_partition(plain) is None and not compat.is_zero3_param(plain)
 
-
-# ---------------------------------------------------------------- transformers
-
-
-def test_qwen2_audio_process_audio_is_the_processors_expansion():
-    process = compat.qwen2_audio_process_audio()
-    assert callable(process), "transformers: Qwen2AudioProcessor._process_audio is gone"
-    assert list(inspect.signature(process).parameters)[0] == "self"
-
-
-def test_submodule_from_config_builds_a_sub_model_with_its_attention_implementation():
-    from transformers import Qwen2AudioEncoderConfig
-    from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
-
-    config = Qwen2AudioEncoderConfig(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
-                                     num_mel_bins=16, max_source_positions=8)
-    encoder = compat.submodule_from_config(Qwen2AudioEncoder, config)
-    assert isinstance(encoder, Qwen2AudioEncoder), "transformers: PreTrainedModel._from_config changed"
-    assert encoder.config._attn_implementation in ("sdpa", "eager")
-    assert encoder.conv1.in_channels == 16
-
-
-# ---------------------------------------------------------------- liger-kernel
-
-
-def test_liger_instance_patches_rebind_forward():
-    pytest.importorskip("liger_kernel")
-    from transformers import Qwen2Config
-    from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm
-
-    norm = Qwen2RMSNorm(8, eps=1e-6)
-    compat.liger_patch_rms_norm(norm, eps=1e-6)
-    assert "forward" in vars(norm), "liger-kernel: monkey_patch._patch_rms_norm_module changed"
-    mlp = Qwen2MLP(Qwen2Config(hidden_size=8, intermediate_size=16))
-    compat.liger_patch_swiglu(mlp)
-    assert "forward" in vars(mlp), "liger-kernel: monkey_patch._patch_swiglu_module changed"
-    assert torch.is_tensor(norm.weight)

@@ -65,8 +65,8 @@ def test_schedules_warm_up_then_follow_their_shape(schedule):
 
 
 def test_unknown_schedule_is_rejected():
-    with pytest.raises(ValueError, match="optim.schedule='linear'"):
-        lr_at(1, lr=1.0, schedule="linear", warmup_steps=0, max_steps=10, min_lr_ratio=0.1, decay_ratio=0.2)
+    with pytest.raises(ValueError, match="optim.schedule='polynomial'"):
+        lr_at(1, lr=1.0, schedule="polynomial", warmup_steps=0, max_steps=10, min_lr_ratio=0.1, decay_ratio=0.2)
 
 
 def test_seed_switches_map_to_kernels():

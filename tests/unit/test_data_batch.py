@@ -71,6 +71,7 @@ def test_fields_and_mapping_reads_see_only_set_fields():
                                    "doc_lengths", "cu_seqlens", "max_seqlen"}
     assert "cu_seqlens" in batch and "attention_mask" not in batch and "nonsense" not in batch
     assert batch["max_seqlen"] == 5
+    assert batch.get("max_seqlen") == 5 and batch.get("attention_mask") is None and batch.get("nonsense", 7) == 7
     with pytest.raises(KeyError):
         batch["nonsense"]
     with pytest.raises(TypeError):

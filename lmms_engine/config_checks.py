@@ -1,0 +1,124 @@
+"""Value checks of the composed config: numeric ranges and fixed sets of options, before anything is built.
+
+Each builder checks its own arguments too, but only when it runs: a bad `optim.schedule` would surface
+after the model is built and the data tokenized, and torch's "Invalid learning rate" names no key. Here
+every message names the full key (`group.key=value`) and what is allowed. The option sets are the
+builders' own constants, imported, so the two checks cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from omegaconf import DictConfig
+
+from lmms_engine.data.packing import OVERLONG_POLICIES
+from lmms_engine.data.prepare import ON_ERROR_POLICIES
+from lmms_engine.kernels.attention import BACKENDS
+from lmms_engine.parallel.base import PRECISIONS
+from lmms_engine.parallel.common import checkpoint_every, encoder_checkpointing
+from lmms_engine.parallel.deepspeed import ZERO_STAGES
+from lmms_engine.train.schedule import SCHEDULES
+
+# (low, high, low_inclusive, high_inclusive); None = unbounded on that side.
+Range = tuple[float | None, float | None, bool, bool]
+POSITIVE: Range = (0, None, False, False)
+NON_NEGATIVE: Range = (0, None, True, False)
+AT_LEAST_ONE: Range = (1, None, True, False)
+FRACTION: Range = (0, 1, True, True)
+
+TRAINER_RANGES: dict[str, Range] = {
+    "max_steps": AT_LEAST_ONE, "seed": NON_NEGATIVE, "grad_accum": AT_LEAST_ONE, "save_every": NON_NEGATIVE,
+    "log_every": AT_LEAST_ONE, "data_workers": NON_NEGATIVE, "max_bad_steps": NON_NEGATIVE, "keep_last": AT_LEAST_ONE,
+}
+OPTIM_RANGES: dict[str, Range] = {
+    "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "eps": POSITIVE, "warmup_steps": NON_NEGATIVE,
+    "min_lr_ratio": FRACTION, "decay_ratio": FRACTION,
+}
+# Keys of the _target_ groups: checked where the chosen option has them (options differ in keys).
+TARGET_RANGES: dict[str, dict[str, Range]] = {
+    "data": {
+        "packing_length": AT_LEAST_ONE, "micro_batch_size": AT_LEAST_ONE, "num_proc": AT_LEAST_ONE,
+        "stream_window": AT_LEAST_ONE, "image_min_pixels": AT_LEAST_ONE, "image_max_pixels": AT_LEAST_ONE,
+        "video_fps": POSITIVE, "video_min_frames": AT_LEAST_ONE, "video_max_frames": AT_LEAST_ONE,
+        "video_max_pixels": AT_LEAST_ONE, "audio_max_seconds": POSITIVE,
+    },
+    "parallel": {"param_persistence_threshold": NON_NEGATIVE},
+    "logger": {"log_every": AT_LEAST_ONE},
+}
+TARGET_OPTIONS: dict[str, dict[str, tuple]] = {
+    "data": {"on_error": ON_ERROR_POLICIES, "overlong": OVERLONG_POLICIES},
+    "kernels": {"attn_backend": ("auto", *BACKENDS)},
+    "parallel": {"precision": PRECISIONS, "stage": ZERO_STAGES},
+}
+# Settings whose builder-side parser already raises a message naming the key: run it early.
+TARGET_PARSERS: dict[str, dict[str, Callable]] = {
+    "parallel": {"activation_checkpointing": checkpoint_every,
+                 "encoder_checkpointing": lambda setting: encoder_checkpointing(setting, 0)},
+}
+
+
+def check_values(trainer, optim, groups: dict[str, DictConfig]) -> None:
+    """Raise ValueError naming the first key whose value is out of range or not a valid option."""
+    for key, bounds in TRAINER_RANGES.items():
+        check_range(f"trainer.{key}", getattr(trainer, key), bounds)
+    for key, bounds in OPTIM_RANGES.items():
+        check_range(f"optim.{key}", getattr(optim, key), bounds)
+    check_option("optim.schedule", optim.schedule, SCHEDULES)
+    _check_betas(optim.betas)
+    for component, lr in optim.component_lr.items():
+        check_range(f"optim.component_lr.{component}", lr, POSITIVE)
+    for group, node in groups.items():
+        _check_target_group(group, node)
+    _check_frame_bounds(groups["data"])
+
+
+def check_range(key: str, value, bounds: Range) -> None:
+    """`value` (None = unset, always fine) within `bounds`; the message names `key`."""
+    if value is None or isinstance(value, bool):
+        return
+    low, high, low_inclusive, high_inclusive = bounds
+    too_low = low is not None and (value < low if low_inclusive else value <= low)
+    too_high = high is not None and (value > high if high_inclusive else value >= high)
+    if too_low or too_high:
+        raise ValueError(f"{key}={value!r} is out of range; it must be {_describe(bounds)}")
+
+
+def check_option(key: str, value, options: tuple) -> None:
+    if value not in options:
+        raise ValueError(f"{key}={value!r} is not a valid option; choose one of {', '.join(map(str, options))}")
+
+
+def _describe(bounds: Range) -> str:
+    low, high, low_inclusive, high_inclusive = bounds
+    if high is None:
+        return f"{'>=' if low_inclusive else '>'} {low:g}"
+    return f"in {'[' if low_inclusive else '('}{low:g}, {high:g}{']' if high_inclusive else ')'}"
+
+
+def _check_betas(betas: list[float]) -> None:
+    if len(betas) != 2:
+        raise ValueError(f"optim.betas={list(betas)} must hold two numbers, e.g. [0.9, 0.95]")
+    for i, beta in enumerate(betas):
+        check_range(f"optim.betas[{i}]", beta, (0, 1, True, False))
+
+
+def _check_target_group(group: str, node: DictConfig) -> None:
+    for key, bounds in TARGET_RANGES.get(group, {}).items():
+        if key in node:
+            value = node[key]
+            if value is not None and not isinstance(value, (int, float)):
+                raise ValueError(f"{group}.{key}={value!r} must be a number ({_describe(bounds)})")
+            check_range(f"{group}.{key}", value, bounds)
+    for key, options in TARGET_OPTIONS.get(group, {}).items():
+        if key in node:
+            check_option(f"{group}.{key}", node[key], options)
+    for key, parse in TARGET_PARSERS.get(group, {}).items():
+        if key in node:
+            parse(node[key])
+
+
+def _check_frame_bounds(data: DictConfig) -> None:
+    low, high = data.get("video_min_frames"), data.get("video_max_frames")
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"data.video_min_frames={low} is larger than data.video_max_frames={high}")

@@ -1,0 +1,48 @@
+"""How a run ends on every path: success, a raised error, SIGTERM.
+
+The entry point tears down what it started, in order: the loop's collator and sinks (in `_run`),
+then the strategy (engine, device mesh, process groups: `Strategy.teardown`). Two things can stop
+that from happening before the interpreter exits, and are handled here:
+
+- SIGTERM outside the training loop (while building, exporting) kills the process by default,
+  skipping every `finally`: `sigterm_exits` turns it into SystemExit(143) there. Inside the loop
+  its own handler takes over (checkpoint, then a normal return).
+- A raised error's traceback keeps the failed run's frames, and with them the model, engine and
+  optimizer, which hold the process groups: `release_frames` clears those locals so teardown can
+  free the groups (and join their threads) before the error propagates to interpreter exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import traceback
+
+
+@contextlib.contextmanager
+def sigterm_exits():
+    """SIGTERM raises SystemExit(128 + 15) in the main thread while inside; the previous handler
+    comes back afterwards. (Elsewhere than the main thread no handler can be set: a no-op.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def release_frames(err: BaseException) -> None:
+    """Clear the local variables of the finished frames `err` and the exceptions chained to it
+    went through (frames still running, such as the caller's, are left as they are)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        err = err.__cause__ or err.__context__

@@ -1,0 +1,57 @@
+"""A command-line override of a key that does not exist gets the framework's one line with the closest
+valid keys, not Hydra's "use +key=" (which suggests the wrong fix)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmms_engine.overrides import check_cli_overrides
+from tests.conftest import REPO
+
+UNKNOWN = [
+    (["trainer.max_stpes=3"], r"^unknown key trainer\.max_stpes \(did you mean trainer\.max_steps\?\); "
+                              r"valid keys of trainer: max_steps, seed, "),
+    (["use_rmpad=true"], r"^unknown top-level key\(s\) use_rmpad \(did you mean kernels\.use_rmpad\?\); valid: name, "),
+    (["trainr.max_steps=3"], r"^unknown top-level key\(s\) trainr \(did you mean trainer\?\)"),
+    (["model=tiny", "data=demo", "data.packing_lenght=4"], r"^unknown key data\.packing_lenght \(did you mean data\.packing_length\?\)"),
+    (["-m", "optim.lr=1e-5,2e-5", "optim.lrr=3"], r"^unknown key optim\.lrr \(did you mean optim\.lr\?\)"),
+    (["--cfg", "job", "kernels.use_rmpd=true"], r"^unknown key kernels\.use_rmpd \(did you mean kernels\.use_rmpad\?\)"),
+    (["logger=wandb", "logger.wandb.projcet=x"], r"^unknown key logger\.wandb\.projcet \(did you mean logger\.wandb\.project\?\); "
+                                                r"valid keys of logger\.wandb: project, name, entity, mode, tags, group$"),
+    (["data.zzz=1"], r"^unknown key data\.zzz; valid keys of data: dataset_path, "),  # nothing close: no guess
+]
+
+
+@pytest.mark.parametrize("argv,message", UNKNOWN, ids=[" ".join(a) for a, _ in UNKNOWN])
+def test_unknown_key_names_the_closest_valid_keys(argv, message):
+    with pytest.raises(ValueError, match=message):
+        check_cli_overrides(argv)
+
+
+@pytest.mark.parametrize("argv", [
+    ["trainer.max_steps=3", "model=tiny", "data=demo"],
+    ["+trainer.foo=1"],  # an explicit add is validate's to refuse
+    ["model=nope", "trainer.x=1"],  # a bad group option: Hydra lists the available ones
+    ["hydra.run.dir=/tmp/x", "hydra/launcher=submitit_local", "optim.lr=1"],
+    ["data.video_fps=1"],  # a key of the default VL data option
+    ["-m", "data=demo,demo_vl", "data.video_fps=1"],  # under a swept group: left to each job
+    ["optim.lr=[bad"],  # a syntax error: Hydra points at it
+    ["--config-name", "other", "foo.bar=1"],  # another primary config: its keys are Hydra's to check
+])
+def test_known_or_foreign_overrides_pass(argv):
+    check_cli_overrides(argv)
+
+
+def test_lmms_train_exits_with_the_one_line(tmp_path):
+    env = {**os.environ, "LMMS_ENGINE_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", "from lmms_engine.train import main; main()", "trainer.max_stpes=3",
+                             f"output_root={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("ERROR    unknown key trainer.max_stpes (did you mean trainer.max_steps?)")
+    assert "+trainer" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir()) or list(tmp_path.iterdir()) == [tmp_path / "cache"]  # no run directory

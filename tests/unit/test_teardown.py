@@ -1,0 +1,174 @@
+"""Teardown (issue 21): process groups are freed, and their threads joined, before interpreter exit.
+
+The abort this prevents: a gloo worker thread still retiring the job's last collective when the
+interpreter finalizes needs the GIL to free that work's tensors, is ended by pthread_exit inside a
+noexcept destructor, and the process dies with "terminate called without an active exception".
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import sys
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from lmms_engine.parallel import dist as pdist
+from lmms_engine.train.shutdown import release_frames, sigterm_exits
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+import stress_exit  # noqa: E402
+
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread names come from /proc (Linux)")
+
+
+@pytest.fixture
+def gloo_world(tmp_path):
+    """A one-rank gloo job (its threads: a transport loop and two workers); the test makes more groups
+    with _used_group() (kept out of this frame, which would otherwise hold them)."""
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    dist.all_reduce(torch.ones(4))
+    try:
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        gc.collect()
+
+
+def _used_group():
+    group = dist.new_group([0])
+    dist.all_reduce(torch.ones(4), group=group)
+    return group
+
+
+class _Engine:
+    """Stands for a DeepSpeed engine / DDP module: holds the groups inside a reference cycle."""
+
+    def __init__(self, groups):
+        self.groups, self.me = groups, self
+
+
+@needs_proc
+def test_destroy_frees_groups_held_only_by_cycles_and_joins_their_threads(gloo_world, caplog):
+    _Engine([dist.group.WORLD, _used_group()])  # unreachable, but alive until a collection
+    assert pdist.process_group_threads().count("pt_gloo_runloop") >= 2  # the test can see what it checks
+    with caplog.at_level(logging.WARNING, logger="lmms_engine.parallel.dist"):
+        pdist.destroy()
+    assert not dist.is_initialized()
+    assert pdist.process_group_threads() == []
+    assert "still alive" not in caplog.text
+
+
+@needs_proc
+def test_destroy_names_threads_of_a_group_still_referenced(gloo_world, caplog):
+    held = _Engine([_used_group()])
+    with caplog.at_level(logging.WARNING, logger="lmms_engine.parallel.dist"):
+        pdist.destroy()
+    assert "process-group threads still alive after teardown: " in caplog.text
+    assert "pt_gloo_runloop" in caplog.text
+    del held
+    gc.collect()
+    assert pdist.process_group_threads() == []
+
+
+def test_destroy_without_a_job_is_a_no_op():
+    assert not dist.is_initialized()
+    pdist.destroy()
+    assert not dist.is_initialized()
+
+
+def test_sigterm_exits_raises_system_exit_143_and_restores_the_handler():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exc:
+        with sigterm_exits():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs at the next bytecode boundary
+                pass
+    assert exc.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+class _Resource:
+    pass
+
+
+def _fail_holding(resource: _Resource) -> None:
+    local = resource  # noqa: F841  (what a failed _run's frame keeps: model, engine, optimizer)
+    raise ValueError("boom")
+
+
+def test_release_frames_frees_what_a_failed_frame_held():
+    resource = _Resource()
+    ref = weakref.ref(resource)
+    try:
+        _fail_holding(resource)
+    except ValueError as err:
+        del resource
+        assert ref() is not None  # the traceback's frame keeps it
+        release_frames(err)
+        assert ref() is None
+        assert str(err) == "boom" and err.__traceback__ is not None  # the error itself is intact
+
+
+def test_release_frames_follows_chained_errors():
+    resource = _Resource()
+    ref = weakref.ref(resource)
+    try:
+        try:
+            _fail_holding(resource)
+        except ValueError:
+            raise RuntimeError("while handling")
+    except RuntimeError as err:
+        del resource
+        release_frames(err)
+        assert ref() is None
+
+
+# ---- scripts/stress_exit.py (its job runs are tests/distributed/test_exit.py) ----
+
+@pytest.mark.parametrize("returncode, output, problem", [
+    (0, "exported Hugging Face model to /x/hf\n", None),
+    (-6, "", "exit status -6"),
+    (1, "ChildFailedError", "exit status 1"),
+    (0, "terminate called without an active exception\n", "output contains 'terminate called'"),
+    (0, "Fatal Python error: Aborted\n", "output contains 'Fatal Python error'"),
+])
+def test_exit_problem_classifies_status_and_abort_text(returncode, output, problem):
+    assert stress_exit.exit_problem(returncode, output) == problem
+
+
+def test_stress_jobs_force_cpu_and_the_interpreters_tools(tmp_path):
+    command = stress_exit.job_command("zero3", tmp_path, 2, "cpu", ["trainer.seed=3"])
+    assert command[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert {"parallel=zero3", "parallel.device=cpu", f"output_root={tmp_path}", "trainer.seed=3"} <= set(command)
+    env = stress_exit.job_env("cpu")
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["DS_ACCELERATOR"] == "cpu"
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert env["TORCH_EXTENSIONS_DIR"] == os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    assert stress_exit.job_env("cuda").get("DS_ACCELERATOR") == os.environ.get("DS_ACCELERATOR")
+
+
+def test_stress_report_counts_clean_runs_per_strategy():
+    results = [{"strategy": "zero3", "run": 1, "returncode": 0, "problem": None, "leak_warning": False, "log": "a"},
+               {"strategy": "zero3", "run": 2, "returncode": -6, "problem": "exit status -6", "leak_warning": True,
+                "log": "b"},
+               {"strategy": "ddp", "run": 1, "returncode": 0, "problem": None, "leak_warning": False, "log": "c"}]
+    report = stress_exit.summarize(results, ["zero3", "ddp"])
+    assert report["strategies"]["zero3"] == {"runs": 2, "clean": 1, "leak_warnings": 1, "failures": [
+        {"run": 2, "returncode": -6, "problem": "exit status -6", "log": "b"}]}
+    assert report["strategies"]["ddp"]["clean"] == 1
+    assert (report["runs"], report["clean"], report["all_clean"]) == (3, 2, False)
+
+
+def test_stress_rejects_an_unknown_strategy():
+    with pytest.raises(SystemExit):
+        stress_exit.parse_args(["--strategies", "zero4"])
