@@ -5,7 +5,7 @@ and Liger patches still find their modules; a PeftModel wrapper would shadow the
 `.model`). Adapters go on the nn.Linear layers named in `target_modules` inside the chosen
 components, never on lm_head (the fused loss reads its weight directly). Everything else,
 including whole components (a vision tower), is frozen: only the adapters reach the optimizer and
-the checkpoints.
+the checkpoints. `settings` is config.LoraSettings (not imported: config imports train/).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
-from lmms_engine.config import PROJECTIONS, LoraSettings
 from lmms_engine.models.flops import matmul_params
 from lmms_engine.train.optim import check_component_names, component_of
 
@@ -26,7 +25,7 @@ log = logging.getLogger(__name__)
 ADAPTER = "default"  # peft's adapter name; exported files drop it, as PeftModel.save_pretrained does
 
 
-def lora_targets(model: nn.Module, settings: LoraSettings, components: Mapping[str, tuple[str, ...]]) -> list[str]:
+def lora_targets(model: nn.Module, settings, components: Mapping[str, tuple[str, ...]]) -> list[str]:
     """Full names (in `model`) of the nn.Linear layers that get adapters."""
     check_component_names(settings.components, components, "optim.lora.components")
     wanted = set(settings.target_modules)
@@ -35,16 +34,16 @@ def lora_targets(model: nn.Module, settings: LoraSettings, components: Mapping[s
                and component_of(name, components) in settings.components]
     if not targets:
         raise ValueError(f"optim.lora.target_modules={list(settings.target_modules)} match no nn.Linear in the "
-                         f"components {list(settings.components)}; name the projections, e.g. [{','.join(PROJECTIONS)}]")
+                         f"components {list(settings.components)}; name the projections, e.g. [q_proj,k_proj,v_proj,o_proj]")
     return targets
 
 
-def peft_config(settings: LoraSettings, targets: list[str], base_model: str | None = None) -> LoraConfig:
+def peft_config(settings, targets: list[str], base_model: str | None = None) -> LoraConfig:
     return LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                       target_modules=targets, bias="none", base_model_name_or_path=base_model)
 
 
-def apply_lora(model: nn.Module, settings: LoraSettings, components: Mapping[str, tuple[str, ...]]) -> LoraConfig:
+def apply_lora(model: nn.Module, settings, components: Mapping[str, tuple[str, ...]]) -> LoraConfig:
     """Inject the adapters into `model` in place; only they stay trainable (fp32). Returns the peft config."""
     config = peft_config(settings, lora_targets(model, settings, components))
     inject_adapter_in_model(config, model, adapter_name=ADAPTER)
