@@ -37,9 +37,25 @@ class TrainerConfig:
     resume: str | None = None  # null | auto (latest complete checkpoint of this run dir) | a checkpoint or run dir
     log_every: int = 1  # console / train.log line every N steps (metrics.jsonl gets every step)
     export_hf: bool = True  # write <run_dir>/hf at the end
+    export_adapter: bool = False  # with optim.lora: hf/ holds the adapter alone (peft) instead of the merged model
     data_workers: int | None = None  # processes collating upcoming micro-batches (null: 4 on CUDA, 0 = in the step)
     max_bad_steps: int = 5  # consecutive non-finite (skipped) steps that stop the run (0: never stop)
     keep_last: int | None = None  # complete checkpoints kept, newest first (null: all)
+    eval_every: int = 0  # eval loss every N steps, and after the last (0: only after the last); needs data.eval_*
+
+
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraSettings:
+    """optim.lora: adapters built by peft (train/lora.py); every other weight is frozen."""
+
+    rank: int = 16  # adapter rank r
+    alpha: float = 32.0  # scaling = alpha / rank
+    dropout: float = 0.0  # on the adapter's input (training only)
+    target_modules: list[str] = field(default_factory=lambda: list(PROJECTIONS))  # nn.Linear names (last part)
+    components: list[str] = field(default_factory=lambda: ["lm"])  # where adapters go (lm = the decoder)
 
 
 @dataclass
@@ -55,6 +71,7 @@ class OptimConfig:
     decay_ratio: float = 0.2  # wsd: the last fraction of steps that decays
     freeze: list[str] = field(default_factory=list)  # components not trained, e.g. [vision] (model-specific; lm = the rest)
     component_lr: dict[str, float] = field(default_factory=dict)  # peak lr per component, e.g. {vision: 2e-6}; others use lr
+    lora: LoraSettings | None = None  # null: full fine-tuning; {rank: 64, ...}: LoRA adapters only
 
 
 @dataclass
@@ -71,6 +88,8 @@ def validate(cfg: DictConfig) -> RunConfig:
     trainer = _typed(cfg, "trainer", TrainerConfig)
     optim = _typed(cfg, "optim", OptimConfig)
     _check_run_length(trainer, optim)
+    _check_eval(trainer, cfg.data)
+    _check_lora(optim.lora, trainer)
     groups = {name: cfg[name] for name in TARGET_GROUPS}
     for name, group in groups.items():
         _check_target_keys(name, group)
@@ -119,6 +138,35 @@ def _check_one_of(group: str, **values) -> None:
                          f"or {group}.{b}=null")
     if va is None and vb is None:
         raise ValueError(f"{group}.{a} and {group}.{b} are both null; set one of them")
+
+
+def _check_eval(trainer: TrainerConfig, data: DictConfig) -> None:
+    """Eval settings that can be judged before anything is built (the data builder checks the rest)."""
+    eval_path, eval_fraction = data.get("eval_path"), data.get("eval_fraction") or 0.0
+    if trainer.eval_every < 0:
+        raise ValueError(f"trainer.eval_every must be >= 0 (0: only after the last step), got {trainer.eval_every}")
+    if trainer.eval_every and eval_path is None and not eval_fraction:
+        raise ValueError(f"trainer.eval_every={trainer.eval_every} but there is no eval data: set data.eval_path=FILE "
+                         "(a file or dataset yaml) or data.eval_fraction=0.05 (held-out training records)")
+    if eval_path is not None and eval_fraction:
+        raise ValueError(f"data.eval_path={eval_path!r} and data.eval_fraction={eval_fraction} are both set; "
+                         "use one: a separate eval file, or held-out training records")
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ValueError(f"data.eval_fraction must be in [0, 1) (a fraction of the training records), got {eval_fraction}")
+
+
+def _check_lora(lora: LoraSettings | None, trainer: TrainerConfig) -> None:
+    if lora is None:
+        if trainer.export_adapter:
+            raise ValueError("trainer.export_adapter=true needs LoRA: set optim.lora={rank:16} (or drop export_adapter)")
+        return
+    if lora.rank < 1:
+        raise ValueError(f"optim.lora.rank must be >= 1, got {lora.rank}")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise ValueError(f"optim.lora.dropout must be in [0, 1), got {lora.dropout}")
+    if not lora.target_modules or not lora.components:
+        raise ValueError("optim.lora.target_modules and optim.lora.components must not be empty, e.g. "
+                         f"target_modules=[{','.join(PROJECTIONS)}] components=[lm]")
 
 
 def _check_target_keys(group: str, node: DictConfig) -> None:

@@ -61,6 +61,8 @@ from lmms_engine.models.qwen3_vl import build_qwen3_vl  # noqa: E402
 from lmms_engine.train.loop import StepContext, train_step  # noqa: E402
 from lmms_engine.train.module import CausalLMWithLoss  # noqa: E402
 from lmms_engine.train.optim import build_adamw  # noqa: E402
+from lmms_engine.config import LoraSettings  # noqa: E402
+from lmms_engine.train.lora import adapter_params, apply_lora, lora_step_flops  # noqa: E402
 from lmms_engine.train.prefetch import make_collator  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,6 +181,11 @@ def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int
     else:
         patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing, encoders=bundle.encoders,
                       decoder_path=bundle.decoder_path)
+    flops_fn = bundle.step_flops
+    if args.lora_rank:  # adapters on the decoder projections (every config, the baseline too), all else frozen
+        apply_lora(bundle.model, LoraSettings(rank=args.lora_rank, alpha=2.0 * args.lora_rank), bundle.components())
+        flops_fn = lora_step_flops(bundle.step_flops, bundle.model.config.get_text_config(),
+                                   adapter_params(bundle.decoder()))
     module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units,
                               bundle.encoder_units)
     optimizer = strategy.build_optimizer(module, lambda m: build_adamw(m, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8))
@@ -189,7 +196,7 @@ def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int
     collator = make_collator(data.collate, [mb for step in steps for mb in step], args.data_workers, strategy.device)
     ctx = StepContext(
         module=module, optimizer=optimizer, strategy=strategy, collate=collator.get,
-        attention_kwargs=patcher.attention_kwargs, flops_fn=bundle.step_flops, max_grad_norm=1.0,
+        attention_kwargs=patcher.attention_kwargs, flops_fn=flops_fn, max_grad_norm=1.0,
         input_keys=bundle.input_keys,
     )
     measured = timed_steps(ctx, steps, math.ceil(args.warmup / cfg.grad_accum), strategy.device)
@@ -197,7 +204,7 @@ def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int
     if args.profile == name:
         profile_steps(ctx, steps[:2], data, args)
     result = {
-        "config": name, **cfg.__dict__, "world_size": 1,
+        "config": name, **cfg.__dict__, "world_size": 1, "lora_rank": args.lora_rank,
         **throughput(measured, 1, peak_flops(torch.cuda.get_device_name())), "attn_backend_resolved": patcher.backend,
         "vision_attention": getattr(bundle.model.model.visual.blocks[0].attn, "lmms_varlen_backend", "sdpa"),
     }
@@ -219,6 +226,8 @@ def main() -> None:
     parser.add_argument("--profile", default=None, help="a config to profile for 2 extra steps")
     parser.add_argument("--profile-out", default="profile_vl.txt")
     parser.add_argument("--out", default=None, help="JSON output path")
+    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank on the decoder "
+                        "projections in every config (0: full fine-tuning); MFU then counts frozen weights as 4N")
     args = parser.parse_args()
     model_cfg = OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml")
     if model_cfg._target_ not in BUILDERS:

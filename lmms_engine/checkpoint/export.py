@@ -8,6 +8,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+from safetensors.torch import save_file
 from torch import nn
 
 from lmms_engine import compat
@@ -17,16 +18,17 @@ from lmms_engine.names import unwrapped_name
 log = logging.getLogger(__name__)
 
 
-def export_hf(module: nn.Module, artifacts, out_dir: Path, strategy) -> None:
+def export_hf(module: nn.Module, artifacts, out_dir: Path, strategy, transform=None) -> None:
     """Gather full weights (on rank 0, in CPU memory) and save them, atomically, with `artifacts`:
-    the tokenizer, or a multimodal model's processor (tokenizer + image / video preprocessing)."""
+    the tokenizer, or a multimodal model's processor (tokenizer + image / video preprocessing).
+    transform: the HF model's state dict -> what to save (LoRA: the merged weights)."""
     state = strategy.full_state_dict(module)
     error = None
     if strategy.is_main:
         lm = strategy.unwrap(module).lm
         lm_state = _without_tied_copies(lm, {unwrapped_name(name): tensor for name, tensor in state.items()})
         try:
-            _write(lm, lm_state, artifacts, out_dir)
+            _write(lm, transform(lm_state) if transform else lm_state, artifacts, out_dir)
         except OSError as err:  # disk full, permissions: the run's checkpoint is complete, say so
             error = err
     if strategy.any_rank(error is not None):  # also the barrier: no rank waits for one that failed
@@ -34,6 +36,23 @@ def export_hf(module: nn.Module, artifacts, out_dir: Path, strategy) -> None:
         reason = describe_os_error(error) if error is not None else "it failed on rank 0"
         raise ValueError(f"could not export the model to {out_dir}: {reason}; the final checkpoint is complete: free "
                          f"space or fix permissions, then run again with trainer.resume=auto to export it")
+
+
+def export_adapter(module: nn.Module, adapter_config, to_adapter_state, out_dir: Path, strategy) -> None:
+    """The LoRA adapter alone, as PeftModel.save_pretrained writes it (adapter_model.safetensors +
+    adapter_config.json: loads with PeftModel.from_pretrained(base_model, out_dir))."""
+    state = strategy.full_state_dict(module)
+    if strategy.is_main:
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(to_adapter_state({unwrapped_name(n): t for n, t in state.items()}), tmp / "adapter_model.safetensors")
+        adapter_config.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+        log.info("exported the LoRA adapter to %s", out_dir)
+    strategy.barrier()
 
 
 def _without_tied_copies(lm: nn.Module, state: dict) -> dict:

@@ -30,6 +30,7 @@ from .batch import Batch
 from .chat import check_tokenizer
 from .common import MediaInputs, collate_samples, cut_flags, media_inputs, pad_token_id, placeholder_id_list
 from .errors import DataSourceError
+from .holdout import check_eval_split, held_out_records
 from .media_audio import clip_sample_counts
 from .modalities import MediaOptions, MediaSupport
 from .packing import OVERLONG_POLICIES, apply_overlong, pack_best_fit_decreasing
@@ -38,6 +39,7 @@ from .sources import DatasetEntry, SourceFile, resolve_sources
 from .steps import StepBatches
 from .streaming import StreamingSFTDataset, check_streamable
 from .types import MediaTable, Sample, TokenizedFile, format_location
+from .weighting import weighted_sample_index
 
 logger = logging.getLogger("lmms_engine.data")
 
@@ -65,6 +67,8 @@ def build_sft_dataset(
     allow_path_escape: bool = False,
     streaming: bool = False,
     stream_window: int = 2048,
+    eval_path: str | Path | None = None,
+    eval_fraction: float = 0.0,
 ) -> SFTDataset:
     """Read, validate, tokenize (cached, in parallel) and index the data at `dataset_path`.
 
@@ -87,21 +91,33 @@ def build_sft_dataset(
     streaming: read the sources lazily and pack online, window by window (`stream_window` records),
       each rank its own shard, in bounded memory; returns a StreamingSFTDataset (data/streaming.py).
       No cache and no data_stats totals then: records are tokenized as the run reaches them.
+    eval_path (a file or dataset yaml read with the same options, never streamed) or eval_fraction (that
+      fraction of the training records held out, data/holdout.py) sets the result's `eval_data`.
     """
     _check_settings(packing_length, micro_batch_size, on_error, overlong, num_proc)
+    check_eval_split(eval_path, eval_fraction, streaming)
+    eval_data = None
+    if eval_path is not None:  # the same options, so eval batches are packed / collated like training's
+        eval_data = build_sft_dataset(tokenizer, eval_path, packing, packing_length, micro_batch_size, on_error,
+                                      overlong, num_proc, cache_dir, seed, processor, mrope_spec, image_min_pixels,
+                                      image_max_pixels, video_fps, video_min_frames, video_max_frames,
+                                      video_max_pixels, audio_max_seconds, allow_path_escape)
     check_tokenizer(tokenizer)
     options = MediaOptions(image_min_pixels, image_max_pixels, video_fps, video_min_frames, video_max_frames,
                            video_max_pixels, audio_max_seconds, allow_path_escape)
     inputs = media_inputs(processor, mrope_spec, tokenizer, options)
     entries = resolve_sources(dataset_path)
     if streaming:
-        return _streaming_dataset(tokenizer, entries, dataset_path, packing, packing_length, micro_batch_size,
-                                  on_error, overlong, stream_window, seed, inputs)
+        dataset = _streaming_dataset(tokenizer, entries, dataset_path, packing, packing_length, micro_batch_size,
+                                     on_error, overlong, stream_window, seed, inputs)
+        dataset.eval_data = eval_data
+        return dataset
     media = inputs.support if inputs else None
     tokenized = _tokenize_sources(tokenizer, entries, on_error, num_proc, cache_dir, media)
     store = _SampleStore.from_files(tokenized)
     overlong_counts = store.apply_overlong(packing_length, overlong, media)
-    sample_index = _weighted_sample_index(store, entries, seed)
+    held_out = store.hold_out(eval_fraction)  # before weighting: a held-out record is never trained on
+    sample_index = weighted_sample_index(store, entries, seed)
     if len(sample_index) == 0 or (not packing and len(sample_index) < micro_batch_size):
         raise DataSourceError(
             str(dataset_path),
@@ -112,6 +128,12 @@ def build_sft_dataset(
         store, sample_index, packing, packing_length, micro_batch_size, pad_token_id(tokenizer), seed, inputs
     )
     dataset.stats.update(_source_stats(tokenized.values(), overlong_counts))
+    if eval_fraction:
+        eval_data = SFTDataset(store, held_out, packing, packing_length, micro_batch_size, pad_token_id(tokenizer),
+                               seed, inputs)
+    dataset.eval_data = eval_data
+    if eval_data is not None:
+        dataset.stats["eval"] = eval_data.stats
     logger.info("dataset %s: %s", dataset_path, dataset.stats)
     return dataset
 
@@ -222,6 +244,14 @@ class _SampleStore:
         ids = [self.files.index(f) for f in files]
         return np.flatnonzero(np.isin(self.file_ids, ids) & self.usable)
 
+    def hold_out(self, fraction: float) -> np.ndarray:
+        """The usable samples held out for evaluation (holdout.held_out_records), now unusable for training."""
+        usable = np.flatnonzero(self.usable)
+        keys = [f"{self.files[self.file_ids[k]].path}:{self.locations[k]}" for k in usable]
+        held = usable[held_out_records(keys, fraction)]
+        self.usable[held] = False
+        return held
+
     def apply_overlong(self, max_length: int, policy: str, media: MediaSupport | None) -> dict[str, int]:
         trained = np.ones(len(self.lengths), dtype=bool)
         cuttable = np.ones(len(self.lengths), dtype=bool)
@@ -278,36 +308,6 @@ class _SampleStore:
         return counts
 
 
-def _weighted_sample_index(store: _SampleStore, entries: list[DatasetEntry], seed: int) -> np.ndarray:
-    """The flat sample list: each entry's samples repeated / subsampled per weight or num_samples."""
-    selected = []
-    for i, entry in enumerate(entries):
-        base = store.samples_of(entry.files)
-        if len(base) == 0:
-            logger.warning("%s: no usable samples", entry.origin)
-            continue
-        target = _target_count(len(base), entry)
-        selected.append(base[expand_indices(len(base), target, np.random.default_rng([seed, i]))])
-    return np.concatenate(selected) if selected else np.zeros(0, dtype=np.int64)
-
-
-def _target_count(n: int, entry: DatasetEntry) -> int:
-    if entry.num_samples is not None:
-        return entry.num_samples
-    if entry.weight is not None:
-        return max(1, round(entry.weight * n))
-    return n
-
-
-def expand_indices(n: int, target: int, rng: np.random.Generator) -> np.ndarray:
-    """`target` indices into range(n): every index target // n times, then target % n distinct
-    indices drawn with `rng` (the fractional part of a weight), in order."""
-    assert n > 0 and target > 0
-    full, rest = divmod(target, n)
-    extra = np.sort(rng.choice(n, size=rest, replace=False))
-    return np.concatenate([np.tile(np.arange(n), full), extra]).astype(np.int64)
-
-
 # ---------------------------------------------------------------- the dataset
 
 
@@ -341,6 +341,7 @@ class SFTDataset:
         # Packs are computed once; only their order changes between epochs.
         self.packs = pack_best_fit_decreasing(self._lengths, packing_length) if packing else None
         self.stats = self._sample_stats()
+        self.eval_data: SFTDataset | None = None  # set by build_sft_dataset (data.eval_path / eval_fraction)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -356,6 +357,13 @@ class SFTDataset:
         order = rng.permutation(self.num_samples)
         full = self.num_samples // self.micro_batch_size * self.micro_batch_size
         return [order[i : i + self.micro_batch_size].tolist() for i in range(0, full, self.micro_batch_size)]
+
+    def eval_micro_batches(self) -> list[list[int]]:
+        """Every sample once, in a fixed order: the packs, or micro_batch_size runs (the last one may be short)."""
+        if self.packing:
+            return [list(pack) for pack in self.packs]
+        size = self.micro_batch_size
+        return [list(range(i, min(i + size, self.num_samples))) for i in range(0, self.num_samples, size)]
 
     def step_source(self, grad_accum: int, rank: int, world_size: int, state: dict | None = None) -> StepBatches:
         """This rank's step source, at `state` (a checkpoint's data position; None: the start)."""

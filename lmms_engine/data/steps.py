@@ -35,6 +35,7 @@ class TrainData(Protocol):
 
     packing: bool
     stats: dict
+    eval_data: Any  # an EvalData (data/holdout.py) of data.eval_path / eval_fraction, or None
 
     def collate(self, micro_batch: Any) -> Batch:
         """One micro-batch of `StepSource.next_step()` as model inputs."""

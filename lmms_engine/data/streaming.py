@@ -68,6 +68,8 @@ class StreamingSFTDataset:
     """The Hydra-built data object of `data.streaming=true`: settings plus what every rank's stream
     shares. Each rank's `SampleStream` is made by `step_source(...)`, once the rank is known."""
 
+    eval_data = None  # an SFTDataset of data.eval_path, set by build_sft_dataset
+
     def __init__(self, tokenizer, entries: list[DatasetEntry], origin: str, packing: bool, packing_length: int,
                  micro_batch_size: int, on_error: str, overlong: str, window: int, seed: int, pad_token_id: int,
                  media: MediaInputs | None = None):

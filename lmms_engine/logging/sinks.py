@@ -58,6 +58,8 @@ class ConsoleSink:
         self._progress.update(self._task, completed=metrics["step"], info=info)
         if metrics["step"] % self.log_every == 0:
             log.info(_format_line(metrics))
+        if "eval_loss" in metrics:  # always shown: evaluations are rare and what a user watches
+            log.info(_format_eval_line(metrics))
 
     def summary(self, values: dict) -> None:
         if "params" in values:
@@ -119,6 +121,10 @@ def _format_line(m: dict) -> str:
     mfu = "n/a" if m["mfu"] is None else f"{100 * m['mfu']:.1f}%"
     return (f"step {m['step']}  loss {m['loss']:.4f}  lr {m['lr']:.2e}  grad_norm {m['grad_norm']:.3f}  "
             f"tokens {m['tokens']}  {m['tokens_per_s']:,.0f} tok/s  mfu {mfu}  mem {m['peak_mem_gb']:.2f} GB")
+
+
+def _format_eval_line(m: dict) -> str:
+    return f"step {m['step']}  eval_loss {m['eval_loss']:.4f}  eval_tokens {m['eval_tokens']}"
 
 
 def _json_safe(metrics: dict) -> dict:

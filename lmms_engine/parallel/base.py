@@ -98,17 +98,27 @@ class Strategy:
         """The module given to prepare() (strategies that wrap it in another object override this)."""
         return module
 
+    # False (LoRA): checkpoints hold the trainable weights (and their optimizer state) only; the
+    # frozen ones are rebuilt identically by the model build on resume.
+    checkpoint_frozen = True
+
+    def checkpoint_options(self) -> StateDictOptions:
+        # Not strict without the frozen weights: set_state_dict would miss them; DCP's load still
+        # fails on any trainable weight the checkpoint lacks.
+        return StateDictOptions(ignore_frozen_params=not self.checkpoint_frozen, strict=self.checkpoint_frozen)
+
     def save_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
         """Sharded model + optimizer state into the existing folder `path` (DCP; every rank calls this)."""
-        model_sd, optim_sd = get_state_dict(module, optimizer)
+        model_sd, optim_sd = get_state_dict(module, optimizer, options=self.checkpoint_options())
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
 
     def load_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
         """Load what save_model_optimizer wrote, resharding to this run's ranks (DCP; plain data only)."""
-        model_sd, optim_sd = get_state_dict(module, optimizer)
+        model_sd, optim_sd = get_state_dict(module, optimizer, options=self.checkpoint_options())
         state = {"model": model_sd, "optim": optim_sd}
         dcp_load(state, path)
-        set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                       options=self.checkpoint_options())
 
     def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
         """Full weights in CPU memory on rank 0 (every rank calls this: gathering is collective)."""

@@ -16,7 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lmms_engine.checkpoint.export import export_hf
+from lmms_engine.checkpoint.export import export_adapter, export_hf
 from lmms_engine.checkpoint.manager import check_writable, latest_checkpoint, load_checkpoint
 from lmms_engine.config import RunConfig, validate
 from lmms_engine.logging.data_notes import warn_about_data
@@ -24,6 +24,8 @@ from lmms_engine.logging.summary import run_summary
 from lmms_engine.models.flops import peak_flops
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.train.data_iter import make_step_batches
+from lmms_engine.train.evaluate import evaluate
+from lmms_engine.train.lora import adapter_params, adapter_state, apply_lora, lora_step_flops, merged_state
 from lmms_engine.train.loop import LoopPolicy, StepContext, train
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw, freeze_components
@@ -76,6 +78,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
 
 def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
+    if rc.optim.lora is not None and strategy.name != "single":  # before the model is built
+        raise ValueError(f"optim.lora runs with parallel=single for now, not parallel={strategy.name} "
+                         "(fsdp2 / ddp / zero* with LoRA are not supported yet)")
     seed_everything(rc.trainer.seed)
     bundle = _build_model(rc, strategy)
     patcher = instantiate(rc.groups["kernels"])
@@ -87,6 +92,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     patcher.apply(bundle.model, strategy.device, padding_free=dataset.packing or patcher.use_rmpad,
                   encoders=bundle.encoders, decoder_path=bundle.decoder_path)
     freeze_components(bundle.model, rc.optim.freeze, bundle.components())
+    lora = _apply_lora(rc, bundle, strategy)
     summary = run_summary(dataset.stats, bundle.model)  # before wrapping: whole-model counts
     module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units,
                               bundle.encoder_units)
@@ -97,7 +103,9 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     collator = make_collator(dataset.collate, step_source.plan(), _data_workers(rc, strategy.device), strategy.device)
     ctx = StepContext(
         module=module, optimizer=optimizer, strategy=strategy, collate=collator.get,
-        attention_kwargs=patcher.attention_kwargs, flops_fn=bundle.step_flops, input_keys=bundle.input_keys,
+        attention_kwargs=patcher.attention_kwargs, input_keys=bundle.input_keys,
+        flops_fn=bundle.step_flops if lora is None else lora_step_flops(
+            bundle.step_flops, bundle.model.config.get_text_config(), adapter_params(bundle.decoder())),
         max_grad_norm=rc.trainer.max_grad_norm if rc.trainer.max_grad_norm > 0 else float("inf"),
         unpad=patcher.use_rmpad and not dataset.packing,
     )
@@ -106,7 +114,8 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
         sinks=_build_sinks(cfg, rc, run_dir, start_step, strategy.is_main, summary), checkpoint_root=run_dir / "checkpoints",
         max_steps=rc.trainer.max_steps, save_every=rc.trainer.save_every, save_final=rc.trainer.save_final,
         max_bad_steps=rc.trainer.max_bad_steps, keep_last=rc.trainer.keep_last, bad_steps=bad_steps,
-        peak_flops=_device_peak_flops(strategy.device),
+        peak_flops=_device_peak_flops(strategy.device), eval_every=rc.trainer.eval_every,
+        evaluate=functools.partial(evaluate, data=dataset.eval_data) if dataset.eval_data is not None else None,
     )
     try:
         finished = train(ctx, policy, start_step)
@@ -114,7 +123,25 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
         collator.close()
         policy.sinks.close()
     if finished and rc.trainer.export_hf:  # stopped by a signal: the checkpoint is the output, no export
-        export_hf(module, bundle.artifacts(), run_dir / "hf", strategy)
+        _export(rc, module, bundle, lora, run_dir / "hf", strategy)
+
+
+def _apply_lora(rc: RunConfig, bundle, strategy):
+    """optim.lora: peft adapters in the model, only they trained and checkpointed; None without."""
+    if rc.optim.lora is None:
+        return None
+    strategy.checkpoint_frozen = False
+    return apply_lora(bundle.model, rc.optim.lora, bundle.components())
+
+
+def _export(rc: RunConfig, module, bundle, lora, out_dir: Path, strategy) -> None:
+    if lora is None:
+        export_hf(module, bundle.artifacts(), out_dir, strategy)
+    elif rc.trainer.export_adapter:
+        export_adapter(module, lora, adapter_state, out_dir, strategy)
+    else:  # merged: loads with plain transformers
+        export_hf(module, bundle.artifacts(), out_dir, strategy,
+                  transform=functools.partial(merged_state, scaling=rc.optim.lora.alpha / rc.optim.lora.rank))
 
 
 def relaunch_under_torchrun(nproc: int, overrides: list[str], run_dir: Path) -> None:

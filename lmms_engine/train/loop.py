@@ -63,6 +63,8 @@ class LoopPolicy:
     keep_last: int | None = None  # complete checkpoints kept (None: all)
     bad_steps: int = 0  # non-finite (skipped) steps so far, carried through checkpoints
     peak_flops: float | None = None  # per device, for MFU
+    evaluate: Callable[[StepContext], dict] | None = None  # -> {eval_loss, eval_tokens} (train/evaluate.py); None: no eval data
+    eval_every: int = 0  # evaluate every N steps (0: only after the last step)
 
 
 def train(ctx: StepContext, policy: LoopPolicy, start_step: int) -> bool:
@@ -80,6 +82,8 @@ def train(ctx: StepContext, policy: LoopPolicy, start_step: int) -> bool:
             seconds = time.perf_counter() - step_start
             bad_in_row = _count_bad_step(ctx, policy, step, stats, bad_in_row)
             metrics = _step_metrics(ctx, policy, step, lr, stats, seconds, time.perf_counter() - run_start)
+            if _eval_due(policy, step):  # after the step's timing: eval time is not training throughput
+                metrics.update(policy.evaluate(ctx))
             policy.sinks.log({**metrics, "skipped": stats["skipped"], "bad_steps": policy.bad_steps})
             _check_bad_steps(policy, step, bad_in_row)  # after logging: the last bad step is in metrics.jsonl
             if policy.save_every and step % policy.save_every == 0 and step != policy.max_steps:
@@ -94,6 +98,12 @@ def train(ctx: StepContext, policy: LoopPolicy, start_step: int) -> bool:
     if start_step < policy.max_steps and policy.save_final:
         save(ctx, policy, policy.max_steps)
     return True
+
+
+def _eval_due(policy: LoopPolicy, step: int) -> bool:
+    if policy.evaluate is None:
+        return False
+    return step == policy.max_steps or (policy.eval_every > 0 and step % policy.eval_every == 0)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> float:
