@@ -12,6 +12,7 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -33,7 +34,7 @@ from lmms_engine.train.prefetch import make_collator
 from lmms_engine.train.resolvers import register_resolvers
 from lmms_engine.train.run_length import check_run_length, resolve_run_length
 from lmms_engine.train.schedule import lr_at
-from lmms_engine.train.shutdown import release_frames, sigterm_exits
+from lmms_engine.train.shutdown import exit_if_groups_linger, release_frames, sigterm_exits
 from lmms_engine.train.state import restore_rng, seed_everything
 
 log = logging.getLogger("lmms_engine.train")
@@ -57,6 +58,8 @@ def main(cfg: DictConfig) -> None:
     except ValueError as err:  # a user mistake (config, data): its message says what and where
         log.error("%s", err)
         sys.exit(1)
+    if pdist.under_launcher() and HydraConfig.get().mode == RunMode.RUN:  # one job per process: done
+        exit_if_groups_linger()
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:

@@ -172,3 +172,32 @@ def test_stress_report_counts_clean_runs_per_strategy():
 def test_stress_rejects_an_unknown_strategy():
     with pytest.raises(SystemExit):
         stress_exit.parse_args(["--strategies", "zero4"])
+
+
+def test_exit_if_groups_linger_leaves_with_status_0_when_group_threads_outlive_teardown(tmp_path):
+    """A process with a thread named like a gloo worker leaves at once, status 0, output flushed and
+    nothing after the call run; without such a thread the call returns."""
+    import subprocess
+    import sys
+
+    from lmms_engine.parallel.dist import PROCESS_GROUP_THREADS
+
+    script = tmp_path / "linger.py"
+    script.write_text(f"""
+import ctypes, sys, threading, time
+from lmms_engine.train.shutdown import exit_if_groups_linger
+exit_if_groups_linger()
+print("returned without lingering threads", flush=True)
+def worker():
+    ctypes.CDLL(None).prctl(15, {sorted(PROCESS_GROUP_THREADS)[0]!r}.encode(), 0, 0, 0)  # PR_SET_NAME
+    time.sleep(30)
+threading.Thread(target=worker, daemon=True).start()
+time.sleep(0.5)
+print("before", end="")  # unflushed: exit_if_groups_linger must flush it
+exit_if_groups_linger()
+print("after")
+sys.exit(3)
+""")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "returned without lingering threads\nbefore"
