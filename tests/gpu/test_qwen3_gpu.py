@@ -42,7 +42,7 @@ def _text_loss_and_grads(packed: bool, liger: bool):
     patcher.apply(model, torch.device("cuda"), padding_free=packed)
     module = CausalLMWithLoss(model, patcher.loss_fn())
     batch = collate_packed(_text_samples()) if packed else collate_padded(_text_samples(), pad_token_id=257)
-    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    batch = batch.to(torch.device("cuda"))
     inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = module(labels=batch["labels"], **inputs, **patcher.attention_kwargs(batch)) / batch["num_label_tokens"]

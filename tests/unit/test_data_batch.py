@@ -79,7 +79,7 @@ def test_fields_and_mapping_reads_see_only_set_fields():
 
 
 class _Indexed:
-    packing, stats = True, {}
+    packing, stats, eval_data = True, {}, None
 
     def micro_batches(self, epoch):
         return [[0], [1], [2], [3]]

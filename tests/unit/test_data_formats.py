@@ -208,21 +208,22 @@ def format_fixtures(tmp_path: Path, records, media_folder: Path, kinds: tuple[st
 # ---------------------------------------------------------------- equivalence
 
 
-def batches(dataset) -> list[dict]:
+def batches(dataset) -> list:
     return [dataset.collate(indices) for indices in dataset.micro_batches(0)]
 
 
-def assert_same_batches(got: list[dict], expected: list[dict]) -> None:
+def assert_same_batches(got: list, expected: list) -> None:
     assert len(got) == len(expected)
     for a, b in zip(got, expected, strict=True):
-        assert sorted(k for k in a if k != "sample_ids") == sorted(k for k in b if k != "sample_ids")
+        assert sorted(k for k in a.fields() if k != "sample_ids") == sorted(k for k in b.fields() if k != "sample_ids")
         for key in BATCH_KEYS:
             if key in b:
                 torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
-def step1_loss(bundle, batch: dict) -> torch.Tensor:
-    KernelPatcher(use_rmpad=True).apply(bundle.model, torch.device("cpu"), padding_free=True)
+def step1_loss(bundle, batch) -> torch.Tensor:
+    KernelPatcher(use_rmpad=True).apply(bundle.model, torch.device("cpu"), padding_free=True,
+                                        encoders=bundle.encoders, decoder_path=bundle.decoder_path)
     module = CausalLMWithLoss(bundle.model, cross_entropy_sum, bundle.hidden_states)
     inputs = {k: batch[k] for k in bundle.input_keys if k in batch}
     inputs.update(varlen_kwargs(batch["cu_seqlens"], batch["max_seqlen"], "sdpa"))

