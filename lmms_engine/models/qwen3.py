@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from transformers import AutoConfig, Qwen3Config, Qwen3ForCausalLM
+from transformers import Qwen3Config, Qwen3ForCausalLM
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 
 from lmms_engine.models.base import ModelBundle
-from lmms_engine.models.builder_utils import check_model_type, check_text_vocab_fits, make_model, plain
-from lmms_engine.models.qwen2 import load_tokenizer
+from lmms_engine.models.causal_lm import build_causal_lm, text_config
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
 
@@ -37,18 +36,11 @@ def build_qwen3(
       byte-level ChatML tokenizer when initialising randomly.
     structure_only: the module tree from the config, no weights read (ranks that receive them).
     """
-    if pretrained is None and not config:
-        raise ValueError(f"model {name!r}: set model.pretrained or give a preset config to initialise from")
-    tok = load_tokenizer(tokenizer or pretrained, trust_remote_code)
-    hf_config = qwen3_hf_config(pretrained, config, trust_remote_code)
-    check_text_vocab_fits(hf_config, tok, name)  # on the config, before any weights are made or read
-    model = make_model(Qwen3ForCausalLM, hf_config, pretrained, trust_remote_code, SUPPORTED_MODEL_TYPES, structure_only)
-    return ModelBundle(model=model, tokenizer=tok, name=name, decoder_units=(Qwen3DecoderLayer,))
+    return build_causal_lm(Qwen3ForCausalLM, Qwen3Config, Qwen3DecoderLayer, SUPPORTED_MODEL_TYPES,
+                           name=name, pretrained=pretrained, tokenizer=tokenizer, config=config, trust_remote_code=trust_remote_code,
+                           structure_only=structure_only)
 
 
 def qwen3_hf_config(pretrained: str | None, config: Mapping[str, Any] | None, trust_remote_code: bool) -> Qwen3Config:
-    if pretrained:
-        hf_config = AutoConfig.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-        check_model_type(hf_config.model_type, pretrained, SUPPORTED_MODEL_TYPES)
-        return hf_config
-    return Qwen3Config(**plain(config))
+    """The checkpoint's config (refused unless qwen3), or one from a preset."""
+    return text_config(Qwen3Config, SUPPORTED_MODEL_TYPES, pretrained, config, trust_remote_code)
