@@ -11,8 +11,9 @@ Two ways to start a training attempt:
 
 `kill_loop` launches attempts until one finishes: before each of the first `kills` attempts it draws
 (from a seeded random generator, so a failure reproduces) when to SIGKILL it:
-- "save": right when this attempt's first (or second) `step_<N>.tmp/` checkpoint folder appears, plus
-  a random delay of up to `save_delay_s` (inside the checkpoint write, its seal, or the pruning after it);
+- "save": right when this attempt's first (or second) `step_<N>.tmp/` checkpoint folder appears: half
+  of them at once (`in_write`: certainly inside the write), the others after a random delay of up to
+  `save_delay_s` (inside the checkpoint write, its seal, or the pruning after it);
 - "step": a random moment during step resumed+k (k = 1..3), from the metrics.jsonl the attempt writes;
 - "startup": a random moment before the first step (imports, model build, checkpoint load).
 Every attempt after the first resumes with trainer.resume=auto in the same run directory.
@@ -214,6 +215,7 @@ class KillRecord:
     at_s: float  # seconds after launch
     saving: bool  # a step_<N>.tmp folder of this attempt existed at the kill
     last_step: int  # last step the attempt logged before it was killed
+    in_write: bool = False  # planned at the moment the checkpoint folder appeared (no delay)
 
 
 @dataclass
@@ -226,7 +228,8 @@ class KillReport:
     def summary(self) -> dict:
         modes = {m: sum(k.mode == m for k in self.kills) for m in ("save", "step", "startup")}
         return {"kills": len(self.kills), "attempts": self.attempts, "by_mode": modes,
-                "during_checkpoint_write": sum(k.saving for k in self.kills)}
+                "during_checkpoint_write": sum(k.saving for k in self.kills),
+                "planned_in_write": sum(k.in_write for k in self.kills)}
 
 
 def kill_loop(launcher, run_dir: Path, overrides: list[str], kills: int, seed: int, startup_s: float,
@@ -247,7 +250,8 @@ def kill_loop(launcher, run_dir: Path, overrides: list[str], kills: int, seed: i
                 saving = _fresh_tmp(ckpt_root, launched_ns) is not None
                 launcher.kill()
                 report.kills.append(KillRecord(attempt, plan["mode"], resumed, time.monotonic() - launched, saving,
-                                               _last_logged_step(run_dir / "metrics.jsonl", launched_ns)))
+                                               _last_logged_step(run_dir / "metrics.jsonl", launched_ns),
+                                               plan.get("in_write", False)))
                 killed = True
                 break
             time.sleep(POLL_S)
@@ -267,7 +271,8 @@ def _draw(rng: random.Random, resumed: int, startup_s: float, step_s: float, sav
     plan = {"mode": mode, "delay": 0.0, "after_step": None}
     if mode == "save":
         plan["nth_save"] = rng.randint(1, 2)  # inside this attempt's first or second checkpoint write
-        plan["delay"] = rng.uniform(0, save_delay_s)
+        plan["in_write"] = rng.random() < 0.5
+        plan["delay"] = 0.0 if plan["in_write"] else rng.uniform(0, save_delay_s)
     elif mode == "step":
         plan["after_step"] = resumed + rng.randint(1, 3) - 1  # die during step after_step + 1
         plan["delay"] = rng.uniform(0, step_s)

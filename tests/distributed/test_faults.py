@@ -68,9 +68,10 @@ def test_fsdp2_three_kills_resume_bitwise_identical(fork2, fsdp2_reference, tmp_
 
 @pytest.mark.slow
 def test_fsdp2_twenty_kills_bitwise_identical(fork2, fsdp2_reference, tmp_path):
-    report = kill_and_compare(fork2, FSDP2_SPEC, fsdp2_reference, tmp_path, kills=20, seed=2025,
+    report = kill_and_compare(fork2, FSDP2_SPEC, fsdp2_reference, tmp_path, kills=20, seed=2027,
                               name="kill_resume_fsdp2_x20")
-    assert sum(k.saving for k in report.kills) >= 5, report.summary()
+    planned = [k for k in report.kills if k.in_write]  # the seed plans several kills inside a checkpoint write
+    assert len(planned) >= 5 and all(k.saving for k in planned), report.summary()
 
 
 @pytest.mark.slow
