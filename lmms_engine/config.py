@@ -70,7 +70,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.1  # floor of cosine / wsd decay, as a fraction of lr
     decay_ratio: float = 0.2  # wsd: the last fraction of steps that decays
     freeze: list[str] = field(default_factory=list)  # components not trained, e.g. [vision] (model-specific; lm = the rest)
-    component_lr: dict[str, float] = field(default_factory=dict)  # peak lr per component, e.g. {vision: 2e-6}; others use lr
+    component_lr: dict[str, float] | None = None  # peak lr per component, e.g. {vision: 2e-6}; others use lr
     lora: LoraSettings | None = None  # null: full fine-tuning; {rank: 64, ...}: LoRA adapters only
 
 

@@ -65,7 +65,7 @@ def check_values(trainer, optim, groups: dict[str, DictConfig]) -> None:
     for key, bounds in OPTIM_RANGES.items():
         check_range(f"optim.{key}", getattr(optim, key), bounds)
     _check_betas(optim.betas)
-    for component, lr in optim.component_lr.items():
+    for component, lr in (optim.component_lr or {}).items():
         check_range(f"optim.component_lr.{component}", lr, POSITIVE)
     for group, node in groups.items():
         _check_target_group(group, node)

@@ -18,7 +18,7 @@ BAD_VALUES = [
     ("optim.min_lr_ratio=1.5", r"^optim\.min_lr_ratio=1\.5 is out of range; it must be in \[0, 1\]$"),
     ("optim.warmup_steps=-1", r"^optim\.warmup_steps=-1 is out of range; it must be >= 0$"),
     ("optim.betas=[0.9,1.0]", r"^optim\.betas\[1\]=1\.0 is out of range; it must be in \[0, 1\)$"),
-    ("+optim.component_lr={lm:0}", r"^optim\.component_lr\.lm=0"),
+    ("optim.component_lr={lm:0}", r"^optim\.component_lr\.lm=0"),
     ("optim.schedule=foo", r"^optim\.schedule='foo' is not a valid option; choose one of constant, cosine, linear, wsd$"),
     ("data.overlong=cut", r"^data\.overlong='cut' is not a valid option; choose one of drop, truncate$"),
     ("data.on_error=ignore", r"^data\.on_error='ignore' is not a valid option; choose one of raise, skip$"),
