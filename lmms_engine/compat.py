@@ -3,7 +3,7 @@ place. Each entry has a test in tests/unit/test_compat.py that fails by name whe
 or changes it: upgrade a library, run that file, and fix what it names here. Nothing else in the code
 base reaches a library's private names (an underscore module, attribute or method).
 
-Sections: torch, DeepSpeed (imported lazily: it is an optional extra), transformers, liger-kernel.
+Sections: torch, DeepSpeed (imported lazily: it is an optional extra), transformers, liger-kernel, Hydra.
 """
 
 from __future__ import annotations
@@ -144,3 +144,13 @@ def liger_patch_swiglu(module: nn.Module) -> None:
     from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
 
     _patch_swiglu_module(module, LigerSwiGLUMLP)
+
+
+# ---- Hydra ----
+
+def hydra_args_parser():
+    """The command-line parser `@hydra.main` uses (`hydra._internal.utils.get_args_parser`): it tells
+    overrides from Hydra's own flags (--config-name, --multirun, ...)."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser()

@@ -18,6 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import DictConfig, OmegaConf
 
+from lmms_engine.compat import hydra_args_parser
 from lmms_engine.config import TOP_LEVEL_KEYS
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -97,9 +98,7 @@ def _leaf_paths(node: DictConfig, prefix: str = "") -> list[str]:
 def _positional_overrides(argv: list[str]) -> list[str]:
     """The overrides of `argv`; none when another primary config is chosen (its keys are not ours to know)."""
     # Hydra's own command-line parser (the one @hydra.main uses) separates overrides from its flags.
-    from hydra._internal.utils import get_args_parser
-
-    args, _ = get_args_parser().parse_known_args(argv)
+    args, _ = hydra_args_parser().parse_known_args(argv)
     if args.config_name or args.config_path or args.config_dir:
         return []
     return list(args.overrides)

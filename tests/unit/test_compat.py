@@ -182,3 +182,10 @@ def test_deepspeed_zero3_parameter_attributes():
     plain = nn.Parameter(torch.zeros(1))
     assert compat.zero3_partition(plain) is None and not compat.is_zero3_param(plain)
 
+
+
+# ---- Hydra ----
+
+def test_hydra_args_parser_separates_overrides_from_flags():
+    args, _ = compat.hydra_args_parser().parse_known_args(["--config-name", "x", "model=tiny", "optim.lr=1e-5"])
+    assert args.config_name == "x" and list(args.overrides) == ["model=tiny", "optim.lr=1e-5"]
