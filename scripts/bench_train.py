@@ -18,6 +18,7 @@ import gc
 import json
 import math
 import os
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,10 @@ CONFIGS = {
                     activation_checkpointing=False, encoder_checkpointing=True, grad_accum=4),
         BenchConfig("liger_rmpad_varlen_ac2_accum4", packing=True, attn_backend="torch_varlen", liger=True,
                     activation_checkpointing=2, grad_accum=4),
+        BenchConfig("liger_rmpad_varlen_ac3_accum4", packing=True, attn_backend="torch_varlen", liger=True,
+                    activation_checkpointing=3, grad_accum=4),
+        BenchConfig("liger_rmpad_varlen_ac4_accum4", packing=True, attn_backend="torch_varlen", liger=True,
+                    activation_checkpointing=4, grad_accum=4),
     ]
 }
 
@@ -257,6 +262,7 @@ def main() -> None:
         try:
             results.append(run_config(CONFIGS[name], model_cfg, data, args))
         except Exception as err:  # one failing configuration must not hide the others' figures
+            traceback.print_exc()
             results.append({"config": name, "error": f"{type(err).__name__}: {str(err)[:300]}"})
             gc.collect()
             torch.cuda.empty_cache()

@@ -29,6 +29,7 @@ import gc
 import json
 import math
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -248,6 +249,7 @@ def main() -> None:
         try:
             results.append(run_config(name, model_cfg, samples, packs, args))
         except Exception as err:  # one failing configuration must not hide the others' figures
+            traceback.print_exc()
             results.append({"config": name, "error": f"{type(err).__name__}: {str(err)[:300]}"})
             gc.collect()
             torch.cuda.empty_cache()
