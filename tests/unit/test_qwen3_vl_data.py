@@ -128,3 +128,44 @@ def test_a_spelled_placeholder_is_a_named_mismatch(bundle, spec, tmp_path):
     with pytest.raises(DataError, match=r"d\.jsonl:1: .*placeholder tokens") as caught:
         vl_data.build(bundle, spec, vl_data.write_yaml(tmp_path, data, folder), tmp_path)
     assert caught.value.reason == "placeholder_mismatch"
+
+
+def test_a_spelled_video_placeholder_is_a_named_mismatch(bundle, spec, tmp_path):
+    folder = tmp_path / "media"
+    folder.mkdir()
+    vl_data.write_video(folder / "clip.mp4", frames=8, fps=4)
+    messages = [vl_data.user(vl_data.video("clip.mp4"), "is <|video_pad|> here?"), vl_data.assistant("No.")]
+    data = vl_data.write_records(tmp_path / "d.jsonl", [messages])
+    with pytest.raises(DataError, match=r"d\.jsonl:1: .*placeholder tokens") as caught:
+        vl_data.build(bundle, spec, vl_data.write_yaml(tmp_path, data, folder), tmp_path)
+    assert caught.value.reason == "placeholder_mismatch"
+
+
+def test_a_one_frame_video_is_named_unreadable(bundle, spec, tmp_path):
+    folder = tmp_path / "media"
+    folder.mkdir()
+    vl_data.write_video(folder / "still.mp4", frames=1, fps=4)
+    messages = [vl_data.user(vl_data.video("still.mp4"), "What?"), vl_data.assistant("A still.")]
+    data = vl_data.write_records(tmp_path / "d.jsonl", [messages])
+    with pytest.raises(DataError, match=r"d\.jsonl:1: video '.*still\.mp4' has 1 frame\(s\); Qwen3-VL needs at least 2") as caught:
+        vl_data.build(bundle, spec, vl_data.write_yaml(tmp_path, data, folder), tmp_path)
+    assert caught.value.reason == "media_unreadable"
+
+
+@pytest.mark.parametrize("overlong", ["drop", "truncate"])
+def test_an_oversized_video_sample_is_dropped_and_counted_not_cut(bundle, spec, tmp_path, overlong):
+    """As for Qwen2.5-VL (test_data_vl.test_overlong_vl_samples_are_dropped_not_cut_through_media):
+    a video whose tokens (timestamps included) pass packing_length is never cut through."""
+    folder = tmp_path / "media"
+    folder.mkdir()
+    vl_data.write_video(folder / "long.mp4", frames=64, fps=4, width=256, height=192)  # 16 s -> 16 frames
+    vl_data.write_video(folder / "short.mp4", frames=8, fps=4)
+    records = [[vl_data.user(vl_data.video("long.mp4"), "Describe."), vl_data.assistant("Moving light.")],
+               [vl_data.user(vl_data.video("short.mp4"), "Describe."), vl_data.assistant("Moving light.")]]
+    data = vl_data.write_records(tmp_path / "d.jsonl", records)
+    dataset = vl_data.build(bundle, spec, vl_data.write_yaml(tmp_path, data, folder), tmp_path,
+                            packing_length=128, overlong=overlong)
+    assert (dataset.stats["dropped_overlong"], dataset.stats["truncated"]) == (1, 0)
+    kept = vl_data.by_id(dataset)
+    assert set(kept) == {"2"} and len(kept["2"]) <= 128
+    dataset.collate([0])  # its placeholders and grids agree
