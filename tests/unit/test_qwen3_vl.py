@@ -167,6 +167,34 @@ def test_deepstack_changes_the_output(bundle, encoded):
     assert not torch.allclose(full, plain)
 
 
+def test_padded_vision_mlps_give_the_same_outputs_and_gradients(bundle, encoded):
+    """Qwen3-VL-8B's 4304-wide vision MLP runs padded to 4352 on CUDA (kernels/encoder_mlp.py): its
+    fc1 / fc2 padded on the fly give the same merged and DeepStack features and gradients, and only
+    the real weights exist (the tiny tower's 256 is aligned, so pad to 96 to exercise it)."""
+    from lmms_engine.kernels.encoder_mlp import pad_encoder_mlps
+
+    visual = copy.deepcopy(bundle.model.model.visual).float()
+    record = encoded[0]
+
+    def run():
+        visual.zero_grad()
+        out = visual(record["pixel_values"].float(), grid_thw=record["image_grid_thw"])
+        features = [out.pooler_output, *out.deepstack_features]
+        sum(f.square().sum() for f in features).backward()
+        return [f.detach() for f in features], [p.grad.clone() for p in visual.parameters()]
+
+    expected, expected_grads = run()
+    assert pad_encoder_mlps(visual, align=96) == len(visual.blocks)  # 256 -> 288
+    assert visual.blocks[0].mlp.lmms_pad == 32
+    got, grads = run()
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    assert [p.shape for p in visual.blocks[0].mlp.parameters()] == [(256, 128), (256,), (128, 256), (128,)]
+    assert pad_encoder_mlps(copy.deepcopy(bundle.model.model.visual)) == 0  # aligned at 128: untouched
+
+
 @pytest.mark.parametrize("index", [1, 2])
 def test_positions_equal_transformers_get_rope_index(bundle, encoded, index):
     """Video with per-frame timestamps (and a video-then-image record): our ids == transformers'."""
