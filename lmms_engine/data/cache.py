@@ -32,7 +32,7 @@ from .types import MediaTable, TokenizedFile
 logger = logging.getLogger("lmms_engine.data")
 
 # Bump when tokenization or label masking changes: old cache files then stop matching.
-CACHE_FORMAT_VERSION = 4
+CACHE_FORMAT_VERSION = 5
 CACHE_ENV_VAR = "LMMS_ENGINE_CACHE"
 
 

@@ -270,14 +270,14 @@ def expand_placeholders(
     input_ids: np.ndarray,
     labels: np.ndarray,
     placeholder_ids: Sequence[int],
-    expected: Sequence[tuple[int, int]],
+    expected: Sequence[tuple[int, int | np.ndarray]],
     where: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Expand the k-th placeholder token (any of `placeholder_ids`, in token order) to expected[k]
-    = (token id it must be, number of copies).
+    """Replace the k-th placeholder token (any of `placeholder_ids`, in token order) as expected[k]
+    = (token id it must be, replacement): `count` copies of it, or the token ids given.
 
     The template renders one placeholder per image / video / audio; the model needs one per visual
-    or audio token.
+    or audio token (and Qwen3-VL a timestamp and vision start / end around each video frame pair).
     Expanding after tokenization keeps the character-span label masks above untouched; the
     expanded tokens are never trained (label -100), wherever they stand.
     """
@@ -290,8 +290,12 @@ def expand_placeholders(
             f"the rendered conversation has placeholder tokens {found} where its media parts need "
             f"{[token_id for token_id, _ in expected]} (does a text part spell a placeholder such as <|image_pad|> or <|AUDIO|>?)",
         )
-    repeats = np.ones(len(input_ids), dtype=np.int64)
-    repeats[positions] = [count for _, count in expected]
-    expanded_labels = labels.copy()
-    expanded_labels[positions] = IGNORE_INDEX
-    return np.repeat(input_ids, repeats), np.repeat(expanded_labels, repeats)
+    runs = [r if isinstance(r, np.ndarray) else np.full(r, t, dtype=input_ids.dtype) for t, r in expected]
+    ids, kept_labels, start = [], [], 0
+    for position, run in zip(positions.tolist(), runs, strict=True):
+        ids += [input_ids[start:position], run.astype(input_ids.dtype)]
+        kept_labels += [labels[start:position], np.full(len(run), IGNORE_INDEX, dtype=labels.dtype)]
+        start = position + 1
+    ids.append(input_ids[start:])
+    kept_labels.append(labels[start:])
+    return np.concatenate(ids), np.concatenate(kept_labels)

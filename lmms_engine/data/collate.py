@@ -7,7 +7,7 @@ labels), and no label ever crosses from one sample into the next one in a pack.
 Vision-language samples get 3-D mrope position ids instead of 1-D ones, each sample's computed on
 its own (`mrope_position_ids_packed` / `_padded`), so they restart in every sample of a pack; text
 samples get three equal rows. Audio-only models keep the 1-D ids (plain RoPE). Pixels and audio
-features are added by the dataset (media.pixel_inputs, media_audio.audio_inputs).
+features are added by the dataset (media_pixels.pixel_inputs, media_audio.audio_inputs).
 """
 
 from __future__ import annotations

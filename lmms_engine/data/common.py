@@ -13,7 +13,7 @@ from lmms_engine.models.mrope import MropeSpec
 from .batch import Batch
 from .chat import IGNORE_INDEX
 from .collate import collate_packed, collate_padded, mrope_position_ids_packed, mrope_position_ids_padded
-from .media import pixel_inputs
+from .media_pixels import pixel_inputs
 from .media_audio import audio_inputs
 from .modalities import MediaOptions, MediaSupport, media_support
 from .types import Sample

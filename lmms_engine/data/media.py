@@ -6,7 +6,7 @@ Two moments:
     processor will produce, so the sample's token count (and so packing) is known before training. Images are
     fully decoded here (`img.load()`), videos decoded frame by frame, so corrupt files are caught
     as DataErrors that follow `on_error`, not mid-training.
-  * collate time: `pixel_inputs` loads the files again and runs the processor's image / video
+  * collate time: `media_pixels.pixel_inputs` loads the files again and runs the processor's image / video
     processor, and checks the grids it returns against the cached ones (a file changed since it
     was cached is a ValueError naming it).
 
@@ -30,20 +30,19 @@ second of video, bounded to [video_min_frames, video_max_frames] and rounded to 
 temporal_patch_size, spread evenly over the whole clip (`frame_indices`; a clip shorter than
 video_min_frames repeats frames). Frames are resized within [the processor's min pixels,
 video_max_pixels]. second_per_grid_t = temporal_patch_size / sampled fps, the seconds of video
-per temporal grid step that mrope's temporal positions follow.
+per temporal grid step that mrope's temporal positions follow. Qwen3-VL's processor samples,
+resizes and timestamps videos differently: media_qwen3_video.py (MediaSettings.video_timestamps).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import numpy as np
-import torch
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
@@ -69,6 +68,11 @@ class MediaSettings:
     video_fps: float
     video_min_frames: int
     video_max_frames: int
+    # Qwen3-VL's video rules (media_qwen3_video.py: frame count, whole-clip pixel bounds, per-patch
+    # `<t seconds>` timestamps between <|vision_start|> / <|vision_end|>); False: Qwen2.5-VL's.
+    video_timestamps: bool = False
+    vision_start_token_id: int = -1  # used with video_timestamps only
+    vision_end_token_id: int = -1
 
     @property
     def factor(self) -> int:
@@ -112,9 +116,23 @@ def media_settings(
         video_fps=float(video_fps),
         video_min_frames=int(video_min_frames),
         video_max_frames=int(video_max_frames),
+        **_timestamp_settings(processor, tokenizer),
     )
     _check_settings(settings)
     return settings
+
+
+def _timestamp_settings(processor, tokenizer) -> dict:
+    """Qwen3-VL's video processor samples, resizes and stamps videos its own way."""
+    from transformers import Qwen3VLVideoProcessor
+
+    if not isinstance(processor.video_processor, Qwen3VLVideoProcessor):
+        return {}
+    return {
+        "video_timestamps": True,
+        "vision_start_token_id": _token_id(tokenizer, processor.vision_start_token),
+        "vision_end_token_id": _token_id(tokenizer, processor.vision_end_token),
+    }
 
 
 def _token_id(tokenizer, token: str) -> int:
@@ -239,7 +257,7 @@ def _decoded_image_size(file: MediaFile, where: str) -> tuple[int, int]:
 
 
 def measure_video(file: MediaFile, where: str, settings: MediaSettings) -> MediaItem:
-    total, fps, height, width = _scan_video(file, where)
+    total, fps, height, width = scan_video(file, where)
     num = sampled_frame_count(total, fps, settings)
     resized = _resized(height, width, settings.factor, settings.video_min_pixels, settings.video_max_pixels)
     if resized is None:
@@ -260,7 +278,7 @@ def measure_video(file: MediaFile, where: str, settings: MediaSettings) -> Media
     )
 
 
-def _scan_video(file: MediaFile, where: str) -> tuple[int, float, int, int]:
+def scan_video(file: MediaFile, where: str) -> tuple[int, float, int, int]:
     """(decoded frame count, frame rate, height, width); decoding every frame catches corruption."""
     av = import_av(where)
 
@@ -302,15 +320,6 @@ def _resized(
     return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
-# ---------------------------------------------------------------- collate time
-
-
-def load_image(item: MediaItem) -> Image.Image:
-    """The image's pixels (a file read again, or an embedded item's bytes read back from its source)."""
-    with Image.open(MediaFile.of(item).open()) as image:
-        return image.convert("RGB")
-
-
 def import_av(where: str, what: str = "video"):
     """PyAV, which only video and audio data need (a dependency of lmms-engine, so missing = a
     broken env). `what` names the part kind in the error."""
@@ -322,64 +331,3 @@ def import_av(where: str, what: str = "video"):
             "install the project's dependencies (uv sync) or `pip install av`"
         ) from None
     return av
-
-
-def read_video_frames(item: MediaItem) -> np.ndarray:
-    """The sampled frames (num_frames, H, W, 3) uint8 of a video measured at prepare time."""
-    av = import_av(item.path)
-
-    indices = frame_indices(item.total_frames, item.num_frames)
-    wanted, last = set(indices.tolist()), int(indices[-1])
-    frames = {}
-    with av.open(MediaFile.of(item).open()) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i in wanted:
-                frames[i] = frame.to_ndarray(format="rgb24")
-            if i >= last:
-                break
-    if len(frames) != len(wanted):
-        raise ValueError(
-            f"video {MediaFile.of(item).label!r} has fewer frames than when it was cached; clear the data cache"
-        )
-    return np.stack([frames[i] for i in indices.tolist()])
-
-
-def pixel_inputs(media: Sequence[MediaItem], processor, settings: MediaSettings) -> dict:
-    """Model inputs for the images and videos of a micro-batch (in placeholder order); keys of a
-    kind are absent when there is none of it."""
-    images = [m for m in media if m.kind == "image"]
-    videos = [m for m in media if m.kind == "video"]
-    inputs = {}
-    if images:
-        out = processor.image_processor(
-            images=[load_image(m) for m in images],
-            size={"shortest_edge": settings.image_min_pixels, "longest_edge": settings.image_max_pixels},
-            return_tensors="pt",
-        )
-        inputs["pixel_values"] = out["pixel_values"].float()
-        inputs["image_grid_thw"] = _checked_grids(out["image_grid_thw"], images)
-    if videos:
-        out = processor.video_processor(
-            videos=[read_video_frames(m) for m in videos],
-            size={"shortest_edge": settings.video_min_pixels, "longest_edge": settings.video_max_pixels},
-            do_sample_frames=False,  # frames were sampled by `frame_indices`
-            cap_pixels_per_frame=False,  # the plain smart_resize rule the grids were measured with
-            return_tensors="pt",
-        )
-        inputs["pixel_values_videos"] = out["pixel_values_videos"].float()
-        inputs["video_grid_thw"] = _checked_grids(out["video_grid_thw"], videos)
-        inputs["second_per_grid_ts"] = torch.tensor(
-            [m.second_per_grid_t for m in videos], dtype=torch.float32
-        )
-    return inputs
-
-
-def _checked_grids(produced: torch.Tensor, items: Sequence[MediaItem]) -> torch.Tensor:
-    produced = produced.long()
-    for grid, item in zip(produced.tolist(), items, strict=True):
-        if tuple(grid) != item.grid_thw:
-            raise ValueError(
-                f"{item.kind} {MediaFile.of(item).label!r} now gives grid {tuple(grid)} but {item.grid_thw} was cached (its "
-                "placeholder count); the file or the processor changed since caching: clear the data cache"
-            )
-    return produced

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from .chat import MediaRendering, audio_part_text
@@ -23,6 +24,7 @@ from .media_audio import (
     audio_token_count,
     measure_audio,
 )
+from .media_qwen3_video import measure_qwen3_video, timestamped_video_ids
 from .media_source import EmbeddedMedia, MediaFile
 from .types import MediaItem, Record
 
@@ -61,6 +63,13 @@ class MediaSupport:
         if item.kind == "audio":
             return audio_token_count(item, self.audio)
         return item.num_tokens(self.vision.merge_size)
+
+    def placeholder_run(self, item: MediaItem, tokenizer: PreTrainedTokenizerBase) -> int | np.ndarray:
+        """What the item's one rendered placeholder token becomes: that many copies of it, or (a
+        Qwen3-VL video) the token sequence with its per-patch timestamps and vision start / end."""
+        if item.kind == "video" and self.vision.video_timestamps:
+            return timestamped_video_ids(item, self.vision, tokenizer)
+        return self.num_tokens(item)
 
     def cache_key(self) -> dict:
         return {
@@ -136,9 +145,14 @@ def measure_record_media(record: Record, support: MediaSupport) -> tuple[MediaIt
             if kind == "audio":
                 items.append(measure_audio(file, where, support.audio))
             else:
-                measure = measure_image if kind == "image" else measure_video
-                items.append(measure(file, where, support.vision))
+                items.append(_vision_measure(kind, support.vision)(file, where, support.vision))
     return tuple(items)
+
+
+def _vision_measure(kind: str, settings: MediaSettings):
+    if kind == "image":
+        return measure_image
+    return measure_qwen3_video if settings.video_timestamps else measure_video
 
 
 def _media_file(value, record: Record, support: MediaSupport) -> MediaFile:

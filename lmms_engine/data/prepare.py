@@ -219,7 +219,7 @@ def tokenize_items(
         try:
             if isinstance(result, DataError):
                 raise result
-            record_ids, record_labels, record_media = _with_media(record, *result, media)
+            record_ids, record_labels, record_media = _with_media(record, *result, media, tokenizer)
         except DataError as error:
             errors.append((record.provenance.location, error))
             continue
@@ -241,16 +241,21 @@ def tokenize_items(
 
 
 def _with_media(
-    record: Record, input_ids: np.ndarray, labels: np.ndarray, media: MediaSupport | None
+    record: Record,
+    input_ids: np.ndarray,
+    labels: np.ndarray,
+    media: MediaSupport | None,
+    tokenizer: PreTrainedTokenizerBase,
 ) -> tuple[np.ndarray, np.ndarray, tuple[MediaItem, ...]]:
     """Measure the record's media (after tokenizing: records the template rejects are never
     decoded) and expand each placeholder to that item's token count (an audio item's: the sum over
-    its clips, their runs one after another inside the part's <|audio_bos|> ... <|audio_eos|>)."""
+    its clips, their runs one after another inside the part's <|audio_bos|> ... <|audio_eos|>), or
+    to a Qwen3-VL video's timestamped frame sequence (`MediaSupport.placeholder_run`)."""
     if media is None:
         return input_ids, labels, ()
     items = measure_record_media(record, media)
     placeholders = media.placeholder_ids()
-    expected = [(placeholders[item.kind], media.num_tokens(item)) for item in items]
+    expected = [(placeholders[item.kind], media.placeholder_run(item, tokenizer)) for item in items]
     where = record.provenance.where
     input_ids, labels = expand_placeholders(input_ids, labels, list(placeholders.values()), expected, where)
     return input_ids, labels, items

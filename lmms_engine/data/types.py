@@ -104,6 +104,7 @@ class MediaItem:
     chunk_samples: int = 0
     # Last, so positional (kind, path, grid_thw, ...) construction stays as it was.
     member: str = ""  # embedded items: `row:column:index` in that source (media_source.py); "" for a file
+    fps: float = 0.0  # a video's own frame rate (Qwen3-VL's timestamps follow it); 0 for others
 
     def __post_init__(self):
         assert self.kind in MEDIA_KINDS, self.kind
@@ -151,8 +152,9 @@ class MediaTable:
     seconds: np.ndarray  # float64, (m,): second_per_grid_t (0 for images)
     frames: np.ndarray  # int64, (m, 2): (total_frames, num_frames) of videos, 0 for images
     audio: np.ndarray  # int64, (m, 3): (audio_samples, sampling_rate, chunk_samples) of audio, 0 else
+    rates: np.ndarray  # float64, (m,): a video's frame rate (MediaItem.fps), 0 else
 
-    ARRAYS = ("offsets", "kinds", "paths", "members", "grids", "seconds", "frames", "audio")
+    ARRAYS = ("offsets", "kinds", "paths", "members", "grids", "seconds", "frames", "audio", "rates")
 
     @classmethod
     def from_items(cls, per_sample: list[tuple[MediaItem, ...]]) -> MediaTable:
@@ -170,6 +172,7 @@ class MediaTable:
             audio=np.asarray(
                 [(i.audio_samples, i.sampling_rate, i.chunk_samples) for i in items], dtype=np.int64
             ).reshape(-1, 3),
+            rates=np.asarray([i.fps for i in items], dtype=np.float64),
         )
 
     @classmethod
@@ -189,6 +192,7 @@ class MediaTable:
             seconds=np.concatenate([t.seconds for t in tables]),
             frames=np.concatenate([t.frames for t in tables]).reshape(-1, 2),
             audio=np.concatenate([t.audio for t in tables]).reshape(-1, 3),
+            rates=np.concatenate([t.rates for t in tables]),
         )
 
     def items_of(self, k: int) -> tuple[MediaItem, ...]:
@@ -208,6 +212,7 @@ class MediaTable:
             audio_samples=samples,
             sampling_rate=rate,
             chunk_samples=chunk,
+            fps=float(self.rates[row]),
         )
 
 

@@ -1,13 +1,16 @@
-"""Tensor-core friendly widths for encoder MLPs (Qwen2.5-VL's vision tower).
+"""Tensor-core friendly widths for encoder MLPs (Qwen2.5-VL's and Qwen3-VL's vision towers).
 
-The vision MLP of Qwen2.5-VL is 1280 -> 3420 -> 1280. 3420 is not a multiple of 128, and for such
-shapes cuBLAS falls back to sm80 CUTLASS kernels on Hopper: the vision tower's MLP matmuls ran at
-~220 TFLOP/s on an H200 (docs/performance.md, VL profile), a third of what the decoder's get.
+The vision MLP of Qwen2.5-VL is 1280 -> 3420 -> 1280, Qwen3-VL-8B's 1152 -> 4304 -> 1152. Neither
+width is a multiple of 128, and for such shapes cuBLAS falls back to sm80 CUTLASS kernels on
+Hopper: the Qwen2.5-VL vision tower's MLP matmuls ran at ~220 TFLOP/s on an H200
+(docs/performance.md, VL profile), a third of what the decoder's get.
 
 `pad_encoder_mlps` binds a forward that multiplies by zero-padded copies of the weights (width
-rounded up to a multiple of 128, i.e. 3456), made on the fly in each forward:
-  gate / up: extra output rows of zeros (and zero bias) -> the extra columns of gate and up are 0,
-  act(0) * 0 = 0 -> the padded hidden columns are 0, and down's extra input columns are zeros.
+rounded up to a multiple of 128: 3456, 4352), made on the fly in each forward:
+  Qwen2.5-VL (gated SiLU, gate / up / down): extra output rows of zeros (and zero bias) -> the extra
+    columns of gate and up are 0, act(0) * 0 = 0, and down's extra input columns are zeros;
+  Qwen3-VL (linear_fc1 -> GELU -> linear_fc2): fc1's extra rows and bias are zeros, act(0) = 0 (checked:
+    other activations are left unpadded), and fc2's extra input columns are zeros.
 So outputs are exactly the unpadded ones, gradients reach only the real weights (the pad is not a
 parameter), and checkpoints / exports never see a padded shape. The copies are a few MB per block.
 """
@@ -27,20 +30,33 @@ ALIGN = 128
 
 
 def pad_encoder_mlps(encoder: nn.Module, fused_act: bool = False, align: int = ALIGN) -> int:
-    """Bind the padded forward to every gated-SiLU MLP of a Qwen2.5-VL vision tower whose width is
-    not a multiple of `align`; returns how many. fused_act: Liger's fused SiLU-mul (CUDA only)."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLMLP
-
+    """Bind the padded forward to every vision MLP (Qwen2.5-VL's gated SiLU, Qwen3-VL's fc1 / fc2)
+    whose width is not a multiple of `align`; returns how many. fused_act: Liger's fused SiLU-mul
+    for the gated ones (CUDA only)."""
     patched = 0
     for module in encoder.modules():
-        if isinstance(module, Qwen2_5_VLMLP) and module.gate_proj.out_features % align:
-            module.lmms_pad = -module.gate_proj.out_features % align
+        forward, width = _padded_forward_of(module)
+        if forward is not None and width % align:
+            module.lmms_pad = -width % align
             module.lmms_fused_act = fused_act
-            module.forward = types.MethodType(_padded_gated_mlp_forward, module)
+            module.forward = types.MethodType(forward, module)
             patched += 1
     if patched:
         log.info("encoder MLPs: %d padded to a multiple of %d for tensor-core kernels", patched, align)
     return patched
+
+
+def _padded_forward_of(module: nn.Module):
+    """(the padded forward for this kind of MLP, its width), or (None, 0) for other modules."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLMLP
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionMLP
+
+    if isinstance(module, Qwen2_5_VLMLP):
+        return _padded_gated_mlp_forward, module.gate_proj.out_features
+    # Exact only if the activation maps the zero pad to zero (GELU, SiLU do); otherwise left as is.
+    if isinstance(module, Qwen3VLVisionMLP) and module.act_fn(torch.zeros(1)).item() == 0:
+        return _padded_plain_mlp_forward, module.linear_fc1.out_features
+    return None, 0
 
 
 def _padded_gated_mlp_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -49,6 +65,12 @@ def _padded_gated_mlp_forward(self, hidden_states: torch.Tensor) -> torch.Tensor
     up = F.linear(hidden_states, _pad_rows(self.up_proj.weight, pad), _pad_bias(self.up_proj.bias, pad))
     hidden = _silu_mul(gate, up, self.lmms_fused_act)
     return F.linear(hidden, F.pad(self.down_proj.weight, (0, pad)), self.down_proj.bias)
+
+
+def _padded_plain_mlp_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    pad, fc1, fc2 = self.lmms_pad, self.linear_fc1, self.linear_fc2
+    hidden = self.act_fn(F.linear(hidden_states, _pad_rows(fc1.weight, pad), _pad_bias(fc1.bias, pad)))
+    return F.linear(hidden, F.pad(fc2.weight, (0, pad)), fc2.bias)
 
 
 def _pad_rows(weight: torch.Tensor, pad: int) -> torch.Tensor:

@@ -33,7 +33,7 @@ class KernelPatcher:
       packed batches are padding-free already.
     attn_backend: auto | flash_attn | torch_varlen | flex | sdpa, used for every padding-free batch.
     use_liger_kernel: Liger RMSNorm / RoPE / SwiGLU on the model and fused linear cross-entropy.
-    pad_encoder_mlps: on CUDA, run encoder MLPs of odd width (Qwen2.5-VL vision: 3420) on zero-padded
+    pad_encoder_mlps: on CUDA, run encoder MLPs of odd width (Qwen2.5-VL vision: 3420, Qwen3-VL-8B: 4304) on zero-padded
       weights of a multiple of 128 (exact; kernels/encoder_mlp.py).
     """
 

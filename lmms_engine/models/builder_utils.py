@@ -1,13 +1,19 @@
-"""What the model-family builders share: config coercion, token-id defaults, pretrained loading and
-the consistency checks that run before any weights are made or read."""
+"""What the model-family builders share: config coercion, token-id defaults, pretrained loading,
+the consistency checks that run before any weights are made or read, and the common tail of the
+multimodal builders (`build_family_bundle`: checks, model, bundle)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lmms_engine.models.base import ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +74,40 @@ def make_model(model_class: type[PreTrainedModel], hf_config, pretrained: str | 
     if pretrained:
         return load_pretrained(model_class, pretrained, trust_remote_code, supported)
     return build_random(model_class, hf_config)  # whole, or partitioned under ZeRO-3's zero.Init
+
+
+def require_weights_or_config(name: str, pretrained: str | None, config: Mapping[str, Any] | None) -> None:
+    if pretrained is None and not config:
+        raise ValueError(f"model {name!r}: set model.pretrained or give a preset config to initialise from")
+
+
+@dataclass(frozen=True)
+class FamilyParts:
+    """What a multimodal family (a decoder at `model.language_model` beside its encoders) brings to
+    `build_family_bundle`."""
+
+    model_class: type[PreTrainedModel]
+    supported: tuple[str, ...]  # model types its builder accepts
+    decoder_units: tuple[type[nn.Module], ...]
+    check: Callable[[Any, Any, str], None]  # (hf_config, processor, name): its own config checks
+    encoders: Callable[[Any], tuple]  # hf_config -> its ModalityEncoders
+    data_extras: Callable[[Any], Mapping[str, Any]] = lambda hf_config: {}
+
+
+def build_family_bundle(parts: FamilyParts, name: str, processor, hf_config, pretrained: str | None,
+                        trust_remote_code: bool, structure_only: bool) -> ModelBundle:
+    """Check the config against the processor (before any weights are made or read), make the model
+    and bundle it with its processor."""
+    check_text_vocab_fits(hf_config, processor.tokenizer, name)
+    parts.check(hf_config, processor, name)
+    model = make_model(parts.model_class, hf_config, pretrained, trust_remote_code, parts.supported, structure_only)
+    return ModelBundle(
+        model=model,
+        tokenizer=processor.tokenizer,
+        name=name,
+        decoder_units=parts.decoder_units,
+        encoders=parts.encoders(hf_config),
+        decoder_path="model.language_model",
+        processor=processor,
+        data_extras=parts.data_extras(hf_config),
+    )

@@ -34,10 +34,11 @@ from transformers.utils import is_torchvision_available
 
 from lmms_engine.models.base import ModelBundle
 from lmms_engine.models.builder_utils import (
+    FamilyParts,
+    build_family_bundle,
     check_model_type,
-    check_text_vocab_fits,
-    make_model,
     plain,
+    require_weights_or_config,
     with_tokenizer_ids,
 )
 from lmms_engine.models.encoders import family_hidden_states
@@ -103,25 +104,13 @@ def build_qwen2_5_vl(
     structure_only: build the module tree from the config without reading any weights (ranks that
       receive weights from rank 0; build under the meta device to skip initialisation too).
     """
-    if pretrained is None and not config:
-        raise ValueError(f"model {name!r}: set model.pretrained or give a preset config to initialise from")
+    require_weights_or_config(name, pretrained, config)
     vl_processor = load_vl_processor(processor or pretrained, trust_remote_code, config)
     hf_config = vl_hf_config(pretrained, config, trust_remote_code, vl_processor.tokenizer, name)
-    # Checked on the config, before any weights are made or read.
-    check_text_vocab_fits(hf_config, vl_processor.tokenizer, name)
-    check_special_token_ids(hf_config, vl_processor.tokenizer, name)
-    check_patch_geometry(hf_config.vision_config, vl_processor, name)
-    model = make_model(Qwen2_5_VLForConditionalGeneration, hf_config, pretrained, trust_remote_code, SUPPORTED_MODEL_TYPES, structure_only)
-    return ModelBundle(
-        model=model,
-        tokenizer=vl_processor.tokenizer,
-        name=name,
-        decoder_units=(Qwen2_5_VLDecoderLayer,),
-        encoders=qwen2_5_vl_encoders(hf_config),
-        decoder_path="model.language_model",
-        processor=vl_processor,
-        data_extras={"mrope_spec": MropeSpec.from_config(hf_config)},
-    )
+    parts = FamilyParts(Qwen2_5_VLForConditionalGeneration, SUPPORTED_MODEL_TYPES, (Qwen2_5_VLDecoderLayer,),
+                        check_vl_config, qwen2_5_vl_encoders,
+                        lambda hf_config: {"mrope_spec": MropeSpec.from_config(hf_config)})
+    return build_family_bundle(parts, name, vl_processor, hf_config, pretrained, trust_remote_code, structure_only)
 
 
 # ---------------------------------------------------------------- processor
@@ -223,6 +212,12 @@ def _token_id_from_preset(
 
 
 # ---------------------------------------------------------------- consistency checks
+
+
+def check_vl_config(config, processor, name: str) -> None:
+    """The config's special-token ids and patch geometry against the processor (Qwen2.5-VL, Qwen3-VL)."""
+    check_special_token_ids(config, processor.tokenizer, name)
+    check_patch_geometry(config.vision_config, processor, name)
 
 
 def check_special_token_ids(config: Qwen2_5_VLConfig, tokenizer: PreTrainedTokenizerBase, name: str) -> None:

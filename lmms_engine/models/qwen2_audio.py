@@ -43,10 +43,11 @@ from lmms_engine.models.audio_encoder import feat_extract_output_lengths
 from lmms_engine.models.audio_modality import QwenAudioEncoder, qwen_audio_encoder
 from lmms_engine.models.base import ModelBundle
 from lmms_engine.models.builder_utils import (
+    FamilyParts,
+    build_family_bundle,
     check_model_type,
-    check_text_vocab_fits,
-    make_model,
     plain,
+    require_weights_or_config,
     with_tokenizer_ids,
 )
 from lmms_engine.models.encoders import family_hidden_states
@@ -111,24 +112,17 @@ def build_qwen2_audio(
     structure_only: build the module tree from the config without reading any weights (ranks that
       receive weights from rank 0; build under the meta device to skip initialisation too).
     """
-    if pretrained is None and not config:
-        raise ValueError(f"model {name!r}: set model.pretrained or give a preset config to initialise from")
+    require_weights_or_config(name, pretrained, config)
     audio_processor = load_audio_processor(processor or pretrained, trust_remote_code, config)
     hf_config = _hf_config(pretrained, config, trust_remote_code, audio_processor.tokenizer, name)
-    # Checked on the config, before any weights are made or read.
-    check_text_vocab_fits(hf_config, audio_processor.tokenizer, name)
-    _check_audio_token_id(hf_config, audio_processor.tokenizer, name)
-    check_feature_extractor(hf_config.audio_config, audio_processor, name)
-    model = make_model(Qwen2AudioForConditionalGeneration, hf_config, pretrained, trust_remote_code, SUPPORTED_MODEL_TYPES, structure_only)
-    return ModelBundle(
-        model=model,
-        tokenizer=audio_processor.tokenizer,
-        name=name,
-        decoder_units=(Qwen2DecoderLayer,),
-        encoders=qwen2_audio_encoders(hf_config),
-        decoder_path="model.language_model",
-        processor=audio_processor,
-    )
+    parts = FamilyParts(Qwen2AudioForConditionalGeneration, SUPPORTED_MODEL_TYPES, (Qwen2DecoderLayer,),
+                        _check_audio_config, qwen2_audio_encoders)
+    return build_family_bundle(parts, name, audio_processor, hf_config, pretrained, trust_remote_code, structure_only)
+
+
+def _check_audio_config(config, processor, name: str) -> None:
+    _check_audio_token_id(config, processor.tokenizer, name)
+    check_feature_extractor(config.audio_config, processor, name)
 
 
 # ---------------------------------------------------------------- processor

@@ -18,13 +18,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from transformers import AutoConfig, AutoProcessor, PreTrainedTokenizerBase, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    PreTrainedTokenizerBase,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+)
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextDecoderLayer
 
 from lmms_engine.models.base import ModelBundle
-from lmms_engine.models.builder_utils import check_model_type, check_text_vocab_fits, make_model, plain
+from lmms_engine.models.builder_utils import (
+    FamilyParts,
+    build_family_bundle,
+    check_model_type,
+    plain,
+    require_weights_or_config,
+)
 from lmms_engine.models.mrope import MropeSpec
-from lmms_engine.models.qwen2_5_vl import TOKEN_ID_FIELDS, build_vl_tokenizer, check_patch_geometry, check_special_token_ids
+from lmms_engine.models.qwen2_5_vl import (
+    TOKEN_ID_FIELDS,
+    build_vl_tokenizer,
+    check_vl_config,
+)
 from lmms_engine.models.qwen3_vl_encoder import Qwen3VisionEncoder, qwen3_vision_encoder
 
 SUPPORTED_MODEL_TYPES = ("qwen3_vl",)
@@ -53,30 +69,22 @@ def build_qwen3_vl(
     processor: hub id or local path; None = the pretrained model's, or the built-in byte-level one.
     structure_only: the module tree from the config, no weights read (ranks that receive them).
     """
-    if pretrained is None and not config:
-        raise ValueError(f"model {name!r}: set model.pretrained or give a preset config to initialise from")
+    require_weights_or_config(name, pretrained, config)
     vl_processor = load_qwen3_vl_processor(processor or pretrained, trust_remote_code)
     hf_config = qwen3_vl_hf_config(pretrained, config, trust_remote_code, vl_processor.tokenizer, name)
-    check_text_vocab_fits(hf_config, vl_processor.tokenizer, name)  # before any weights are made or read
-    check_special_token_ids(hf_config, vl_processor.tokenizer, name)
-    check_patch_geometry(hf_config.vision_config, vl_processor, name)
-    model = make_model(Qwen3VLForConditionalGeneration, hf_config, pretrained, trust_remote_code,
-                       SUPPORTED_MODEL_TYPES, structure_only)
-    return ModelBundle(
-        model=model,
-        tokenizer=vl_processor.tokenizer,
-        name=name,
-        decoder_units=(Qwen3VLTextDecoderLayer,),
-        encoders=qwen3_vl_encoders(hf_config),
-        decoder_path="model.language_model",
-        processor=vl_processor,
-        data_extras={"mrope_spec": MropeSpec.for_qwen3_vl(hf_config)},
-    )
+    parts = FamilyParts(Qwen3VLForConditionalGeneration, SUPPORTED_MODEL_TYPES, (Qwen3VLTextDecoderLayer,),
+                        check_vl_config, qwen3_vl_encoders,
+                        lambda hf_config: {"mrope_spec": MropeSpec.for_qwen3_vl(hf_config)})
+    return build_family_bundle(parts, name, vl_processor, hf_config, pretrained, trust_remote_code, structure_only)
 
 
 def build_builtin_qwen3_vl_processor():
     """The download-free processor: byte-level tokenizer + vision specials, Qwen3-VL's geometry."""
-    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
 
     size = {"shortest_edge": BUILTIN_MIN_PIXELS, "longest_edge": BUILTIN_MAX_PIXELS}
     geometry = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2}

@@ -22,6 +22,7 @@ from transformers import (
     Qwen2AudioForConditionalGeneration,
     Qwen3VLForConditionalGeneration,
 )
+from transformers.video_utils import VideoMetadata
 
 import lmms_engine.models.omni  # noqa: F401  registers lmms_omni with the Auto classes
 
@@ -102,6 +103,11 @@ def _processor_inputs(family: str, processor) -> dict:
         parts.append({"type": "audio_url", "audio_url": "x.wav"})
         tone = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)
         media.update(audio=[tone], sampling_rate=16000)
+    if family == "qwen3_vl":  # a video too: its `<t seconds>` timestamps need the clip's metadata
+        parts.append({"type": "video_url", "video_url": "x.mp4"})
+        frames = np.random.default_rng(0).integers(0, 255, (5, 64, 64, 3), dtype=np.uint8)
+        media.update(videos=[frames], do_sample_frames=False, cap_pixels_per_frame=False,
+                     video_metadata=[VideoMetadata(total_num_frames=5, fps=2.0, frames_indices=list(range(5)))])
     messages = [{"role": "user", "content": [*parts, {"type": "text", "text": "What is it?"}]}]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return processor(text=[text], return_tensors="pt", **media)
@@ -116,7 +122,15 @@ def test_export_loads_with_transformers_classes(family_run):
                             components=bundle.components())
     load_checkpoint(latest_checkpoint(run_dir / "checkpoints"), module, optimizer, SingleDevice(device="cpu"))
     exported = FAMILIES[family][1].from_pretrained(run_dir / "hf")
-    inputs = _processor_inputs(family, AutoProcessor.from_pretrained(run_dir / "hf"))
+    processor = AutoProcessor.from_pretrained(run_dir / "hf")
+    assert type(processor) is type(bundle.processor)
+    for part in ("image_processor", "video_processor", "feature_extractor"):
+        if hasattr(bundle.processor, part):  # same class and settings (so the data path measures alike)
+            assert getattr(processor, part).to_dict() == getattr(bundle.processor, part).to_dict()
+    inputs = _processor_inputs(family, processor)
+    if family == "qwen3_vl":
+        assert inputs["video_grid_thw"].tolist() == [[3, 4, 4]]
+        assert "seconds><|vision_start|>" in processor.decode(inputs["input_ids"][0])
     with torch.no_grad():
         expected = module.lm(**inputs).logits
         got = exported(**inputs).logits

@@ -167,6 +167,58 @@ def test_deepstack_changes_the_output(bundle, encoded):
     assert not torch.allclose(full, plain)
 
 
+def test_padded_vision_mlps_give_the_same_outputs_and_gradients(bundle, encoded):
+    """Qwen3-VL-8B's 4304-wide vision MLP runs padded to 4352 on CUDA (kernels/encoder_mlp.py): its
+    fc1 / fc2 padded on the fly give the same merged and DeepStack features and gradients, and only
+    the real weights exist (the tiny tower's 256 is aligned, so pad to 96 to exercise it)."""
+    from lmms_engine.kernels.encoder_mlp import pad_encoder_mlps
+
+    visual = copy.deepcopy(bundle.model.model.visual).float()
+    record = encoded[0]
+
+    def run():
+        visual.zero_grad()
+        out = visual(record["pixel_values"].float(), grid_thw=record["image_grid_thw"])
+        features = [out.pooler_output, *out.deepstack_features]
+        sum(f.square().sum() for f in features).backward()
+        return [f.detach() for f in features], [p.grad.clone() for p in visual.parameters()]
+
+    expected, expected_grads = run()
+    assert pad_encoder_mlps(visual, align=96) == len(visual.blocks)  # 256 -> 288
+    assert visual.blocks[0].mlp.lmms_pad == 32
+    got, grads = run()
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    assert [p.shape for p in visual.blocks[0].mlp.parameters()] == [(256, 128), (256,), (128, 256), (128,)]
+    assert pad_encoder_mlps(copy.deepcopy(bundle.model.model.visual)) == 0  # aligned at 128: untouched
+
+
+def test_acvision_setup_gives_the_same_loss_and_gradients(bundle, encoded):
+    """bench_vl's `liger_rmpad_varlen_acvision(_accum4)` set-up for Qwen3-VL, on CPU (Liger and the
+    varlen kernel are CUDA's): only the vision blocks checkpointed, their MLPs padded; the packed
+    loss and gradients are the plain packed path's."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    from lmms_engine.kernels.encoder_mlp import pad_encoder_mlps
+    from lmms_engine.parallel.common import apply_checkpointing_and_compile
+
+    records = encoded[2:]  # the video record: the cheapest with every vision path
+    expected_loss, expected = _packed_loss_and_grads(bundle, copy.deepcopy(bundle.model), records)
+    model = copy.deepcopy(bundle.model)
+    apply_checkpointing_and_compile(model, bundle.shard_units, 0, False, bundle.encoder_units, True)
+    wrapped = [m._checkpoint_wrapped_module for m in model.modules() if isinstance(m, CheckpointWrapper)]
+    assert len(wrapped) == len(model.model.visual.blocks) and all(isinstance(m, bundle.encoder_units) for m in wrapped)
+    assert pad_encoder_mlps(model.model.visual, align=96) == len(wrapped)
+    loss, grads = _packed_loss_and_grads(bundle, model, records)
+    assert loss == pytest.approx(expected_loss, rel=1e-6)
+    grads = {name.replace("._checkpoint_wrapped_module", ""): grad for name, grad in grads.items()}
+    assert grads.keys() == expected.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("index", [1, 2])
 def test_positions_equal_transformers_get_rope_index(bundle, encoded, index):
     """Video with per-frame timestamps (and a video-then-image record): our ids == transformers'."""
