@@ -51,7 +51,8 @@ def apply_lora(model: nn.Module, settings, components: Mapping[str, tuple[str, .
     from the same adapters whatever the model build consumed of the RNG (ZeRO-3's partitioned
     init, FSDP2's meta build on ranks > 0). frozen_dtype (Strategy.frozen_dtype()): the dtype the
     frozen weights are stored in; None leaves them as built."""
-    config = peft_config(settings, lora_targets(model, settings, components))
+    targets = lora_targets(model, settings, components)
+    config = peft_config(settings, targets)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         inject_adapter_in_model(config, model, adapter_name=ADAPTER)
@@ -63,8 +64,7 @@ def apply_lora(model: nn.Module, settings, components: Mapping[str, tuple[str, .
     if frozen_dtype is not None:
         store_frozen(model, frozen_dtype)
     trained = adapter_params(model)
-    log.info("LoRA rank %d on %d layers: %.2fM trainable parameters (%.3f%% of %.1fM)", settings.rank,
-             len(config.target_modules), trained / 1e6, 100 * trained / _total(model), _total(model) / 1e6)
+    log.info("LoRA rank %d on %d layers: %.2fM trainable parameters", settings.rank, len(targets), trained / 1e6)
     return config
 
 
@@ -85,10 +85,6 @@ def is_adapter(name: str) -> bool:
 
 def adapter_params(model: nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if is_adapter(n))
-
-
-def _total(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def lora_step_flops(step_flops, text_config, decoder_adapter_params: int):
