@@ -17,12 +17,14 @@ from torch.distributed.tensor import DTensor
 
 from lmms_engine.config import LoraSettings
 from lmms_engine.models.qwen2 import build_qwen2
+from lmms_engine.models.qwen2_5_vl import build_qwen2_5_vl
 from lmms_engine.parallel.ddp import DDP
 from lmms_engine.parallel.fsdp2 import FSDP2
 from lmms_engine.train.lora import apply_lora, is_adapter, store_frozen
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw
 from tests.unit.test_packed_parity import TINY
+from tests.unit.test_vl_model import _preset
 
 LORA = LoraSettings(rank=4, alpha=8.0)
 IDS = torch.tensor([[5, 17, 200, 3, 9, 41, 77, 120]])
@@ -118,3 +120,18 @@ def test_wrapped_lora_keeps_a_bf16_base_without_grads_or_optimizer_state(make, o
         assert not any(k.startswith("optim.") and ".lora_" not in k and "param_groups" not in k for k in saved)
     finally:
         strategy.teardown()
+
+
+def test_component_lr_applies_to_each_components_adapters():
+    """Adapters in the decoder and the vision tower: one lr per component, adapters only in the groups."""
+    built = build_qwen2_5_vl(**_preset("tiny_qwen2_5_vl"))
+    apply_lora(built.model, LoraSettings(rank=2, alpha=4.0, target_modules=["q_proj", "qkv", "proj"],
+                                         components=["lm", "vision"]), built.components())
+    optimizer = build_adamw(built.model, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8,
+                            components=built.components(), component_lr={"vision": 1e-4})
+    scales = {g["component"]: g["lr_scale"] for g in optimizer.param_groups}
+    assert scales == {"lm": 1.0, "vision": pytest.approx(0.1)}
+    named = {id(p): n for n, p in built.model.named_parameters()}
+    grouped = [named[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    assert grouped and all(is_adapter(n) for n in grouped)
+    assert any(n.startswith(built.components()["vision"][0]) for n in grouped)
