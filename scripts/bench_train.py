@@ -99,7 +99,10 @@ CONFIGS = {
 
 
 class HFStyleAutocast(Strategy):
-    """What a plain Hugging Face loop does with bf16=True: fp32 weights, op-level bf16 autocast."""
+    """What a plain Hugging Face loop does with bf16=True: fp32 weights, op-level bf16 autocast.
+    With LoRA the frozen base is stored in bf16 (frozen_dtype), as HF + peft load it (dtype=bf16)."""
+
+    dtype = torch.bfloat16  # the autocast dtype
 
     def __init__(self, activation_checkpointing: bool):
         super().__init__("cuda")

@@ -184,7 +184,9 @@ def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int
                       decoder_path=bundle.decoder_path)
     flops_fn = bundle.step_flops
     if args.lora_rank:  # adapters on the decoder projections (every config, the baseline too), all else frozen
-        apply_lora(bundle.model, LoraSettings(rank=args.lora_rank, alpha=2.0 * args.lora_rank), bundle.components())
+        # The frozen base stored in bf16 (no fp32 copy), as the framework does; adapters fp32.
+        apply_lora(bundle.model, LoraSettings(rank=args.lora_rank, alpha=2.0 * args.lora_rank), bundle.components(),
+                   frozen_dtype=strategy.frozen_dtype())
         flops_fn = lora_step_flops(bundle.step_flops, bundle.model.config.get_text_config(),
                                    adapter_params(bundle.decoder()))
     module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units,

@@ -37,6 +37,7 @@ class Strategy:
     """Single-process defaults; rank / world_size / device are set by subclasses' setup()."""
 
     name = "base"
+    dtype = torch.float32  # compute dtype (subclasses: from parallel.precision)
 
     def __init__(self, device: str = "auto"):
         self.device = pdist.pick_device(device)
@@ -56,6 +57,12 @@ class Strategy:
         """The context the model is built in, after setup() (default: none). ZeRO-3 returns
         deepspeed.zero.Init, so each layer is partitioned over the ranks as soon as it is made."""
         return contextlib.nullcontext()
+
+    def frozen_dtype(self) -> torch.dtype | None:
+        """The dtype that frozen weights (LoRA's base) are stored in before prepare(): the compute
+        dtype, so a frozen weight has no fp32 copy, no gradient and no optimizer state. None where
+        the strategy casts the model itself (DeepSpeed: only trainable weights get fp32 masters)."""
+        return self.dtype
 
     def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...],
                 encoder_units: tuple[type[nn.Module], ...] = ()) -> nn.Module:

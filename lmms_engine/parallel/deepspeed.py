@@ -145,6 +145,11 @@ class DeepSpeedZero(Strategy):
                                 offload_params=self.offload_params, pin_memory=self.device.type == "cuda",
                                 param_persistence_threshold=self.param_persistence_threshold)
 
+    def frozen_dtype(self) -> None:
+        """None: build_optimizer casts the whole model to the compute dtype (cast_keeping_fp32) and
+        only the optimizer's (trainable) parameters get fp32 masters; frozen ones stay bf16 only."""
+        return None
+
     def model_init_context(self):
         """ZeRO-3: build inside deepspeed.zero.Init, in fp32 (see zero3_init); other stages: as usual."""
         return zero3_init(self.config()) if self.stage == 3 else contextlib.nullcontext()
@@ -220,7 +225,9 @@ class DeepSpeedZero(Strategy):
 
     def save_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
         """Write model + optimizer state into the existing directory `path`. Every rank calls this."""
-        self.engine.save_checkpoint(str(path), tag=CHECKPOINT_TAG, save_latest=False)
+        # LoRA (checkpoint_frozen False): the trainable weights and their optimizer state only.
+        self.engine.save_checkpoint(str(path), tag=CHECKPOINT_TAG, save_latest=False,
+                                    exclude_frozen_parameters=not self.checkpoint_frozen)
 
     def load_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
         """Load what save_model_optimizer wrote into `path` (same world size and ZeRO stage)."""
@@ -229,7 +236,8 @@ class DeepSpeedZero(Strategy):
                              "resume a parallel=zero* run with the same parallel option")
         with deepspeed_weights_only(self.engine):  # DeepSpeed itself would unpickle anything
             loaded, _ = self.engine.load_checkpoint(str(path), tag=CHECKPOINT_TAG, load_optimizer_states=True,
-                                                    load_lr_scheduler_states=False)
+                                                    load_lr_scheduler_states=False,
+                                                    load_module_strict=self.checkpoint_frozen)
         if loaded is None:
             raise ValueError(f"DeepSpeed could not load the checkpoint in {path}")
 

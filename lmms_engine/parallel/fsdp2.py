@@ -1,5 +1,9 @@
 """FSDP2 (torch.distributed.fsdp.fully_shard): each shard unit (decoder layer, vision / audio block)
-is its own FSDP group, then the root; bf16 compute with fp32 master weights and fp32 reduction."""
+is its own FSDP group, then the root; bf16 compute with fp32 master weights and fp32 reduction.
+
+Frozen weights (LoRA's base) may be stored in bf16 beside fp32 trainable ones in one unit: FSDP2
+requires a uniform original dtype among a group's trainable parameters only, and all-gathers
+everything in param_dtype (tests/unit/test_lora_strategies.py)."""
 
 from __future__ import annotations
 
@@ -78,7 +82,7 @@ class FSDP2(Strategy):
                  meta_init: bool = True):
         super().__init__(device)
         self.meta_init = meta_init
-        self.param_dtype = compute_dtype(precision, self.device)
+        self.dtype = compute_dtype(precision, self.device)
         self.reshard_after_forward = reshard_after_forward
         self.cpu_offload = cpu_offload
         self.checkpoint_every = checkpoint_every(activation_checkpointing)
@@ -100,7 +104,7 @@ class FSDP2(Strategy):
                 encoder_units: tuple[type[nn.Module], ...] = ()) -> nn.Module:
         apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, self.compile, encoder_units,
                                         self.encoder_checkpointing)
-        policy = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=torch.float32)
+        policy = MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
         if not (self.meta_init and self.world_size > 1):
             module.to("cpu" if self.cpu_offload else self.device)
             return shard_with_fsdp2(module, shard_units, self.mesh, policy, self.reshard_after_forward, self.cpu_offload)

@@ -81,9 +81,6 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
 
 def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
-    if rc.optim.lora is not None and strategy.name != "single":  # before the model is built
-        raise ValueError(f"optim.lora runs with parallel=single for now, not parallel={strategy.name} "
-                         "(fsdp2 / ddp / zero* with LoRA are not supported yet)")
     seed_everything(rc.trainer.seed)
     bundle = _build_model(rc, strategy)
     patcher = instantiate(rc.groups["kernels"])
@@ -134,7 +131,8 @@ def _apply_lora(rc: RunConfig, bundle, strategy):
     if rc.optim.lora is None:
         return None
     strategy.checkpoint_frozen = False
-    return apply_lora(bundle.model, rc.optim.lora, bundle.components())
+    return apply_lora(bundle.model, rc.optim.lora, bundle.components(), seed=rc.trainer.seed,
+                      frozen_dtype=strategy.frozen_dtype())
 
 
 def _export(rc: RunConfig, module, bundle, lora, out_dir: Path, strategy) -> None:

@@ -43,19 +43,40 @@ def peft_config(settings, targets: list[str], base_model: str | None = None) -> 
                       target_modules=targets, bias="none", base_model_name_or_path=base_model)
 
 
-def apply_lora(model: nn.Module, settings, components: Mapping[str, tuple[str, ...]]) -> LoraConfig:
-    """Inject the adapters into `model` in place; only they stay trainable (fp32). Returns the peft config."""
-    config = peft_config(settings, lora_targets(model, settings, components))
-    inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+def apply_lora(model: nn.Module, settings, components: Mapping[str, tuple[str, ...]], seed: int = 0,
+               frozen_dtype: torch.dtype | None = None) -> LoraConfig:
+    """Inject the adapters into `model` in place; only they stay trainable (fp32). Returns the peft config.
+
+    The adapters' random init draws from `seed` alone, so every rank and every strategy starts
+    from the same adapters whatever the model build consumed of the RNG (ZeRO-3's partitioned
+    init, FSDP2's meta build on ranks > 0). frozen_dtype (Strategy.frozen_dtype()): the dtype the
+    frozen weights are stored in; None leaves them as built."""
+    targets = lora_targets(model, settings, components)
+    config = peft_config(settings, targets)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     for name, param in model.named_parameters():
         adapter = is_adapter(name)
         param.requires_grad_(adapter)
         if adapter and param.dtype != torch.float32:  # adapters train in fp32 whatever the base dtype
             param.data = param.data.float()
+    if frozen_dtype is not None:
+        store_frozen(model, frozen_dtype)
     trained = adapter_params(model)
-    log.info("LoRA rank %d on %d layers: %.2fM trainable parameters (%.3f%% of %.1fM)", settings.rank,
-             len(config.target_modules), trained / 1e6, 100 * trained / _total(model), _total(model) / 1e6)
+    log.info("LoRA rank %d on %d layers: %.2fM trainable parameters", settings.rank, len(targets), trained / 1e6)
     return config
+
+
+def store_frozen(model: nn.Module, dtype: torch.dtype) -> int:
+    """Cast every frozen floating-point weight to `dtype` (the compute dtype: bf16 on GPU), in place,
+    so it exists once, in that dtype. Returns how many elements were cast."""
+    cast = 0
+    for param in model.parameters():
+        if not param.requires_grad and param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+            cast += param.numel()
+    return cast
 
 
 def is_adapter(name: str) -> bool:
@@ -64,10 +85,6 @@ def is_adapter(name: str) -> bool:
 
 def adapter_params(model: nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if is_adapter(n))
-
-
-def _total(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def lora_step_flops(step_flops, text_config, decoder_adapter_params: int):
