@@ -82,7 +82,8 @@ def run_job(strategy: str, index: int, out: Path, args) -> dict:
               "leak_warning": LEAK_TEXT in output, "log": str(log)}
     if result["problem"] is None and not args.keep_logs:
         shutil.rmtree(job_dir, ignore_errors=True)
-    print(f"{strategy} run {index}: {result['problem'] or 'clean'}", file=sys.stderr, flush=True)
+    leak = f" ({LEAK_TEXT})" if result["leak_warning"] else ""
+    print(f"{strategy} run {index}: {result['problem'] or 'clean'}{leak}", file=sys.stderr, flush=True)
     return result
 
 
