@@ -25,13 +25,14 @@ log = logging.getLogger(__name__)
 def release_engine(engine) -> None:
     """Leave nothing reachable from outside the engine, in order: DeepSpeed's own destroy (the
     ZeRO-3 optimizer's parameter and gradient hooks), the engine's forward hooks on the model, then
-    the model's entries in ZeRO-3's module stack."""
+    the model's entries in ZeRO-3's module stack (these two even if destroy() raised)."""
     module = engine.module
-    engine.destroy()
-    compat.deepspeed_remove_forward_hooks(engine)
-    if "deepspeed.runtime.zero.parameter_offload" in sys.modules:  # imported by every ZeRO stage; else nothing pushed
+    try:
+        engine.destroy()
+    finally:
+        compat.deepspeed_remove_forward_hooks(engine)
         dropped = compat.deepspeed_forget_modules(module)
-        log.debug("deepspeed: dropped %d module(s) from ZeRO-3's forward stack", dropped)
+        log.debug("deepspeed: %d module(s) left ZeRO-3's forward stack", dropped)
 
 
 def release_comm() -> None:

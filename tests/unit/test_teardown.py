@@ -222,6 +222,8 @@ class _FakeDeepSpeedEngine:
 
     def destroy(self):
         self.destroyed = True
+        if getattr(self, "fail", False):
+            raise RuntimeError("destroy failed")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="the deepspeed extra")
@@ -241,5 +243,21 @@ def test_release_engine_leaves_nothing_global_holding_the_engine_or_its_model():
         gc.collect()
         assert engine_ref() is None and model_ref() is None
         assert stack == []
+    finally:
+        stack[:] = saved
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="the deepspeed extra")
+def test_release_engine_still_frees_the_model_when_destroy_raises():
+    from deepspeed.runtime.zero import parameter_offload
+
+    stack, saved = parameter_offload.FWD_MODULE_STACK, list(parameter_offload.FWD_MODULE_STACK)
+    stack.clear()
+    try:
+        engine = _FakeDeepSpeedEngine(nn.Linear(2, 2))
+        engine.fail = True
+        with pytest.raises(RuntimeError, match="destroy failed"):
+            release_engine(engine)
+        assert stack == [] and engine.module_forward_pre_hook is None and not engine.module._forward_hooks
     finally:
         stack[:] = saved
