@@ -172,6 +172,13 @@ def test_stress_report_counts_clean_runs_per_strategy():
     assert (report["runs"], report["clean"], report["all_clean"]) == (3, 2, False)
 
 
+@pytest.mark.parametrize("problem, leak, keep_logs, kept", [
+    (None, False, False, False), ("exit status -6", False, False, True), (None, True, False, True),
+    (None, False, True, True)])
+def test_stress_keeps_the_logs_of_failed_and_leaking_jobs(problem, leak, keep_logs, kept):
+    assert stress_exit.keeps_log({"problem": problem, "leak_warning": leak}, keep_logs) is kept
+
+
 def test_stress_rejects_an_unknown_strategy():
     with pytest.raises(SystemExit):
         stress_exit.parse_args(["--strategies", "zero4"])
