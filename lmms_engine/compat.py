@@ -90,6 +90,33 @@ def deepspeed_checkpoint_engine(engine):
     return engine.checkpoint_engine
 
 
+def deepspeed_forget_modules(module: nn.Module) -> int:
+    """Drop `module` and its submodules from ZeRO-3's module-global forward stack
+    (`deepspeed.runtime.zero.parameter_offload.FWD_MODULE_STACK`); returns how many entries went.
+
+    ZeRO-3 pushes the engine's model there when it registers its hooks and never pops it (a forward
+    that raised also leaves its submodules there), so the list keeps the model, its partitioned
+    parameters' process groups and, through the engine's forward hooks on it, the engine itself."""
+    from deepspeed.runtime.zero import parameter_offload
+
+    mine = {id(sub) for sub in module.modules()}
+    stack = parameter_offload.FWD_MODULE_STACK
+    kept = [entry for entry in stack if id(entry) not in mine]
+    dropped = len(stack) - len(kept)
+    stack[:] = kept  # in place: DeepSpeed's hooks use this list object
+    return dropped
+
+
+def deepspeed_remove_forward_hooks(engine) -> None:
+    """Remove the forward pre / post hooks a DeepSpeedEngine registers on its model (closures over
+    the engine; `engine.destroy()` leaves them): the model then no longer keeps the engine alive."""
+    for name in ("module_forward_pre_hook", "module_forward_post_hook"):
+        handle = getattr(engine, name)
+        if handle is not None:
+            handle.remove()
+            setattr(engine, name, None)
+
+
 def zero3_partition(param: torch.Tensor) -> torch.Tensor | None:
     """The local partition (`ds_tensor`) of a parameter built under deepspeed.zero.Init, else None."""
     return getattr(param, "ds_tensor", None)

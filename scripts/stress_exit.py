@@ -5,13 +5,15 @@ parallel=S trainer.max_steps=1 ...` N times for each strategy S and counts clean
 and no abort text (`terminate called`, `SIGABRT`, `Fatal Python error`, ...) in its output. Each job
 has its own --standalone rendezvous (a free port) and output directory, so `--jobs K` run at once.
 
-    uv run python scripts/stress_exit.py --runs 50 --jobs 8            # 4 x 50 = 200 jobs, CPU / gloo
+    uv run python scripts/stress_exit.py --runs 50 --jobs 12           # 4 x 50 = 200 jobs, CPU / gloo, 16-core host
     uv run python scripts/stress_exit.py --strategies zero3 --runs 5 --jobs 1
 
 `--device cpu` (the default) hides CUDA from the jobs, so on a GPU host the strategies still use
-gloo on CPU, as on a CPU-only machine. Prints one JSON report (per strategy: runs, clean, and each
-failure's exit status, reason and log file) and exits 1 unless every job exited cleanly. Logs of
-failed jobs are kept under --out; those of clean ones are deleted unless --keep-logs.
+gloo on CPU, as on a CPU-only machine. Prints one JSON report (per strategy: runs, clean,
+leak_warnings, and each failure's exit status, reason and log file) and exits 1 unless every job
+exited cleanly. `leak_warnings` counts jobs that logged a process group outliving teardown (they
+left through the os._exit safety net; expected 0). Logs of failed jobs and of jobs with that
+warning are kept under --out; those of the others are deleted unless --keep-logs.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ def exit_problem(returncode: int, output: str) -> str | None:
     return None
 
 
+def keeps_log(result: dict, keep_logs: bool) -> bool:
+    """A job's directory stays when it failed, logged the lingering-threads warning, or --keep-logs."""
+    return keep_logs or result["problem"] is not None or result["leak_warning"]
+
+
 def run_job(strategy: str, index: int, out: Path, args) -> dict:
     job_dir = out / strategy / str(index)
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -80,9 +87,10 @@ def run_job(strategy: str, index: int, out: Path, args) -> dict:
     log.write_text(output)
     result = {"strategy": strategy, "run": index, "returncode": returncode, "problem": exit_problem(returncode, output),
               "leak_warning": LEAK_TEXT in output, "log": str(log)}
-    if result["problem"] is None and not args.keep_logs:
+    if not keeps_log(result, args.keep_logs):
         shutil.rmtree(job_dir, ignore_errors=True)
-    print(f"{strategy} run {index}: {result['problem'] or 'clean'}", file=sys.stderr, flush=True)
+    leak = f" ({LEAK_TEXT})" if result["leak_warning"] else ""
+    print(f"{strategy} run {index}: {result['problem'] or 'clean'}{leak}", file=sys.stderr, flush=True)
     return result
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from lmms_engine import compat
 from lmms_engine.checkpoint.safe_load import deepspeed_weights_only
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
+from lmms_engine.parallel.deepspeed_release import release_comm, release_engine
 from lmms_engine.names import unwrapped_name
 from lmms_engine.parallel.common import apply_checkpointing_and_compile, checkpoint_every
 
@@ -247,14 +247,13 @@ class DeepSpeedZero(Strategy):
         return gather_full_state_dict(self.unwrap(module), keep=self.is_main)
 
     def teardown(self) -> None:
-        """Release the engine, DeepSpeed's own group references, then the groups (pdist.destroy)."""
+        """Release the engine (deepspeed_release.py says what held it), DeepSpeed's own group
+        references, then the groups (pdist.destroy), so no process group outlives the run."""
         try:
             if self.engine is not None:
-                self.engine.destroy()
-                self.engine = None
-            comm = sys.modules.get("deepspeed.comm")  # imported by setup(); absent if it never ran
-            if comm is not None and comm.is_initialized():
-                comm.destroy_process_group()  # also drops deepspeed.utils.groups' references
+                release_engine(self.engine)
+                self.engine = None  # no local keeps it: pdist.destroy's collection must free it
+            release_comm()
         finally:
             pdist.destroy()
 

@@ -56,11 +56,12 @@ def release_frames(err: BaseException) -> None:
 def exit_if_groups_linger() -> None:
     """Leave now, skipping interpreter finalization, when process-group threads outlived teardown.
 
-    Known case: ZeRO-3 keeps its DeepSpeed engine referenced after `engine.destroy()` (its forward
-    hooks on the model and the ZeRO-3 optimizer's backward-hook state; the root is not yet found,
-    issue 21), and so its gloo / NCCL groups and their threads. Finalization would end those threads
-    inside a noexcept destructor and abort (SIGABRT) a job that did all its work. Everything is
-    written and closed by now (checkpoint, export, metrics, logs), so exit 0 without finalizing."""
+    A safety net, not the normal path: teardown frees every group the strategies make (ZeRO-3's
+    model, held by DeepSpeed's module stack until parallel/deepspeed_release.py dropped it, was the
+    case seen; issue 21), and tests/distributed/test_exit.py checks that jobs get here with no group
+    thread left. Should something new keep a group alive, finalization would end its threads inside
+    a noexcept destructor and abort (SIGABRT) a job that did all its work; everything is written and
+    closed by now (checkpoint, export, metrics, logs), so exit 0 without finalizing."""
     if not pdist.process_group_threads():
         return
     logging.shutdown()

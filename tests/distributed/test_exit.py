@@ -1,15 +1,19 @@
-"""Finished 2-rank jobs exit cleanly (issue 21): status 0 and no abort text, through scripts/stress_exit.py.
+"""Finished jobs exit cleanly (issue 21): status 0, no abort text, and nothing left holding a
+process group after teardown, so the `os._exit` safety net of train/shutdown.exit_if_groups_linger
+is not what makes them clean.
 
-The full stress (50 jobs per strategy) is the script itself, not CI; this keeps a short version: a
-few ZeRO-3 jobs (where the abort was seen, about 1 run in 7 before the fix) and, marked slow, one of
-each other strategy. Process-group threads that outlive teardown (the warning `process-group threads
-still alive` of parallel/dist.py; seen under ZeRO-3 and, in CI, once under FSDP2) are issue 21's
-open part: the run then leaves through train/shutdown.exit_if_groups_linger, so exits stay clean.
+The full stress (50 jobs per strategy) is scripts/stress_exit.py itself, not CI; this keeps a short
+version: a few 2-rank ZeRO-3 jobs (where the abort was seen, about 1 run in 7 before the fix) and,
+marked slow, one of each other strategy; and a one-rank ZeRO-3 run in one process whose survivors
+are counted after `run()` returned (tests/distributed/zero3_exit_probe.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,9 +36,12 @@ def _stress(tmp_path: Path, strategies: str, runs: int) -> dict:
 
 
 def _assert_all_clean(report: dict) -> None:
+    """Every job exited 0 without abort text, and none logged a process group outliving teardown
+    (the case that would have left through os._exit)."""
     for strategy, row in report["strategies"].items():
         failures = [f"{f['problem']} (log {f['log']})" for f in row["failures"]]
         assert row["clean"] == row["runs"], f"{strategy}: {failures}"
+        assert row["leak_warnings"] == 0, f"{strategy}: {row['leak_warnings']} job(s) logged '{stress_exit.LEAK_TEXT}'"
 
 
 def test_zero3_jobs_exit_cleanly(tmp_path):
@@ -44,3 +51,26 @@ def test_zero3_jobs_exit_cleanly(tmp_path):
 @pytest.mark.slow
 def test_each_strategy_exits_cleanly(tmp_path):
     _assert_all_clean(_stress(tmp_path, "zero2,fsdp2,ddp", 1))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_zero3_run_leaves_no_engine_parameter_or_process_group_alive(tmp_path):
+    """After a one-rank ZeRO-3 run (train, checkpoint, export) returns, a collection finds no
+    DeepSpeedEngine, no partitioned parameter, no WORLD group and no process-group thread; before
+    the fix ZeRO-3's module stack kept the model, and through it all of these."""
+    env = dict(stress_exit.job_env("cpu"), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(_free_port()))
+    probe = Path(__file__).with_name("zero3_exit_probe.py")
+    proc = subprocess.run([sys.executable, str(probe), str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (tmp_path / "run" / "hf").is_dir(), "the run did not get to its export"
+    assert report["world_group_seen"] == 1, report  # the census watched the group it checks
+    assert report == {**report, "engines": 0, "zero3_params": 0, "world_group_alive": False, "threads": [],
+                      "forward_stack": [], "warnings": []}

@@ -184,6 +184,58 @@ def test_deepspeed_zero3_parameter_attributes():
 
 
 
+@pytest.fixture
+def forward_stack():
+    """ZeRO-3's module-global forward stack, emptied for the test and restored after."""
+    from deepspeed.runtime.zero import parameter_offload
+
+    stack = parameter_offload.FWD_MODULE_STACK
+    saved = list(stack)
+    stack.clear()
+    yield stack
+    stack[:] = saved
+
+
+@needs_deepspeed
+def test_deepspeed_forget_modules_drops_the_model_and_its_submodules_in_place(forward_stack):
+    from deepspeed.runtime.zero.parameter_offload import DeepSpeedZeRoOffload
+
+    assert "FWD_MODULE_STACK.append(self.module)" in inspect.getsource(DeepSpeedZeRoOffload.setup_zero_stage3_hooks), (
+        "compat.deepspeed_forget_modules: ZeRO-3 no longer pushes its model on FWD_MODULE_STACK")
+    model, other = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2))), nn.Linear(2, 2)
+    forward_stack.extend([model, other, model[1][0]])  # a forward that raised leaves submodules too
+    assert compat.deepspeed_forget_modules(model) == 2
+    assert len(forward_stack) == 1 and forward_stack[0] is other
+    assert compat.deepspeed_forget_modules(model) == 0
+
+
+class _EngineWithHooks:
+    """Stands for a DeepSpeedEngine: forward pre / post hooks on its model, closures over itself."""
+
+    def __init__(self, module: nn.Module):
+        self.module, self.calls = module, []
+        self.module_forward_pre_hook = module.register_forward_pre_hook(lambda m, a: self.calls.append("pre"))
+        self.module_forward_post_hook = module.register_forward_hook(lambda m, a, o: self.calls.append("post"))
+
+
+@needs_deepspeed
+def test_deepspeed_remove_forward_hooks_detaches_the_engine_from_its_model():
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    source = inspect.getsource(DeepSpeedEngine)
+    for name in ("module_forward_pre_hook", "module_forward_post_hook"):
+        assert f"self.{name} = self._create_{name}()" in source, f"compat.deepspeed_remove_forward_hooks: engine.{name}"
+    model = nn.Linear(2, 2)
+    engine = _EngineWithHooks(model)
+    model(torch.ones(1, 2))
+    compat.deepspeed_remove_forward_hooks(engine)
+    model(torch.ones(1, 2))
+    assert engine.calls == ["pre", "post"]  # the second forward ran no hook
+    assert not model._forward_pre_hooks and not model._forward_hooks
+    assert engine.module_forward_pre_hook is None and engine.module_forward_post_hook is None
+    compat.deepspeed_remove_forward_hooks(engine)  # a second call is a no-op
+
+
 # ---- Hydra ----
 
 def test_hydra_args_parser_separates_overrides_from_flags():

@@ -8,6 +8,7 @@ noexcept destructor, and the process dies with "terminate called without an acti
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import os
 import signal
@@ -18,8 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from lmms_engine.parallel import dist as pdist
+from lmms_engine.parallel.deepspeed_release import release_engine
 from lmms_engine.train.shutdown import release_frames, sigterm_exits
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,6 +172,13 @@ def test_stress_report_counts_clean_runs_per_strategy():
     assert (report["runs"], report["clean"], report["all_clean"]) == (3, 2, False)
 
 
+@pytest.mark.parametrize("problem, leak, keep_logs, kept", [
+    (None, False, False, False), ("exit status -6", False, False, True), (None, True, False, True),
+    (None, False, True, True)])
+def test_stress_keeps_the_logs_of_failed_and_leaking_jobs(problem, leak, keep_logs, kept):
+    assert stress_exit.keeps_log({"problem": problem, "leak_warning": leak}, keep_logs) is kept
+
+
 def test_stress_rejects_an_unknown_strategy():
     with pytest.raises(SystemExit):
         stress_exit.parse_args(["--strategies", "zero4"])
@@ -201,3 +211,60 @@ sys.exit(3)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "returned without lingering threads\nbefore"
+
+
+# ---- parallel/deepspeed_release.py ----
+
+class _FakeDeepSpeedEngine:
+    """What a ZeRO-3 engine leaves after `destroy()`: forward hooks on its model that close over it
+    (its own reference cycle), and the model on ZeRO-3's module-global forward stack."""
+
+    def __init__(self, module: nn.Module):
+        from deepspeed.runtime.zero import parameter_offload
+
+        self.module, self.destroyed = module, False
+        self.module_forward_pre_hook = module.register_forward_pre_hook(lambda m, a: self.destroyed)
+        self.module_forward_post_hook = module.register_forward_hook(lambda m, a, o: self.destroyed)
+        parameter_offload.FWD_MODULE_STACK.append(module)
+
+    def destroy(self):
+        self.destroyed = True
+        if getattr(self, "fail", False):
+            raise RuntimeError("destroy failed")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="the deepspeed extra")
+def test_release_engine_leaves_nothing_global_holding_the_engine_or_its_model():
+    from deepspeed.runtime.zero import parameter_offload
+
+    stack, saved = parameter_offload.FWD_MODULE_STACK, list(parameter_offload.FWD_MODULE_STACK)
+    stack.clear()
+    try:
+        engine = _FakeDeepSpeedEngine(nn.Sequential(nn.Linear(2, 2)))
+        engine_ref, model_ref = weakref.ref(engine), weakref.ref(engine.module)
+        engine.destroy()  # DeepSpeed's own destroy alone: the stack still reaches model and engine
+        del engine
+        gc.collect()
+        assert engine_ref() is not None and model_ref() is not None
+        release_engine(engine_ref())
+        gc.collect()
+        assert engine_ref() is None and model_ref() is None
+        assert stack == []
+    finally:
+        stack[:] = saved
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="the deepspeed extra")
+def test_release_engine_still_frees_the_model_when_destroy_raises():
+    from deepspeed.runtime.zero import parameter_offload
+
+    stack, saved = parameter_offload.FWD_MODULE_STACK, list(parameter_offload.FWD_MODULE_STACK)
+    stack.clear()
+    try:
+        engine = _FakeDeepSpeedEngine(nn.Linear(2, 2))
+        engine.fail = True
+        with pytest.raises(RuntimeError, match="destroy failed"):
+            release_engine(engine)
+        assert stack == [] and engine.module_forward_pre_hook is None and not engine.module._forward_hooks
+    finally:
+        stack[:] = saved
