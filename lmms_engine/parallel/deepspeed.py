@@ -9,9 +9,8 @@ How the loop's calls map onto DeepSpeed:
 - norm, clip and update are one call in DeepSpeed (engine.step(): the partitioned gradients' global
   norm is computed there). clip_grad_norm() sets the threshold, runs engine.step() and returns the
   pre-clip global norm DeepSpeed computed; optimizer_step() then has nothing left to do.
-- checkpoints use DeepSpeed's own format (save_model_optimizer / load_model_optimizer, which reads
-  them weights-only: checkpoint/safe_load.py) and the HF
-  export gathers full fp32 weights with deepspeed.utils.safe_get_full_fp32_param (full_state_dict).
+- checkpoints use DeepSpeed's own format (read weights-only: checkpoint/safe_load.py); the HF export
+  gathers full fp32 weights with deepspeed.utils.safe_get_full_fp32_param (full_state_dict).
 
 ZeRO-3 never holds the whole model on one rank:
 - model_init_context() is deepspeed.zero.Init (fp32) plus transformers' HfDeepSpeedConfig: each
@@ -115,8 +114,7 @@ class DeepSpeedZero(Strategy):
 
     def __init__(self, stage: int, device: str = "auto", precision: str = "auto", offload_optimizer: bool = False,
                  offload_params: bool = False, activation_checkpointing: bool | int = False,
-                 encoder_checkpointing: bool | None = None,
-                 param_persistence_threshold: int = 100_000):
+                 encoder_checkpointing: bool | None = None, param_persistence_threshold: int = 100_000):
         super().__init__(device)
         if stage not in ZERO_STAGES:
             raise ValueError(f"parallel.stage={stage!r}; DeepSpeed ZeRO stages are {ZERO_STAGES} (use parallel=zero1|zero2|zero3)")
@@ -145,9 +143,7 @@ class DeepSpeedZero(Strategy):
                                 offload_params=self.offload_params, pin_memory=self.device.type == "cuda",
                                 param_persistence_threshold=self.param_persistence_threshold)
 
-    def frozen_dtype(self) -> None:
-        """None: build_optimizer casts the whole model to the compute dtype (cast_keeping_fp32) and
-        only the optimizer's (trainable) parameters get fp32 masters; frozen ones stay bf16 only."""
+    def frozen_dtype(self) -> None:  # build_optimizer casts all; only trainable weights get fp32 masters
         return None
 
     def model_init_context(self):
@@ -225,8 +221,7 @@ class DeepSpeedZero(Strategy):
 
     def save_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
         """Write model + optimizer state into the existing directory `path`. Every rank calls this."""
-        # LoRA (checkpoint_frozen False): the trainable weights and their optimizer state only.
-        self.engine.save_checkpoint(str(path), tag=CHECKPOINT_TAG, save_latest=False,
+        self.engine.save_checkpoint(str(path), tag=CHECKPOINT_TAG, save_latest=False,  # LoRA: trainable only
                                     exclude_frozen_parameters=not self.checkpoint_frozen)
 
     def load_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
@@ -236,8 +231,7 @@ class DeepSpeedZero(Strategy):
                              "resume a parallel=zero* run with the same parallel option")
         with deepspeed_weights_only(self.engine):  # DeepSpeed itself would unpickle anything
             loaded, _ = self.engine.load_checkpoint(str(path), tag=CHECKPOINT_TAG, load_optimizer_states=True,
-                                                    load_lr_scheduler_states=False,
-                                                    load_module_strict=self.checkpoint_frozen)
+                                                    load_lr_scheduler_states=False, load_module_strict=self.checkpoint_frozen)
         if loaded is None:
             raise ValueError(f"DeepSpeed could not load the checkpoint in {path}")
 
@@ -247,12 +241,12 @@ class DeepSpeedZero(Strategy):
         return gather_full_state_dict(self.unwrap(module), keep=self.is_main)
 
     def teardown(self) -> None:
-        """Release the engine (deepspeed_release.py says what held it), DeepSpeed's own group
-        references, then the groups (pdist.destroy), so no process group outlives the run."""
+        """Release the engine and DeepSpeed's group references (deepspeed_release.py), then the groups."""
         try:
-            if self.engine is not None:
-                release_engine(self.engine)
-                self.engine = None  # no local keeps it: pdist.destroy's collection must free it
+            engine, self.engine = self.engine, None  # no reference left: pdist.destroy's collection frees it
+            if engine is not None:
+                release_engine(engine)
+                del engine
             release_comm()
         finally:
             pdist.destroy()
