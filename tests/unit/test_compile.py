@@ -1,0 +1,125 @@
+"""parallel.compile on CPU: the tiny model compiled per decoder layer trains exactly like eager over
+packs of changing lengths, with one dynamic-shape recompile at most and no graph break.
+
+The default test traces with dynamo + AOTAutograd and no code generation (backend aot_eager: what
+breaks graphs or recompiles is decided there, in seconds); the slow one runs inductor through the
+strategy, as a run does. Liger's kernels are CUDA-only: tests/gpu/test_compile_gpu.py covers them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lmms_engine import compat
+from lmms_engine.data.collate import collate_packed
+from lmms_engine.data.types import Sample
+from lmms_engine.kernels.patcher import KernelPatcher
+from lmms_engine.models.qwen2 import build_qwen2
+from lmms_engine.parallel.common import apply_compile
+from lmms_engine.parallel.single import SingleDevice
+from lmms_engine.train.loop import StepContext, note_warmup, train_step
+from lmms_engine.train.module import CausalLMWithLoss
+from lmms_engine.train.optim import build_adamw
+
+TINY = dict(vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)
+# Four steps, four pack lengths and document counts (53, 71, 62, 74 tokens).
+PACKS = [(17, 31, 5), (33, 9, 21, 8), (50, 12), (7, 7, 30, 19, 11)]
+
+
+def _samples(lengths, seed: int) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, n in enumerate(lengths):
+        ids = rng.integers(0, 256, size=n, dtype=np.int32)
+        labels = ids.copy()
+        labels[: n // 2] = -100
+        out.append(Sample(ids, labels, f"p{seed}s{i}"))
+    return out
+
+
+def _losses(compile_backend: str | None, strategy_compiles: bool = False) -> list[float]:
+    """Four optimizer steps of the tiny model over PACKS; compile_backend: None = eager."""
+    torch.manual_seed(0)
+    bundle = build_qwen2(name="t", config=TINY)
+    patcher = KernelPatcher(use_rmpad=True, attn_backend="sdpa")
+    patcher.apply(bundle.model, torch.device("cpu"), padding_free=True, compiled=compile_backend is not None)
+    module = CausalLMWithLoss(bundle.model, patcher.loss_fn())
+    strategy = SingleDevice(device="cpu", compile=strategy_compiles)
+    if compile_backend is not None and not strategy_compiles:
+        assert apply_compile(module, bundle.shard_units, backend=compile_backend) == TINY["num_hidden_layers"]
+    module = strategy.prepare(module, bundle.shard_units)
+    optimizer = build_adamw(module, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8)
+    samples = [s for step, lengths in enumerate(PACKS) for s in _samples(lengths, step)]
+    ctx = StepContext(module=module, optimizer=optimizer, strategy=strategy,
+                      collate=lambda idx: collate_packed([samples[i] for i in idx]),
+                      attention_kwargs=patcher.attention_kwargs, flops_fn=lambda batch: 0.0, max_grad_norm=1.0)
+    starts = np.cumsum([0] + [len(p) for p in PACKS])
+    return [train_step(ctx, [list(range(starts[i], starts[i + 1]))])["loss"] for i in range(len(PACKS))]
+
+
+def _compiled_run(backend: str, strategy_compiles: bool = False) -> tuple[list[float], int, int]:
+    torch.compiler.reset()
+    counters = compat.dynamo_counters()
+    counters.clear()
+    losses = _losses(backend, strategy_compiles)
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+    torch.compiler.reset()
+    return losses, graphs, breaks
+
+
+def test_compiled_layers_train_like_eager_without_recompiling_per_pack_length():
+    eager = _losses(None)
+    compiled, graphs, breaks = _compiled_run("aot_eager")
+    assert len(set(eager)) == len(PACKS)  # the steps differ (the weights and data move)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-5)
+    assert breaks == 0
+    # One graph for both layers at the first pack's sizes, one with the token / document dimensions
+    # dynamic from the second pack on: none for the third and fourth.
+    assert graphs == 2
+
+
+@pytest.mark.slow
+def test_inductor_through_the_strategy_trains_like_eager():
+    eager = _losses(None)
+    compiled, graphs, breaks = _compiled_run("inductor", strategy_compiles=True)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4)
+    assert (graphs, breaks) == (2, 0)
+
+
+def test_warmup_line_reports_the_excess_of_the_first_steps():
+    times: list[float] = []
+    assert note_warmup(times, 30.0, last=False) is None
+    assert note_warmup(times, 12.0, last=False) is None
+    line = note_warmup(times, 2.0, last=False)
+    assert line.startswith("compile + warm-up: 38.0 s") and "steady step 2.00 s" in line
+    assert note_warmup(times, 2.0, last=False) is None and len(times) == 3  # logged once
+    assert note_warmup([], 5.0, last=True).startswith("compile + warm-up: 0.0 s")  # a one-step run still says it
+
+
+def test_liger_public_patch_keeps_classes_and_compiled_runs_restore_its_rotary():
+    """liger-kernel's qwen2 patch swaps module-level classes (every later model would get them) and
+    the rotary function: the classes are put back at once, the rotary function on demand."""
+    from transformers.models.qwen2 import modeling_qwen2
+
+    from lmms_engine.kernels.liger import apply_liger, restore_module_level
+
+    def rotary_module() -> str:
+        return modeling_qwen2.apply_rotary_pos_emb.__module__
+
+    restore_module_level()  # whatever an earlier test patched
+    norm_class, mlp_class = modeling_qwen2.Qwen2RMSNorm, modeling_qwen2.Qwen2MLP
+    assert rotary_module() == "transformers.models.qwen2.modeling_qwen2"
+    bundle = build_qwen2(name="t", config=TINY)
+    try:
+        assert apply_liger(bundle.model)
+        assert "forward" in vars(bundle.model.model.layers[0].input_layernorm)  # the instance is patched
+        assert (modeling_qwen2.Qwen2RMSNorm, modeling_qwen2.Qwen2MLP) == (norm_class, mlp_class)
+        assert rotary_module().startswith("liger_kernel")  # Liger's rope, module-level
+        assert "transformers.models.qwen2.modeling_qwen2.apply_rotary_pos_emb" in restore_module_level()
+        assert rotary_module() == "transformers.models.qwen2.modeling_qwen2"
+        assert restore_module_level() == []  # idempotent
+    finally:
+        restore_module_level()
