@@ -123,3 +123,58 @@ def test_liger_public_patch_keeps_classes_and_compiled_runs_restore_its_rotary()
         assert restore_module_level() == []  # idempotent
     finally:
         restore_module_level()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpointing, graphs", [(False, 2), (True, 3)])
+def test_compiled_units_under_fsdp2_train_like_eager(checkpointing, graphs):
+    """FSDP2's hooks (and the checkpoint wrapper) run around the compiled forward, outside the
+    graph: one-rank gloo group, fp32. Checkpointing recomputes under another grad mode: one graph more."""
+    import os
+    import tempfile
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from lmms_engine.parallel.common import apply_activation_checkpointing
+    from lmms_engine.parallel.fsdp2 import shard_with_fsdp2
+
+    def losses(backend: str | None) -> list[float]:
+        torch.manual_seed(0)
+        bundle = build_qwen2(name="t", config=TINY)
+        patcher = KernelPatcher(use_rmpad=True, attn_backend="sdpa")
+        patcher.apply(bundle.model, torch.device("cpu"), padding_free=True)
+        module = CausalLMWithLoss(bundle.model, patcher.loss_fn())
+        if checkpointing:
+            apply_activation_checkpointing(module, bundle.shard_units)
+        if backend:
+            apply_compile(module, bundle.shard_units, backend=backend)
+        policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+        module = shard_with_fsdp2(module, bundle.shard_units, mesh, policy, True, False)
+        optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+        out = []
+        for step, lengths in enumerate(PACKS):
+            batch = collate_packed(_samples(lengths, step))
+            inputs = {**batch.model_inputs(("input_ids", "position_ids", "attention_mask")), **patcher.attention_kwargs(batch)}
+            loss = module(labels=batch.labels, **inputs) / batch.num_label_tokens
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            out.append(loss.item())
+        return out
+
+    store = dist.FileStore(os.path.join(tempfile.mkdtemp(prefix="lmms_pg_"), "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        eager = losses(None)
+        torch.compiler.reset()
+        compat.dynamo_counters().clear()
+        compiled = losses("aot_eager")
+        counters = compat.dynamo_counters()
+        assert (counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())) == (graphs, 0)
+        np.testing.assert_allclose(compiled, eager, rtol=1e-5)
+    finally:
+        torch.compiler.reset()
+        dist.destroy_process_group()
