@@ -119,6 +119,8 @@ def varlen_attention(q, k, v, cu_seqlens, max_len: int, scaling, *, causal: bool
         return _torch_varlen_attention(q, k, v, cu_seqlens, max_len, scaling, causal)
     if backend == "flash_attn":
         return _flash_attn_varlen(q, k, v, cu_seqlens, max_len, scaling, causal)
+    if backend == "sdpa" and torch.compiler.is_compiling():  # no .tolist() inside a compiled block
+        return sdpa_document_masked(q, k, v, cu_seqlens, scaling, causal)
     if backend == "sdpa":  # the reference (CPU): one call per sequence
         return _sdpa_per_document(q, k, v, cu_seqlens.tolist(), scaling, causal)
     raise ValueError(f"no varlen kernel for backend {backend!r}; choose one of {BIDIRECTIONAL_BACKENDS} or sdpa")

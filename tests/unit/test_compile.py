@@ -178,3 +178,33 @@ def test_compiled_units_under_fsdp2_train_like_eager(checkpointing, graphs):
     finally:
         torch.compiler.reset()
         dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_compiled_vision_blocks_match_eager_and_stop_recompiling():
+    """Qwen2.5-VL's vision blocks compiled (varlen attention with its CPU reference inside the graph):
+    the tower's output is unchanged, nothing breaks the graph, and once every changing dimension
+    (images, windows, patches) has been seen dynamic, new image counts reuse the graphs."""
+    from tests.unit.test_vl_training import _bundle, _inputs
+
+    from lmms_engine.kernels.encoder_attention import patch_vision_attention
+
+    bundle = _bundle()
+    inputs = _inputs(bundle, with_image=True)
+    visual = bundle.model.model.visual
+    patch_vision_attention(visual, "sdpa")
+    image_sets = [(torch.cat([inputs["pixel_values"]] * n), torch.cat([inputs["image_grid_thw"]] * n)) for n in (1, 2, 3, 5, 4)]
+    with torch.no_grad():
+        eager = [visual(pixels, grid_thw=grids).pooler_output for pixels, grids in image_sets]
+        torch.compiler.reset()
+        counters = compat.dynamo_counters()
+        counters.clear()
+        assert apply_compile(bundle.model, bundle.encoder_units, backend="aot_eager") == len(visual.blocks)
+        compiled = [visual(pixels, grid_thw=grids).pooler_output for pixels, grids in image_sets[:3]]
+        graphs = counters["stats"]["unique_graphs"]
+        compiled += [visual(pixels, grid_thw=grids).pooler_output for pixels, grids in image_sets[3:]]
+    for got, expected in zip(compiled, eager):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert sum(counters["graph_break"].values()) == 0
+    assert counters["stats"]["unique_graphs"] == graphs <= 4  # no graph for 5 or 4 images
+    torch.compiler.reset()
