@@ -39,6 +39,15 @@ def dcp_set_element(root: dict, path, value) -> None:
     set_element(root, path, value)
 
 
+def dynamo_counters():
+    """`torch._dynamo.utils.counters`: what dynamo did since the last `torch.compiler.reset()`;
+    counters["stats"]["unique_graphs"] counts compiled graphs (first compile + recompiles) and
+    counters["graph_break"] maps each graph-break reason to its count."""
+    from torch._dynamo.utils import counters
+
+    return counters
+
+
 # DefaultLoadPlanner attributes a load_bytes override reads (set in its set_up_planner).
 DCP_LOAD_PLANNER_ATTRIBUTES = ("flatten_state_dict", "mappings", "original_state_dict", "state_dict")
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from lmms_engine.data.packing import OVERLONG_POLICIES
 from lmms_engine.data.prepare import ON_ERROR_POLICIES
 from lmms_engine.kernels.attention import BACKENDS
+from lmms_engine.kernels.fp8 import check_fp8_supported
 from lmms_engine.parallel.base import PRECISIONS
 from lmms_engine.parallel.common import checkpoint_every, encoder_checkpointing
 from lmms_engine.parallel.deepspeed import ZERO_STAGES
@@ -70,6 +71,7 @@ def check_values(trainer, optim, groups: dict[str, DictConfig]) -> None:
     for group, node in groups.items():
         _check_target_group(group, node)
     _check_frame_bounds(groups["data"])
+    _check_fp8(groups["kernels"], groups["parallel"])
 
 
 def check_range(key: str, value, bounds: Range) -> None:
@@ -115,6 +117,20 @@ def _check_target_group(group: str, node: DictConfig) -> None:
     for key, parse in TARGET_PARSERS.get(group, {}).items():
         if key in node:
             parse(node[key])
+
+
+def _check_fp8(kernels: DictConfig, parallel: DictConfig) -> None:
+    """kernels.fp8: a boolean; true needs torchao, an FP8-capable GPU and a strategy torchao's
+    Float8Linear composes with (single / ddp / fsdp2, not DeepSpeed's parameter partitioning)."""
+    fp8 = kernels.get("fp8", False)
+    if not isinstance(fp8, bool):
+        raise ValueError(f"kernels.fp8={fp8!r} must be true or false")
+    if not fp8:
+        return
+    if "deepspeed" in str(parallel.get("_target_", "")):
+        raise ValueError(f"kernels.fp8=true runs with parallel=single, ddp or fsdp2, not {parallel._target_}: "
+                         "pick one of those or set kernels.fp8=false")
+    check_fp8_supported()
 
 
 def _check_frame_bounds(data: DictConfig) -> None:

@@ -29,6 +29,7 @@ class MeasuredSteps:
     flops: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     peak_mem_gb: float = 0.0
+    warmup_seconds: list[float] = field(default_factory=list)  # the untimed steps (compile happens there)
 
 
 def synchronize(device: torch.device) -> None:
@@ -59,6 +60,8 @@ def timed_steps(ctx: StepContext, steps: list[list[list[int]]], warmup_steps: in
             measured.seconds.append(time.perf_counter() - start)
             measured.tokens.append(stats["tokens"])
             measured.flops.append(stats["flops"])
+        else:
+            measured.warmup_seconds.append(time.perf_counter() - start)
         measured.losses.append(stats["loss"])
     measured.peak_mem_gb = peak_memory_gb(device)
     return measured
@@ -77,6 +80,7 @@ def throughput(measured: MeasuredSteps, world_size: int, peak: float | None) -> 
         "peak_mem_gb": measured.peak_mem_gb,
         "loss_first": measured.losses[0],
         "loss_last": measured.losses[-1],
+        "warmup_s": [round(t, 2) for t in measured.warmup_seconds],  # torch.compile time shows here
     }
 
 
@@ -92,5 +96,16 @@ def environment(device: torch.device | None = None) -> dict:
         liger_version = None
     return {
         "card": device_name(device or torch.device("cuda")), "torch": torch.__version__,
-        "transformers": transformers.__version__, "liger_kernel": liger_version, "python": platform.python_version(),
+        "transformers": transformers.__version__, "liger_kernel": liger_version, "torchao": _torchao_version(),
+        "python": platform.python_version(),
     }
+
+
+def _torchao_version() -> str | None:
+    """torchao's version if installed (kernels.fp8), read from the package metadata (no import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torchao")
+    except PackageNotFoundError:
+        return None

@@ -59,6 +59,7 @@ class BenchConfig:
     hf_style: bool = False  # fp32 weights + autocast, as HF Trainer with bf16=True
     encoder_checkpointing: bool | None = None  # vision blocks: None = like the decoder
     pad_encoder_mlps: bool = True  # kernels.pad_encoder_mlps
+    fp8: bool = False  # kernels.fp8: torchao float8 training of the decoder layers' linears
 
 
 CONFIGS = {
@@ -80,6 +81,15 @@ CONFIGS = {
                     activation_checkpointing=False, compile=True),
         BenchConfig("flce_rmpad_varlen_noac_compile", packing=True, attn_backend="torch_varlen", liger=True,
                     liger_loss_only=True, activation_checkpointing=False, compile=True),
+        # torch.compile per layer (Liger keeps its fused loss; inductor fuses norms / SwiGLU / rope) and FP8.
+        BenchConfig("liger_rmpad_varlen_noac_compile_fp8", packing=True, attn_backend="torch_varlen", liger=True,
+                    activation_checkpointing=False, compile=True, fp8=True),
+        BenchConfig("liger_rmpad_varlen_noac_accum4_compile", packing=True, attn_backend="torch_varlen", liger=True,
+                    activation_checkpointing=False, grad_accum=4, compile=True),
+        BenchConfig("liger_rmpad_varlen_noac_accum4_fp8", packing=True, attn_backend="torch_varlen", liger=True,
+                    activation_checkpointing=False, grad_accum=4, fp8=True),
+        BenchConfig("liger_rmpad_varlen_noac_accum4_compile_fp8", packing=True, attn_backend="torch_varlen", liger=True,
+                    activation_checkpointing=False, grad_accum=4, compile=True, fp8=True),
         BenchConfig("liger_rmpad_flex_noac", packing=True, attn_backend="flex", liger=True, activation_checkpointing=False),
         # Vision-language: checkpoint only the vision blocks (large activations, cheap recompute).
         BenchConfig("liger_rmpad_varlen_acvision", packing=True, attn_backend="torch_varlen", liger=True,
@@ -88,6 +98,11 @@ CONFIGS = {
                     activation_checkpointing=False, encoder_checkpointing=True, pad_encoder_mlps=False),
         BenchConfig("liger_rmpad_varlen_acvision_accum4", packing=True, attn_backend="torch_varlen", liger=True,
                     activation_checkpointing=False, encoder_checkpointing=True, grad_accum=4),
+        BenchConfig("liger_rmpad_varlen_acvision_accum4_compile", packing=True, attn_backend="torch_varlen", liger=True,
+                    activation_checkpointing=False, encoder_checkpointing=True, grad_accum=4, compile=True),
+        BenchConfig("liger_rmpad_varlen_acvision_accum4_compile_fp8", packing=True, attn_backend="torch_varlen",
+                    liger=True, activation_checkpointing=False, encoder_checkpointing=True, grad_accum=4, compile=True,
+                    fp8=True),
         BenchConfig("liger_rmpad_varlen_ac2_accum4", packing=True, attn_backend="torch_varlen", liger=True,
                     activation_checkpointing=2, grad_accum=4),
         BenchConfig("liger_rmpad_varlen_ac3_accum4", packing=True, attn_backend="torch_varlen", liger=True,
@@ -189,23 +204,30 @@ def make_strategy(cfg: BenchConfig, parallel: str):
 TEXT_BUILDERS = {"lmms_engine.models.qwen2.build_qwen2": build_qwen2, "lmms_engine.models.qwen3.build_qwen3": build_qwen3}
 
 
-def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
+def build_context(cfg: BenchConfig, model_cfg, samples: list[Sample], parallel: str, lr: float = 1e-5):
+    """The strategy-prepared model, optimizer and StepContext of one configuration (random init, seed 0)."""
     torch.manual_seed(0)
-    strategy = make_strategy(cfg, args.parallel)
+    strategy = make_strategy(cfg, parallel)
     strategy.setup()
     # zero3: built inside deepspeed.zero.Init (partitioned layer by layer), as the trainer does.
     with strategy.model_init_context(), torch.device("cuda"):
-        bundle = TEXT_BUILDERS[model_cfg._target_](name=args.model, config=OmegaConf.to_container(model_cfg.config))
-    patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend, use_liger_kernel=cfg.liger and not cfg.liger_loss_only)
-    patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing)
+        bundle = TEXT_BUILDERS[model_cfg._target_](name=model_cfg.name, config=OmegaConf.to_container(model_cfg.config))
+    patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend,
+                            use_liger_kernel=cfg.liger and not cfg.liger_loss_only, fp8=cfg.fp8)
+    patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing, compiled=cfg.compile)
     loss_fn = liger_fused_cross_entropy_sum() if cfg.liger_loss_only else patcher.loss_fn()
     module = strategy.prepare(CausalLMWithLoss(bundle.model, loss_fn), bundle.shard_units)
-    optimizer = strategy.build_optimizer(module, lambda m: build_adamw(m, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8))
-    ctx = StepContext(
+    optimizer = strategy.build_optimizer(module, lambda m: build_adamw(m, lr=lr, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8))
+    return StepContext(
         module=module, optimizer=optimizer, strategy=strategy,
-        collate=StepData(data.samples, cfg.packing, bundle.tokenizer.pad_token_id).collate,
+        collate=StepData(samples, cfg.packing, bundle.tokenizer.pad_token_id).collate,
         attention_kwargs=patcher.attention_kwargs, flops_fn=bundle.step_flops, max_grad_norm=1.0,
-    )
+    ), patcher
+
+
+def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
+    ctx, patcher = build_context(cfg, model_cfg, data.samples, args.parallel)
+    strategy = ctx.strategy
     # A step takes grad_accum packs per rank; rank r takes its own packs of the step.
     per_step = cfg.grad_accum * strategy.world_size
     steps = []
@@ -221,7 +243,7 @@ def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
         **throughput(measured, strategy.world_size, peak_flops(torch.cuda.get_device_name())),
         "attn_backend_resolved": patcher.backend,
     }
-    del ctx, module, optimizer, bundle
+    del ctx
     gc.collect()
     torch.cuda.empty_cache()
     return result
@@ -239,6 +261,15 @@ def profile_steps(ctx, data: SyntheticSteps, cfg: BenchConfig, args) -> None:
     print(table[:6000])
 
 
+def load_text_model(preset: str):
+    """The preset's config (conf/model/<preset>.yaml), checked to be a text family this script builds."""
+    model_cfg = OmegaConf.load(REPO / "conf" / "model" / f"{preset}.yaml")
+    if model_cfg._target_ not in TEXT_BUILDERS:
+        raise ValueError(f"--model {preset}: its _target_ {model_cfg._target_} is not one of {sorted(TEXT_BUILDERS)}")
+    model_cfg.name = preset
+    return model_cfg
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2_5_1_5b", help="a preset under conf/model/")
@@ -252,9 +283,7 @@ def main() -> None:
     parser.add_argument("--parallel", default="single", help="single | fsdp2 | zero3 (the last two under torchrun)")
     parser.add_argument("--out", default=None, help="JSON output path")
     args = parser.parse_args()
-    model_cfg = OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml")
-    if model_cfg._target_ not in TEXT_BUILDERS:
-        raise ValueError(f"--model {args.model}: its _target_ {model_cfg._target_} is not one of {sorted(TEXT_BUILDERS)}")
+    model_cfg = load_text_model(args.model)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     n_packs = args.steps * world
     samples = make_documents(n=n_packs * args.tokens_per_step // 500, seed=0, vocab=model_cfg.config.vocab_size)

@@ -176,12 +176,12 @@ def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int
     with strategy.model_init_context(), torch.device("cuda"):
         bundle = BUILDERS[model_cfg._target_](name=args.model, config=OmegaConf.to_container(model_cfg.config))
     patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend, use_liger_kernel=cfg.liger,
-                            pad_encoder_mlps=cfg.pad_encoder_mlps)
+                            pad_encoder_mlps=cfg.pad_encoder_mlps, fp8=cfg.fp8)
     if cfg.hf_style:  # transformers' defaults: sdpa in the decoder and the vision tower
         set_text_attention(bundle.model, "sdpa", "sdpa")
     else:
         patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing, encoders=bundle.encoders,
-                      decoder_path=bundle.decoder_path)
+                      decoder_path=bundle.decoder_path, compiled=cfg.compile)
     flops_fn = bundle.step_flops
     if args.lora_rank:  # adapters on the decoder projections (every config, the baseline too), all else frozen
         # The frozen base stored in bf16 (no fp32 copy), as the framework does; adapters fp32.

@@ -103,7 +103,9 @@ def _packed_attention(module, query, key, value, attention_mask, scaling=None, d
         out = _flex(query, key, value, kwargs["lmms_block_mask"], scaling)
         return out.transpose(1, 2), None
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D)
-    if backend == "sdpa":
+    if backend == "sdpa" and torch.compiler.is_compiling():
+        out = sdpa_document_masked(q, k, v, cu, scaling)  # tensors only: no recompile per pack layout
+    elif backend == "sdpa":
         out = _sdpa_per_document(q, k, v, kwargs["lmms_doc_bounds"], scaling)
     else:
         out = varlen_attention(q, k, v, cu, max_len, scaling, causal=True, backend=backend)
@@ -117,6 +119,8 @@ def varlen_attention(q, k, v, cu_seqlens, max_len: int, scaling, *, causal: bool
         return _torch_varlen_attention(q, k, v, cu_seqlens, max_len, scaling, causal)
     if backend == "flash_attn":
         return _flash_attn_varlen(q, k, v, cu_seqlens, max_len, scaling, causal)
+    if backend == "sdpa" and torch.compiler.is_compiling():  # no .tolist() inside a compiled block
+        return sdpa_document_masked(q, k, v, cu_seqlens, scaling, causal)
     if backend == "sdpa":  # the reference (CPU): one call per sequence
         return _sdpa_per_document(q, k, v, cu_seqlens.tolist(), scaling, causal)
     raise ValueError(f"no varlen kernel for backend {backend!r}; choose one of {BIDIRECTIONAL_BACKENDS} or sdpa")
@@ -146,6 +150,20 @@ def _sdpa_per_document(q, k, v, bounds: list[int], scaling, causal: bool = True)
         qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))  # (H, n, D)
         outs.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scaling).transpose(0, 1))
     return torch.cat(outs, dim=0)
+
+
+def sdpa_document_masked(q, k, v, cu_seqlens: torch.Tensor, scaling, causal: bool = True) -> torch.Tensor:
+    """The sdpa reference as one call with a (T x T) same-document mask built from cu_seqlens: what a
+    compiled layer runs on CPU, where the per-document loop over Python bounds would make dynamo
+    recompile for every new pack layout. Same result; quadratic memory (CPU test shapes only)."""
+    k, v = _repeat_kv_heads(k, v, q.shape[1])
+    positions = torch.arange(q.shape[0], device=q.device)
+    doc = torch.searchsorted(cu_seqlens[1:].to(torch.long), positions, right=True)
+    mask = doc[:, None] == doc[None, :]
+    if causal:
+        mask = mask & (positions[None, :] <= positions[:, None])
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask, scale=scaling)
+    return out.transpose(0, 1)
 
 
 @functools.cache

@@ -51,15 +51,19 @@ def _vision_varlen_forward(self, hidden_states, cu_seqlens, position_embeddings=
     cos, sin = position_embeddings
     q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
     q, k, v = attention.to_compute_dtype(q, k, v)
-    out = attention.varlen_attention(q, k, v, cu_seqlens.to(torch.int32), _max_length(cu_seqlens, max_seqlen),
+    out = attention.varlen_attention(q, k, v, cu_seqlens.to(torch.int32), _max_length(cu_seqlens, max_seqlen, tokens),
                                      self.scaling, causal=False, backend=self.lmms_varlen_backend)
     return self.proj(out.reshape(tokens, -1))
 
 
-def _max_length(cu_seqlens: torch.Tensor, given) -> int:
-    """The longest span, read once per cu_seqlens tensor (every block of a forward shares it)."""
+def _max_length(cu_seqlens: torch.Tensor, given, tokens: int) -> int:
+    """The longest span, read once per cu_seqlens tensor (every block of a forward shares it). Inside
+    a compiled block (parallel.compile) reading it would break the graph: there the kernel gets the
+    token count, a valid upper bound (varlen kernels size their grid by it; the extra tiles exit)."""
     if given is not None:
         return int(given)
+    if torch.compiler.is_compiling():
+        return tokens
     cached = getattr(cu_seqlens, "_lmms_max_length", None)
     if cached is None:
         cached = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())

@@ -7,12 +7,20 @@
 Every patch is instance-level and idempotent, and returns the names of what it patched. Fused linear
 cross-entropy is not patched into the model: the training module computes its loss with Liger's
 fused kernel directly (see kernels/loss.py), which works on packed labels.
+
+The one module-level change kept is the rotary function that attention layers call from their
+modeling module (no instance holds it). liger-kernel's public patches also replace the modeling
+module's RMSNorm / MLP classes, which would change every model built later in the process (a
+benchmark builds several): those classes are put back at once. Every module-level change is
+recorded, and `restore_module_level` undoes them all (compiled runs: kernels/patcher.py).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
+from types import ModuleType
 
 from torch import nn
 
@@ -22,6 +30,24 @@ log = logging.getLogger(__name__)
 
 LigerPatch = Callable[[nn.Module], list[str]]
 LIGER_REGISTRY: dict[str, LigerPatch] = {}
+# (modeling module, attribute) -> the value before the first Liger patch rebound it.
+_MODULE_ORIGINALS: dict[tuple[ModuleType, str], object] = {}
+
+
+def swap_module_attr(module: ModuleType, name: str, value) -> None:
+    """Rebind `module.name` to `value`, remembering the original (once) for restore_module_level."""
+    _MODULE_ORIGINALS.setdefault((module, name), getattr(module, name))
+    setattr(module, name, value)
+
+
+def restore_module_level() -> list[str]:
+    """Undo every module-level rebinding a Liger patch made in this process; returns what it restored."""
+    restored = []
+    for (module, name), original in _MODULE_ORIGINALS.items():
+        if getattr(module, name) is not original:
+            setattr(module, name, original)
+            restored.append(f"{module.__name__}.{name}")
+    return restored
 
 
 def register_liger(model_type: str):
@@ -49,7 +75,8 @@ def _apply(model: nn.Module) -> list[str]:
         return LIGER_REGISTRY[model_type](model)
     liger_fn = _liger_public_patch(model_type)
     if liger_fn is not None:
-        liger_fn(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
+        with _classes_kept(_modeling_module(model_type)):
+            liger_fn(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
         return [f"{model_type} (liger-kernel apply_liger_kernel_to_{model_type}: rope, rms_norm, swiglu)"]
     language_model = _language_model(model)
     if language_model is not None:
@@ -58,6 +85,33 @@ def _apply(model: nn.Module) -> list[str]:
         f"no Liger patch for model type {model_type!r}: not in lmms_engine's registry, not in liger-kernel, "
         "and no language_model component; use kernels=rmpad (no Liger) or register a patch with @register_liger"
     )
+
+
+def _modeling_module(model_type: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    except ImportError:
+        return None
+
+
+class _classes_kept:
+    """Around a liger-kernel public patch: its module-level class swaps are undone on exit (the
+    instances are patched already), other rebindings (functions: rotary) are recorded and kept."""
+
+    def __init__(self, module: ModuleType | None):
+        self.module = module
+        self.before = dict(vars(module)) if module is not None else {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, old in self.before.items():
+            new = getattr(self.module, name)
+            if new is not old:
+                setattr(self.module, name, old)
+                if not isinstance(old, type):
+                    swap_module_attr(self.module, name, new)
 
 
 def _liger_public_patch(model_type: str):
@@ -126,11 +180,11 @@ def _patch_qwen2_5_vl_rope() -> str:
     if hasattr(modeling, "apply_multimodal_rotary_pos_emb"):
         from liger_kernel.transformers.qwen2vl_mrope import liger_multimodal_rotary_pos_emb
 
-        modeling.apply_multimodal_rotary_pos_emb = liger_multimodal_rotary_pos_emb
+        swap_module_attr(modeling, "apply_multimodal_rotary_pos_emb", liger_multimodal_rotary_pos_emb)
         return "mrope (liger_multimodal_rotary_pos_emb)"
     from liger_kernel.transformers.rope import liger_rotary_pos_emb
 
-    modeling.apply_rotary_pos_emb = liger_rotary_pos_emb
+    swap_module_attr(modeling, "apply_rotary_pos_emb", liger_rotary_pos_emb)
     return "rope on merged mrope sections (liger_rotary_pos_emb)"
 
 
@@ -145,7 +199,7 @@ def patch_qwen2_audio(model: nn.Module) -> list[str]:
 
     text = model.model.language_model
     norms = _patch_decoder(text)
-    modeling_qwen2.apply_rotary_pos_emb = liger_rotary_pos_emb
+    swap_module_attr(modeling_qwen2, "apply_rotary_pos_emb", liger_rotary_pos_emb)
     return [f"qwen2_audio (lmms_engine registry): {len(norms)} RMSNorm, {len(text.layers)} SwiGLU MLPs, "
             "rope (liger_rotary_pos_emb)"]
 
@@ -168,7 +222,7 @@ def patch_qwen3(model: nn.Module) -> list[str]:
 
     text = model.model
     norms = _patch_decoder(text) + _patch_qk_norms(text)
-    modeling_qwen3.apply_rotary_pos_emb = liger_rotary_pos_emb
+    swap_module_attr(modeling_qwen3, "apply_rotary_pos_emb", liger_rotary_pos_emb)
     return [f"qwen3 (lmms_engine registry): {len(norms)} RMSNorm (q / k norms included), "
             f"{len(text.layers)} SwiGLU MLPs, rope (liger_rotary_pos_emb)"]
 
@@ -192,6 +246,6 @@ def patch_qwen3_vl(model: nn.Module) -> list[str]:
 
     text = model.model.language_model
     norms = _patch_decoder(text) + _patch_qk_norms(text)
-    modeling_qwen3_vl.apply_rotary_pos_emb = liger_rotary_pos_emb
+    swap_module_attr(modeling_qwen3_vl, "apply_rotary_pos_emb", liger_rotary_pos_emb)
     return [f"qwen3_vl (lmms_engine registry): {len(norms)} RMSNorm (q / k norms included), "
             f"{len(text.layers)} SwiGLU MLPs, rope (liger_rotary_pos_emb on interleaved mrope)"]

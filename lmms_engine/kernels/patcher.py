@@ -11,6 +11,7 @@ import torch
 
 from lmms_engine.kernels import attention
 from lmms_engine.kernels.encoder_mlp import pad_encoder_mlps
+from lmms_engine.kernels.fp8 import check_fp8_supported, convert_decoder_linears
 from lmms_engine.kernels.loss import cross_entropy_sum, liger_fused_cross_entropy_sum
 
 log = logging.getLogger(__name__)
@@ -35,23 +36,29 @@ class KernelPatcher:
     use_liger_kernel: Liger RMSNorm / RoPE / SwiGLU on the model and fused linear cross-entropy.
     pad_encoder_mlps: on CUDA, run encoder MLPs of odd width (Qwen2.5-VL vision: 3420, Qwen3-VL-8B: 4304) on zero-padded
       weights of a multiple of 128 (exact; kernels/encoder_mlp.py).
+    fp8: FP8 training of the decoder layers' linear projections with torchao (kernels/fp8.py; CUDA
+      capability >= 8.9).
     """
 
     def __init__(self, use_rmpad: bool = False, attn_backend: str = "sdpa", use_liger_kernel: bool = False,
-                 pad_encoder_mlps: bool = True):
+                 pad_encoder_mlps: bool = True, fp8: bool = False):
         if attn_backend != "auto" and attn_backend not in attention.BACKENDS:
             raise ValueError(f"kernels.attn_backend={attn_backend!r}; choose auto or one of {attention.BACKENDS}")
         self.use_rmpad = use_rmpad
         self.attn_backend = attn_backend
         self.use_liger_kernel = use_liger_kernel
         self.pad_encoder_mlps = pad_encoder_mlps
+        self.fp8 = fp8
         self.backend: str | None = None  # resolved by apply()
 
     def apply(self, model: torch.nn.Module, device: torch.device, padding_free: bool,
-              encoders: Sequence[EncoderKernels] = (), decoder_path: str = "model") -> None:
+              encoders: Sequence[EncoderKernels] = (), decoder_path: str = "model", compiled: bool = False) -> None:
         """Patch `model` in place. padding_free: the run's batches are packed or unpadded streams.
         encoders / decoder_path: the model family's (ModelBundle.encoders / .decoder_path); each
-        encoder's kernel hook is applied once here."""
+        encoder's kernel hook is applied once here. compiled: the strategy will torch.compile the
+        decoder layers and encoder blocks (Strategy.compile): Liger's per-op kernels stay out of them."""
+        if self.fp8:
+            check_fp8_supported(device)  # before any patching
         if padding_free:
             self.backend = attention.resolve_backend(self.attn_backend, device)
             text_impl = attention.register(self.backend)
@@ -69,14 +76,13 @@ class KernelPatcher:
             for line in encoder.patch_kernels(model, device):
                 log.info("attention: %s", line)
         if self.use_liger_kernel:
-            from lmms_engine.kernels.liger import apply_liger
-
             _require_cuda_for_liger(device)
-            patched = apply_liger(model)
-            log.info("liger: patched %s", ", ".join(patched))
+            _apply_liger_ops(model, compiled)
         if self.pad_encoder_mlps and device.type == "cuda":  # after Liger, which rebinds the MLPs' forward too
             for encoder in encoders:
-                pad_encoder_mlps(encoder.module(model), fused_act=self.use_liger_kernel)
+                pad_encoder_mlps(encoder.module(model), fused_act=self.use_liger_kernel and not compiled)
+        if self.fp8:  # after Liger (which replaces the MLP modules' forward, not their Linear layers)
+            convert_decoder_linears(decoder)
 
     def loss_fn(self):
         return liger_fused_cross_entropy_sum() if self.use_liger_kernel else cross_entropy_sum
@@ -86,6 +92,22 @@ class KernelPatcher:
         if "cu_seqlens" not in batch:
             return {}
         return attention.varlen_kwargs(batch["cu_seqlens"], batch["max_seqlen"], self.backend)
+
+
+def _apply_liger_ops(model: torch.nn.Module, compiled: bool) -> None:
+    """Liger's RMSNorm / SwiGLU / RoPE on the model, unless its layers will be compiled: Liger's ops
+    are autograd.Functions around Triton launches, which dynamo traces poorly (the dynamo AssertionError
+    at the RMSNorm seen on torch 2.11) and inductor cannot fuse with their neighbours anyway, while inductor
+    generates fused RMSNorm, SiLU-mul and rotary kernels of its own. The fused linear cross-entropy
+    (loss_fn, outside the compiled layers) is kept either way."""
+    from lmms_engine.kernels.liger import apply_liger, restore_module_level
+
+    if compiled:
+        restored = restore_module_level()  # e.g. a rotary function an earlier model of this process swapped
+        log.info("liger: fused linear cross-entropy only; RMSNorm / SwiGLU / RoPE left to torch.compile%s",
+                 f" (restored {', '.join(restored)})" if restored else "")
+        return
+    log.info("liger: patched %s", ", ".join(apply_liger(model)))
 
 
 def _has_language_model(model: torch.nn.Module) -> bool:

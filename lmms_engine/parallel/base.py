@@ -49,6 +49,9 @@ class Strategy:
 
     # True where this rank should build the model on the meta device (rank 0 holds the weights).
     build_on_meta = False
+    # True where prepare() torch.compiles the shard units (parallel.compile): the kernel patcher then
+    # leaves the ops inside them to inductor (KernelPatcher.apply's `compiled`).
+    compile = False
 
     def setup(self) -> None:
         raise NotImplementedError

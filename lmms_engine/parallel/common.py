@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from torch import nn
 
 from lmms_engine import compat
@@ -40,12 +41,25 @@ def apply_activation_checkpointing(module: nn.Module, unit_types: tuple[type[nn.
     return len(units)
 
 
-def apply_compile(module: nn.Module, unit_types: tuple[type[nn.Module], ...]) -> int:
-    """torch.compile each unit separately (small graphs, one compile reused by identical layers)."""
+def apply_compile(module: nn.Module, unit_types: tuple[type[nn.Module], ...], backend: str = "inductor") -> int:
+    """torch.compile each unit's forward separately (torchtitan compiles per block too): small graphs,
+    and one compiled graph shared by every identical layer (parameters are graph inputs).
+
+    The unit's `forward` is replaced on the instance, not the module wrapped: parameter names (hence
+    checkpoints and exports) do not change, and the hooks that run around forward in the module's
+    __call__ (FSDP2's all-gather / reshard, activation checkpointing) stay outside the graph, as
+    with torchtitan's compile-then-fully_shard of each block.
+
+    Shapes: the first step compiles for its pack's exact sizes; the next pack of another length
+    recompiles once with the changed dimensions (tokens, documents in cu_seqlens, the longest
+    document) marked dynamic by dynamo's automatic dynamic shapes, and that graph serves every later
+    pack. Hidden sizes stay static, so inductor's norm and elementwise kernels keep fixed widths
+    (dynamic=True would make them symbolic too). `backend`: "aot_eager" traces without code
+    generation (CPU tests)."""
     units = units_of(module, unit_types)
     for _, _, child in units:
-        child.compile(dynamic=True)  # in place: parameter names (checkpoints, export) do not change
-    log.info("compiled %d units", len(units))
+        child.forward = torch.compile(child.forward, backend=backend)
+    log.info("torch.compile (%s) on %d units; the first two steps include compile time", backend, len(units))
     return len(units)
 
 

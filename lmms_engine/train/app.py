@@ -90,7 +90,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
         warn_about_data(dataset.stats, rc.groups["data"].get("packing_length"))
     rc = resolve_run_length(rc, dataset, strategy.world_size)  # trainer.epochs / optim.warmup_ratio as steps
     patcher.apply(bundle.model, strategy.device, padding_free=dataset.packing or patcher.use_rmpad,
-                  encoders=bundle.encoders, decoder_path=bundle.decoder_path)
+                  encoders=bundle.encoders, decoder_path=bundle.decoder_path, compiled=strategy.compile)
     freeze_components(bundle.model, rc.optim.freeze, bundle.components())
     lora = _apply_lora(rc, bundle, strategy)
     summary = run_summary(dataset.stats, bundle.model)  # before wrapping: whole-model counts

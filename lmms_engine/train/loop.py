@@ -25,6 +25,9 @@ from lmms_engine.train.state import capture_rng
 log = logging.getLogger("lmms_engine.train")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Steps whose times are logged once: the first compiles (parallel.compile) and warms CUDA up, the
+# second recompiles for dynamic pack shapes, the third is steady.
+WARMUP_STEPS_LOGGED = 3
 
 
 @dataclass
@@ -72,7 +75,7 @@ def train(ctx: StepContext, policy: LoopPolicy, start_step: int) -> bool:
     (after a checkpoint of the step it was in), True when it ran to the end."""
     run_start = time.perf_counter()
     ctx.module.train()
-    bad_in_row, saved_at = 0, None
+    bad_in_row, saved_at, warmup_times = 0, None, []
     with _stop_signals() as stop:
         for step in range(start_step + 1, policy.max_steps + 1):
             step_start = time.perf_counter()
@@ -80,6 +83,7 @@ def train(ctx: StepContext, policy: LoopPolicy, start_step: int) -> bool:
             lr = set_learning_rate(ctx.optimizer, policy.lr_at(step))
             stats = train_step(ctx, policy.step_source.next_step())
             seconds = time.perf_counter() - step_start
+            note_warmup(warmup_times, seconds, last=step == policy.max_steps)
             bad_in_row = _count_bad_step(ctx, policy, step, stats, bad_in_row)
             metrics = _step_metrics(ctx, policy, step, lr, stats, seconds, time.perf_counter() - run_start)
             if _eval_due(policy, step):  # after the step's timing: eval time is not training throughput
@@ -98,6 +102,22 @@ def train(ctx: StepContext, policy: LoopPolicy, start_step: int) -> bool:
     if start_step < policy.max_steps and policy.save_final:
         save(ctx, policy, policy.max_steps)
     return True
+
+
+def note_warmup(times: list[float], seconds: float, last: bool) -> str | None:
+    """Collect the first steps' times; once WARMUP_STEPS_LOGGED are in (or the run ends), log and
+    return one line with the compile / warm-up time: the excess of the first steps over the last."""
+    if len(times) >= WARMUP_STEPS_LOGGED:
+        return None
+    times.append(seconds)
+    if len(times) < WARMUP_STEPS_LOGGED and not last:
+        return None
+    steady = times[-1]
+    excess = sum(t - steady for t in times[:-1])
+    line = (f"compile + warm-up: {excess:.1f} s (first steps {', '.join(f'{t:.2f}' for t in times)} s; "
+            f"steady step {steady:.2f} s)")
+    log.info(line)
+    return line
 
 
 def _eval_due(policy: LoopPolicy, step: int) -> bool:

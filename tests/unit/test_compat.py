@@ -33,6 +33,23 @@ def test_torch_compile_prefix_is_what_compiled_module_names_carry():
         f"compat.COMPILE_WRAPPER_PREFIX: torch.compile's wrapper names are now {names}")
 
 
+def test_torch_dynamo_counters_count_graphs_and_breaks():
+    torch.compiler.reset()
+    compat.dynamo_counters().clear()
+
+    def fn(x):
+        y = x * 2
+        torch._dynamo.graph_break()  # one break: two graphs
+        return y + 1
+
+    compiled = torch.compile(fn, backend="eager")
+    assert torch.equal(compiled(torch.ones(3)), torch.full((3,), 3.0))
+    counters = compat.dynamo_counters()
+    assert counters["stats"]["unique_graphs"] == 2, f"compat.dynamo_counters: stats are now {dict(counters['stats'])}"
+    assert sum(counters["graph_break"].values()) == 1, f"compat.dynamo_counters: breaks are {dict(counters['graph_break'])}"
+    torch.compiler.reset()
+
+
 def test_torch_non_persistent_buffer_names():
     module = nn.Module()
     module.register_buffer("kept", torch.zeros(1))

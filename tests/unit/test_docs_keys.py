@@ -32,7 +32,7 @@ def key_table(text: str) -> tuple[list[str], list[tuple[list[str], list[str]]]]:
     rows = []
     for line in table[2:]:
         cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
-        rows.append((re.findall(r"`([a-z_]+)`", cells[0]), cells[1:]))
+        rows.append((re.findall(r"`([a-z_][a-z0-9_]*)`", cells[0]), cells[1:]))
     return header, rows
 
 
