@@ -104,3 +104,7 @@ def test_sp_degree_on_another_strategy_names_fsdp2_on_the_command_line():
 def test_sp_with_rmpad_on_unpacked_data_and_vl_heads_validate():
     validate(compose_config("parallel=fsdp2", "parallel.sp_degree=2", "data.packing=false", "kernels=rmpad"))
     validate(compose_config("parallel=fsdp2", "parallel.sp_degree=4", vl=True))
+
+
+def test_a_million_token_packing_length_is_accepted():
+    validate(compose_config("data.packing_length=1048576", "data.overlong=truncate"))
