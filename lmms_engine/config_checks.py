@@ -124,6 +124,10 @@ def _check_frame_bounds(data: DictConfig) -> None:
     if low is not None and high is not None and low > high:
         raise ValueError(f"data.video_min_frames={low} is larger than data.video_max_frames={high}")
 
+# Families whose decoder takes per-position extras beside the embeddings (Qwen3-VL's DeepStack):
+# the SP input hook slices embeddings and positions only.
+SP_UNSUPPORTED_MODELS = ("lmms_engine.models.qwen3_vl.build_qwen3_vl",)
+
 
 def _check_sequence_parallel(groups: dict[str, DictConfig]) -> None:
     """parallel.sp_degree > 1: padding-free batches, and heads divisible by it where the model config
@@ -132,6 +136,9 @@ def _check_sequence_parallel(groups: dict[str, DictConfig]) -> None:
     if degree == 1:
         return
     data, kernels = groups["data"], groups["kernels"]
+    if str(groups["model"].get("_target_")) in SP_UNSUPPORTED_MODELS:
+        raise ValueError(f"parallel.sp_degree={degree} is not supported for model._target_={groups['model']._target_} "
+                         "yet (its DeepStack features enter decoder layers at full-pack positions); use parallel.sp_degree=1")
     if not data.get("packing") and not kernels.get("use_rmpad"):
         raise ValueError(f"parallel.sp_degree={degree} needs padding-free batches: set data.packing=true "
                          "or kernels=rmpad (kernels.use_rmpad=true)")

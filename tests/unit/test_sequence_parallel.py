@@ -90,6 +90,7 @@ def test_degree_and_heads_errors_name_the_key_and_counts():
     (["parallel=fsdp2", "parallel.sp_degree=0"], r"parallel.sp_degree=0 is out of range"),
     (["parallel=ddp", "+parallel.sp_degree=2"], r"runs with parallel=fsdp2 only, not lmms_engine.parallel.ddp.DDP"),
     (["model=qwen2_5_1_5b", "parallel=fsdp2", "parallel.sp_degree=8"], r"num_attention_heads=12"),
+    (["model=tiny_qwen3_vl", "parallel=fsdp2", "parallel.sp_degree=2"], r"not supported for model._target_=.*qwen3_vl"),
 ])
 def test_config_refusals(overrides, message):
     with pytest.raises(ValueError, match=message):
