@@ -182,6 +182,9 @@ def _check_target_keys(group: str, node: DictConfig) -> None:
     keys = {k for k in node.keys() if not str(k).startswith("_")}
     valid = set(params) - INJECTED.get(group, set())
     unknown = sorted(keys - valid)
+    if group == "parallel" and "sp_degree" in unknown:
+        raise ValueError(f"parallel.sp_degree={node.sp_degree}: sequence parallelism runs with parallel=fsdp2 only, "
+                         f"not {node._target_}; use parallel=fsdp2 parallel.sp_degree={node.sp_degree}")
     if unknown:
         raise ValueError(
             f"unknown key(s) {', '.join(f'{group}.{k}' for k in unknown)} for {node._target_}; "

@@ -19,6 +19,7 @@ from lmms_engine.kernels.fp8 import check_fp8_supported
 from lmms_engine.parallel.base import PRECISIONS
 from lmms_engine.parallel.common import checkpoint_every, encoder_checkpointing
 from lmms_engine.parallel.deepspeed import ZERO_STAGES
+from lmms_engine.parallel.sequence import check_heads
 
 # (low, high, low_inclusive, high_inclusive); None = unbounded on that side.
 Range = tuple[float | None, float | None, bool, bool]
@@ -44,7 +45,7 @@ TARGET_RANGES: dict[str, dict[str, Range]] = {
         "video_fps": POSITIVE, "video_min_frames": AT_LEAST_ONE, "video_max_frames": AT_LEAST_ONE,
         "video_max_pixels": AT_LEAST_ONE, "audio_max_seconds": POSITIVE,
     },
-    "parallel": {"param_persistence_threshold": NON_NEGATIVE},
+    "parallel": {"param_persistence_threshold": NON_NEGATIVE, "sp_degree": AT_LEAST_ONE},
     "logger": {"log_every": AT_LEAST_ONE},
 }
 TARGET_OPTIONS: dict[str, dict[str, tuple]] = {
@@ -72,6 +73,7 @@ def check_values(trainer, optim, groups: dict[str, DictConfig]) -> None:
         _check_target_group(group, node)
     _check_frame_bounds(groups["data"])
     _check_fp8(groups["kernels"], groups["parallel"])
+    _check_sequence_parallel(groups)
 
 
 def check_range(key: str, value, bounds: Range) -> None:
@@ -137,3 +139,26 @@ def _check_frame_bounds(data: DictConfig) -> None:
     low, high = data.get("video_min_frames"), data.get("video_max_frames")
     if low is not None and high is not None and low > high:
         raise ValueError(f"data.video_min_frames={low} is larger than data.video_max_frames={high}")
+
+# Families whose decoder takes per-position extras beside the embeddings (Qwen3-VL's DeepStack):
+# the SP input hook slices embeddings and positions only.
+SP_UNSUPPORTED_MODELS = ("lmms_engine.models.qwen3_vl.build_qwen3_vl",)
+
+
+def _check_sequence_parallel(groups: dict[str, DictConfig]) -> None:
+    """parallel.sp_degree > 1: padding-free batches, and heads divisible by it where the model config
+    states them (a pretrained model's heads are checked again when it is built: kernels/patcher.py)."""
+    degree = groups["parallel"].get("sp_degree") or 1
+    if degree == 1:
+        return
+    data, kernels = groups["data"], groups["kernels"]
+    if str(groups["model"].get("_target_")) in SP_UNSUPPORTED_MODELS:
+        raise ValueError(f"parallel.sp_degree={degree} is not supported for model._target_={groups['model']._target_} "
+                         "yet (its DeepStack features enter decoder layers at full-pack positions); use parallel.sp_degree=1")
+    if not data.get("packing") and not kernels.get("use_rmpad"):
+        raise ValueError(f"parallel.sp_degree={degree} needs padding-free batches: set data.packing=true "
+                         "or kernels=rmpad (kernels.use_rmpad=true)")
+    config = groups["model"].get("config") or {}
+    text = config.get("text_config") or config
+    if text.get("num_attention_heads") is not None:
+        check_heads(degree, text["num_attention_heads"], text.get("num_key_value_heads") or text["num_attention_heads"])

@@ -23,6 +23,8 @@ from lmms_engine.config import TOP_LEVEL_KEYS
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 MAX_SUGGESTIONS = 3
+# Keys that only some options of a group have: what to choose instead of adding them with `+`.
+OPTION_KEYS = {"parallel.sp_degree": ("parallel=fsdp2", "sequence parallelism shards the model with FSDP2")}
 
 
 def check_cli_overrides(argv: list[str], config_name: str = "train") -> None:
@@ -59,6 +61,10 @@ def unknown_key_error(cfg: DictConfig, key: str) -> None:
         return  # a list element or a scalar's child: Hydra's own message is precise
     if leaf in parent.keys():
         return
+    if key in OPTION_KEYS:
+        option, why = OPTION_KEYS[key]
+        raise ValueError(f"{key} is a key of {option} only ({why}); this run's {parent_path} is "
+                         f"{parent.get('_target_')}: add {option} to the command line")
     hint = _suggest(cfg, parent, parent_path, leaf)
     if not parent_path:
         raise ValueError(f"unknown top-level key(s) {key}{hint}; valid: {', '.join(TOP_LEVEL_KEYS)}")

@@ -2,6 +2,9 @@
 configurations, on the same samples with the same token budget, in one process.
 
     python scripts/bench_train.py --model qwen2_5_1_5b --tokens-per-step 16384 --out docs/perf/bench_1.5b.json
+    # long sequences: one document of 131072 tokens per step; Ulysses over 2 GPUs with --sp-degree
+    python scripts/bench_train.py --doc-len 131072 --steps 4 --warmup 1 --configs liger_rmpad_varlen
+    torchrun --nproc_per_node=2 scripts/bench_train.py --parallel fsdp2 --sp-degree 2 --doc-len 262144 ...
 
 Every configuration runs through the framework's own training step (lmms_engine.train.loop.train_step):
 same model shape (random init), same synthetic documents, same steps. Document lengths follow a
@@ -163,6 +166,18 @@ def make_steps(samples: list[Sample], tokens_per_step: int, n_steps: int) -> Syn
     return SyntheticSteps(samples=samples, steps=full)
 
 
+def one_document_steps(n_steps: int, doc_len: int, vocab: int) -> SyntheticSteps:
+    """Long-sequence steps: pack i is the single document i of `doc_len` tokens (40% prompt, masked)."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(n_steps):
+        ids = rng.integers(0, vocab, size=doc_len, dtype=np.int32)
+        labels = ids.copy()
+        labels[: int(0.4 * doc_len)] = -100
+        samples.append(Sample(input_ids=ids, labels=labels, sample_id=f"long:{i}"))
+    return SyntheticSteps(samples=samples, steps=[[i] for i in range(n_steps)])
+
+
 class StepData:
     """The dataset interface train_step needs (collate), over the synthetic documents."""
 
@@ -181,7 +196,7 @@ def micro_batches_for(step: list[int], packing: bool, micro_batch: int, seed: in
     return [order[i : i + micro_batch] for i in range(0, len(order), micro_batch)]
 
 
-def make_strategy(cfg: BenchConfig, parallel: str):
+def make_strategy(cfg: BenchConfig, parallel: str, sp_degree: int = 1):
     if cfg.hf_style:
         return HFStyleAutocast(cfg.activation_checkpointing)
     common = dict(device="cuda", precision="bf16", activation_checkpointing=cfg.activation_checkpointing,
@@ -192,7 +207,7 @@ def make_strategy(cfg: BenchConfig, parallel: str):
         from lmms_engine.parallel.fsdp2 import FSDP2
 
         # Every rank builds the same random weights on its GPU (same seed): no rank-0 broadcast needed.
-        return FSDP2(compile=cfg.compile, meta_init=False, **common)
+        return FSDP2(compile=cfg.compile, meta_init=False, sp_degree=sp_degree, **common)
     if parallel == "zero3":
         from lmms_engine.parallel.deepspeed import DeepSpeedZero
 
@@ -204,17 +219,19 @@ def make_strategy(cfg: BenchConfig, parallel: str):
 TEXT_BUILDERS = {"lmms_engine.models.qwen2.build_qwen2": build_qwen2, "lmms_engine.models.qwen3.build_qwen3": build_qwen3}
 
 
-def build_context(cfg: BenchConfig, model_cfg, samples: list[Sample], parallel: str, lr: float = 1e-5):
+def build_context(cfg: BenchConfig, model_cfg, samples: list[Sample], parallel: str, lr: float = 1e-5,
+                  sp_degree: int = 1):
     """The strategy-prepared model, optimizer and StepContext of one configuration (random init, seed 0)."""
     torch.manual_seed(0)
-    strategy = make_strategy(cfg, parallel)
+    strategy = make_strategy(cfg, parallel, sp_degree)
     strategy.setup()
     # zero3: built inside deepspeed.zero.Init (partitioned layer by layer), as the trainer does.
     with strategy.model_init_context(), torch.device("cuda"):
         bundle = TEXT_BUILDERS[model_cfg._target_](name=model_cfg.name, config=OmegaConf.to_container(model_cfg.config))
     patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend,
                             use_liger_kernel=cfg.liger and not cfg.liger_loss_only, fp8=cfg.fp8)
-    patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing, compiled=cfg.compile)
+    patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing, compiled=cfg.compile,
+                  sequence_parallel=strategy.sequence_parallel)
     loss_fn = liger_fused_cross_entropy_sum() if cfg.liger_loss_only else patcher.loss_fn()
     module = strategy.prepare(CausalLMWithLoss(bundle.model, loss_fn), bundle.shard_units)
     optimizer = strategy.build_optimizer(module, lambda m: build_adamw(m, lr=lr, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8))
@@ -222,23 +239,25 @@ def build_context(cfg: BenchConfig, model_cfg, samples: list[Sample], parallel: 
         module=module, optimizer=optimizer, strategy=strategy,
         collate=StepData(samples, cfg.packing, bundle.tokenizer.pad_token_id).collate,
         attention_kwargs=patcher.attention_kwargs, flops_fn=bundle.step_flops, max_grad_norm=1.0,
+        pack_multiple=sp_degree,
     ), patcher
 
 
 def run_config(cfg: BenchConfig, model_cfg, data: SyntheticSteps, args) -> dict:
-    ctx, patcher = build_context(cfg, model_cfg, data.samples, args.parallel)
+    ctx, patcher = build_context(cfg, model_cfg, data.samples, args.parallel, sp_degree=args.sp_degree)
     strategy = ctx.strategy
-    # A step takes grad_accum packs per rank; rank r takes its own packs of the step.
-    per_step = cfg.grad_accum * strategy.world_size
+    # A step takes grad_accum packs per data replica; replica r takes its own packs of the step (the
+    # ranks of one SP group share theirs).
+    per_step = cfg.grad_accum * strategy.data_world_size
     steps = []
     for i in range(len(data.steps) // per_step):
-        packs = data.steps[i * per_step : (i + 1) * per_step][strategy.rank :: strategy.world_size]
+        packs = data.steps[i * per_step : (i + 1) * per_step][strategy.data_rank :: strategy.data_world_size]
         steps.append(packs if cfg.packing else micro_batches_for(sum(packs, []), False, args.baseline_micro_batch, seed=i))
     measured = timed_steps(ctx, steps, math.ceil(args.warmup / cfg.grad_accum), strategy.device)
     if args.profile == cfg.name:
         profile_steps(ctx, data, cfg, args)
     result = {
-        "config": cfg.name, **cfg.__dict__, "world_size": strategy.world_size,
+        "config": cfg.name, **cfg.__dict__, "world_size": strategy.world_size, "sp_degree": args.sp_degree,
         "parallel": args.parallel if not cfg.hf_style else "single",
         **throughput(measured, strategy.world_size, peak_flops(torch.cuda.get_device_name())),
         "attn_backend_resolved": patcher.backend,
@@ -282,12 +301,19 @@ def main() -> None:
     parser.add_argument("--profile-out", default="profile.txt")
     parser.add_argument("--parallel", default="single", help="single | fsdp2 | zero3 (the last two under torchrun)")
     parser.add_argument("--out", default=None, help="JSON output path")
+    parser.add_argument("--doc-len", type=int, default=None,
+                        help="long sequences: every pack is ONE document of this many tokens (--tokens-per-step ignored)")
+    parser.add_argument("--sp-degree", type=int, default=1, help="Ulysses sequence parallelism (with --parallel fsdp2)")
     args = parser.parse_args()
     model_cfg = load_text_model(args.model)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    n_packs = args.steps * world
-    samples = make_documents(n=n_packs * args.tokens_per_step // 500, seed=0, vocab=model_cfg.config.vocab_size)
-    data = make_steps(samples, args.tokens_per_step, n_packs)
+    n_packs = args.steps * world // args.sp_degree
+    if args.doc_len:
+        args.tokens_per_step = args.doc_len
+        data = one_document_steps(n_packs, args.doc_len, vocab=model_cfg.config.vocab_size)
+    else:
+        samples = make_documents(n=n_packs * args.tokens_per_step // 500, seed=0, vocab=model_cfg.config.vocab_size)
+        data = make_steps(samples, args.tokens_per_step, n_packs)
     is_main = int(os.environ.get("RANK", "0")) == 0
     results = []
     for name in args.configs.split(","):

@@ -69,6 +69,30 @@ class Batch:
         return dataclasses.replace(self, **rows, attention_mask=None, cu_seqlens=cu_seqlens,
                                    max_seqlen=int(lengths.max()))
 
+    def padded_to_multiple(self, multiple: int) -> Batch:
+        """A packed row padded to a multiple of `multiple` tokens with one more, untrained document
+        (labels -100, positions from 0): sequence parallelism splits the row into equal shards. The
+        real-token counts (doc_lengths, num_label_tokens) do not change."""
+        total = self.input_ids.shape[1]
+        pad = -total % multiple
+        if pad == 0:
+            return self
+        assert self.packed, "only packed rows are split into sequence shards"
+        positions = torch.arange(pad, dtype=self.position_ids.dtype)
+        if self.position_ids.dim() == 3:  # mrope (3, 1, T): every axis counts from 0
+            positions = positions.expand(self.position_ids.shape[0], 1, pad)
+        else:
+            positions = positions.unsqueeze(0)
+        cu_seqlens = torch.cat([self.cu_seqlens, torch.tensor([total + pad], dtype=self.cu_seqlens.dtype)])
+        return dataclasses.replace(
+            self,
+            input_ids=torch.cat([self.input_ids, self.input_ids.new_zeros(1, pad)], dim=1),
+            labels=torch.cat([self.labels, self.labels.new_full((1, pad), -100)], dim=1),
+            position_ids=torch.cat([self.position_ids, positions.to(self.position_ids.device)], dim=-1),
+            cu_seqlens=cu_seqlens.to(self.cu_seqlens.device),
+            max_seqlen=max(self.max_seqlen, pad),
+        )
+
     def fields(self) -> dict:
         """The fields that are set (not None), by name, in declaration order."""
         return {name: value for name in self.__dataclass_fields__ if (value := getattr(self, name)) is not None}

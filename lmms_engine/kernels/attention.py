@@ -61,9 +61,9 @@ def resolve_backend(name: str, device: torch.device) -> str:
 def register(backend: str) -> str:
     """Register the backend's attention function (and a no-op mask builder) with transformers."""
     name = impl_name(backend)
-    AttentionInterface.register(name, functools.partial(_packed_attention, backend=backend))
+    AttentionInterface.register(name, functools.partial(packed_attention, backend=backend))
     # Documents are delimited by cu_seqlens: the model must not build a (T x T) mask.
-    AttentionMaskInterface.register(name, _no_mask)
+    AttentionMaskInterface.register(name, no_mask)
     return name
 
 
@@ -83,11 +83,12 @@ def varlen_kwargs(cu_seqlens: torch.Tensor, max_seqlen: int, backend: str) -> di
     return kwargs
 
 
-def _no_mask(*args, **kwargs):
+def no_mask(*args, **kwargs):
+    """The mask builder of the packed backends: documents are delimited by cu_seqlens, no (T x T) mask."""
     return None
 
 
-def _packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, backend, **kwargs):
+def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, backend, **kwargs):
     """query (1, Hq, T, D), key/value (1, Hkv, T, D) -> output (1, T, Hq, D), None."""
     if "cu_seq_lens_q" not in kwargs:
         raise RuntimeError(

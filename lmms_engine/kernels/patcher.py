@@ -9,10 +9,11 @@ from typing import Protocol
 
 import torch
 
-from lmms_engine.kernels import attention
+from lmms_engine.kernels import attention, ulysses
 from lmms_engine.kernels.encoder_mlp import pad_encoder_mlps
 from lmms_engine.kernels.fp8 import check_fp8_supported, convert_decoder_linears
 from lmms_engine.kernels.loss import cross_entropy_sum, liger_fused_cross_entropy_sum
+from lmms_engine.parallel.sequence import SequenceParallel, check_heads, install_input_sharding, sharded_loss
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,21 @@ class KernelPatcher:
         self.pad_encoder_mlps = pad_encoder_mlps
         self.fp8 = fp8
         self.backend: str | None = None  # resolved by apply()
+        self.sequence_parallel: SequenceParallel | None = None  # set by apply()
 
     def apply(self, model: torch.nn.Module, device: torch.device, padding_free: bool,
-              encoders: Sequence[EncoderKernels] = (), decoder_path: str = "model", compiled: bool = False) -> None:
+              encoders: Sequence[EncoderKernels] = (), decoder_path: str = "model", compiled: bool = False,
+              sequence_parallel: SequenceParallel | None = None) -> None:
         """Patch `model` in place. padding_free: the run's batches are packed or unpadded streams.
         encoders / decoder_path: the model family's (ModelBundle.encoders / .decoder_path); each
         encoder's kernel hook is applied once here. compiled: the strategy will torch.compile the
-        decoder layers and encoder blocks (Strategy.compile): Liger's per-op kernels stay out of them."""
+        decoder layers and encoder blocks (Strategy.compile): Liger's per-op kernels stay out of them.
+        sequence_parallel: the strategy's (None: off): the decoder runs on this rank's sequence shard
+        with Ulysses attention."""
         if self.fp8:
             check_fp8_supported(device)  # before any patching
+        if sequence_parallel is not None and not padding_free:
+            raise ValueError("parallel.sp_degree > 1 needs padding-free batches: set data.packing=true or kernels=rmpad")
         if padding_free:
             self.backend = attention.resolve_backend(self.attn_backend, device)
             text_impl = attention.register(self.backend)
@@ -71,6 +78,8 @@ class KernelPatcher:
                              "encoders=bundle.encoders and decoder_path=bundle.decoder_path")
         # The decoder alone gets the (causal) packed backend: it must never reach an encoder.
         decoder = operator.attrgetter(decoder_path)(model) if encoders else model
+        if sequence_parallel is not None:
+            text_impl = self._shard_sequence(model, decoder_path, sequence_parallel)
         decoder.set_attn_implementation(text_impl)
         for encoder in encoders:
             for line in encoder.patch_kernels(model, device):
@@ -84,14 +93,28 @@ class KernelPatcher:
         if self.fp8:  # after Liger (which replaces the MLP modules' forward, not their Linear layers)
             convert_decoder_linears(decoder)
 
+    def _shard_sequence(self, model: torch.nn.Module, decoder_path: str, sp: SequenceParallel) -> str:
+        """The decoder body takes this rank's slice of the pack; its attention is Ulysses-wrapped."""
+        text = model.config.get_text_config()
+        check_heads(sp.degree, text.num_attention_heads, text.num_key_value_heads)
+        self.sequence_parallel = sp
+        install_input_sharding(operator.attrgetter(decoder_path)(model), sp)
+        log.info("attention: Ulysses over %d sequence shards (%d of %d query heads per rank)",
+                 sp.degree, text.num_attention_heads // sp.degree, text.num_attention_heads)
+        return ulysses.register(self.backend, sp.degree)
+
     def loss_fn(self):
-        return liger_fused_cross_entropy_sum() if self.use_liger_kernel else cross_entropy_sum
+        loss = liger_fused_cross_entropy_sum() if self.use_liger_kernel else cross_entropy_sum
+        return loss if self.sequence_parallel is None else sharded_loss(loss, self.sequence_parallel)
 
     def attention_kwargs(self, batch: dict) -> dict:
         """Per-batch kwargs for padding-free attention (empty for padded batches)."""
         if "cu_seqlens" not in batch:
             return {}
-        return attention.varlen_kwargs(batch["cu_seqlens"], batch["max_seqlen"], self.backend)
+        kwargs = attention.varlen_kwargs(batch["cu_seqlens"], batch["max_seqlen"], self.backend)
+        if self.sequence_parallel is not None:
+            kwargs[ulysses.KWARG] = self.sequence_parallel
+        return kwargs
 
 
 def _apply_liger_ops(model: torch.nn.Module, compiled: bool) -> None:

@@ -47,6 +47,19 @@ class Strategy:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    # parallel.sp_degree > 1 (fsdp2): this rank's place in the (dp x sp) layout (parallel/sequence.py).
+    sequence_parallel = None
+
+    @property
+    def data_rank(self) -> int:
+        """Which data-parallel replica this rank is: the ranks of one SP group share their data."""
+        return self.rank if self.sequence_parallel is None else self.sequence_parallel.data_rank
+
+    @property
+    def data_world_size(self) -> int:
+        """Data-parallel replicas: micro-batches of a step are dealt out over this many."""
+        return self.world_size if self.sequence_parallel is None else self.sequence_parallel.data_world_size
+
     # True where this rank should build the model on the meta device (rank 0 holds the weights).
     build_on_meta = False
     # True where prepare() torch.compiles the shard units (parallel.compile): the kernel patcher then
@@ -136,6 +149,13 @@ class Strategy:
 
     def all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
         return pdist.all_reduce_sum(value)
+
+    def all_reduce_data(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum of a per-micro-batch count (label tokens, real tokens, FLOPs) over the data-parallel
+        replicas: the SP ranks of one group hold the same micro-batches, so each group counts once."""
+        if self.sequence_parallel is None:
+            return self.all_reduce_sum(value)
+        return pdist.all_reduce_sum(value, group=self.sequence_parallel.data_group)
 
     def any_rank(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on any (a collective: every rank calls it)."""

@@ -66,9 +66,10 @@ def init_process_group(device: torch.device) -> None:
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
 
 
-def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+def all_reduce_sum(value: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum over the ranks of `group` (None: all ranks), in place; returns `value`."""
+    if dist.is_initialized() and dist.get_world_size(group) > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM, group=group)
     return value
 
 

@@ -3,7 +3,14 @@ is its own FSDP group, then the root; bf16 compute with fp32 master weights and 
 
 Frozen weights (LoRA's base) may be stored in bf16 beside fp32 trainable ones in one unit: FSDP2
 requires a uniform original dtype among a group's trainable parameters only, and all-gathers
-everything in param_dtype (tests/unit/test_lora_strategies.py)."""
+everything in param_dtype (tests/unit/test_lora_strategies.py).
+
+With parallel.sp_degree=N the ranks also form a (dp x sp) layout (parallel/sequence.py). Parameters
+are still sharded over ALL ranks, not over dp only: the SP ranks of a group compute different
+gradients (one per sequence shard), and the reduce-scatter over every rank sums them across SP and
+DP at once; sharding over all ranks also divides parameter and optimizer memory by dp * sp, which is
+what long sequences need. The cost is the all-gathers spanning the SP ranks too (same as plain FSDP
+over that many ranks)."""
 
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from lmms_engine import compat
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
 from lmms_engine.parallel.common import apply_checkpointing_and_compile, checkpoint_every, units_of
+from lmms_engine.parallel.sequence import build_sequence_parallel, check_degree
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +87,10 @@ class FSDP2(Strategy):
     def __init__(self, device: str = "auto", precision: str = "auto", reshard_after_forward: bool = True,
                  cpu_offload: bool = False, activation_checkpointing: bool | int = False,
                  encoder_checkpointing: bool | None = None, compile: bool = False,
-                 meta_init: bool = True):
+                 meta_init: bool = True, sp_degree: int = 1):
         super().__init__(device)
+        check_degree(sp_degree, sp_degree)  # a positive integer; divisibility of the world at setup
+        self.sp_degree = sp_degree
         self.meta_init = meta_init
         self.dtype = compute_dtype(precision, self.device)
         self.reshard_after_forward = reshard_after_forward
@@ -94,6 +104,7 @@ class FSDP2(Strategy):
         pdist.init_process_group(self.device)
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         self.mesh = init_device_mesh(self.device.type, (self.world_size,))
+        self.sequence_parallel = build_sequence_parallel(self.rank, self.world_size, self.sp_degree)
 
     @property
     def build_on_meta(self) -> bool:
@@ -117,6 +128,7 @@ class FSDP2(Strategy):
 
     def teardown(self) -> None:
         self.mesh = None  # the mesh holds the process group: freed by pdist.destroy's collection
+        self.sequence_parallel = None  # so do the SP / DP groups
         super().teardown()
 
     def gradient_sync(self, module: nn.Module, enabled: bool):

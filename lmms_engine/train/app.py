@@ -88,9 +88,10 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     if strategy.is_main:
         _write_json(run_dir / "data_stats.json", dataset.stats)
         warn_about_data(dataset.stats, rc.groups["data"].get("packing_length"))
-    rc = resolve_run_length(rc, dataset, strategy.world_size)  # trainer.epochs / optim.warmup_ratio as steps
+    rc = resolve_run_length(rc, dataset, strategy.data_world_size)  # trainer.epochs / optim.warmup_ratio as steps
     patcher.apply(bundle.model, strategy.device, padding_free=dataset.packing or patcher.use_rmpad,
-                  encoders=bundle.encoders, decoder_path=bundle.decoder_path, compiled=strategy.compile)
+                  encoders=bundle.encoders, decoder_path=bundle.decoder_path, compiled=strategy.compile,
+                  sequence_parallel=strategy.sequence_parallel)
     freeze_components(bundle.model, rc.optim.freeze, bundle.components())
     lora = _apply_lora(rc, bundle, strategy)
     summary = run_summary(dataset.stats, bundle.model)  # before wrapping: whole-model counts
@@ -99,7 +100,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     optimizer = strategy.build_optimizer(
         module, functools.partial(_make_optimizer, optim=rc.optim, components=bundle.components()))
     start_step, position, bad_steps = _maybe_resume(rc, run_dir, module, optimizer, strategy)
-    step_source = make_step_batches(dataset, rc.trainer.grad_accum, strategy.rank, strategy.world_size, position)
+    step_source = make_step_batches(dataset, rc.trainer.grad_accum, strategy.data_rank, strategy.data_world_size, position)
     collator = make_collator(dataset.collate, step_source.plan(), _data_workers(rc, strategy.device), strategy.device)
     ctx = StepContext(
         module=module, optimizer=optimizer, strategy=strategy, collate=collator.get,
@@ -108,6 +109,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
             bundle.step_flops, bundle.model.config.get_text_config(), adapter_params(bundle.decoder())),
         max_grad_norm=rc.trainer.max_grad_norm if rc.trainer.max_grad_norm > 0 else float("inf"),
         unpad=patcher.use_rmpad and not dataset.packing,
+        pack_multiple=strategy.sequence_parallel.degree if strategy.sequence_parallel else 1,
     )
     policy = LoopPolicy(
         step_source=step_source, lr_at=functools.partial(_lr, rc=rc),

@@ -2,7 +2,7 @@
 
 eval_loss = (sum of the token cross-entropies of every trained label token of the eval data) /
 (the number of those tokens), the same token weighting as the training loss. Micro-batch i goes to
-rank i % world_size; the sums are all-reduced in float64, so the value does not depend on the world
+data replica i % data_world_size (the ranks of one SP group share it); the sums are all-reduced in float64, so the value does not depend on the world
 size or on how the samples are packed or padded into micro-batches (up to floating-point order).
 """
 
@@ -22,13 +22,14 @@ def evaluate(ctx: StepContext, data: EvalData) -> dict:
     current weights. The module is back in training mode afterwards."""
     strategy = ctx.strategy
     micro_batches = data.eval_micro_batches()
-    rounds = math.ceil(len(micro_batches) / strategy.world_size)
+    replicas, replica = strategy.data_world_size, strategy.data_rank  # the SP ranks of a group share micro-batches
+    rounds = math.ceil(len(micro_batches) / replicas)
     sums = torch.zeros(2, dtype=torch.float64, device=strategy.device)  # loss sum, label tokens
     ctx.module.eval()  # no dropout (LoRA's included)
     try:
         with torch.no_grad():
             for r in range(rounds):
-                index = r * strategy.world_size + strategy.rank
+                index = r * replicas + replica
                 # Sharded strategies (fsdp2, zero3) gather weights inside forward, a collective every
                 # rank must join: a rank with no micro-batch left runs the first one and drops it.
                 owned = index < len(micro_batches)
@@ -37,14 +38,16 @@ def evaluate(ctx: StepContext, data: EvalData) -> dict:
                     loss = ctx.module(labels=batch.labels, **batch.model_inputs(ctx.input_keys),
                                       **ctx.attention_kwargs(batch))
                 if owned:
-                    sums += torch.stack([loss.double(), torch.tensor(float(batch.num_label_tokens), dtype=torch.float64,
-                                                                     device=strategy.device)])
+                    sums[0] += loss.double()
+                    sums[1] += float(batch.num_label_tokens)
     finally:
         ctx.module.train()
-    loss_sum, tokens = strategy.all_reduce_sum(sums).tolist()
+    loss_sum = strategy.all_reduce_sum(sums[:1].clone()).item()  # each rank's (shard's) token losses
+    tokens = strategy.all_reduce_data(sums[1:].clone()).item()  # whole micro-batches: once per data replica
     return {"eval_loss": loss_sum / max(tokens, 1.0), "eval_tokens": int(tokens)}
 
 
 def _on_device(ctx: StepContext, batch: Batch) -> Batch:
-    # As the training step prepares its batches: unpadded when kernels.use_rmpad runs on padded data.
-    return (batch.unpadded() if ctx.unpad else batch).to(ctx.strategy.device)
+    # As the training step prepares its batches: unpadded when kernels.use_rmpad runs on padded data,
+    # packs padded to whole sequence shards.
+    return (batch.unpadded() if ctx.unpad else batch).padded_to_multiple(ctx.pack_multiple).to(ctx.strategy.device)

@@ -43,6 +43,7 @@ class StepContext:
     max_grad_norm: float = float("inf")  # inf: no clipping
     unpad: bool = False  # kernels.use_rmpad on unpacked data
     input_keys: tuple[str, ...] = TEXT_INPUT_KEYS  # the batch fields the model's forward takes
+    pack_multiple: int = 1  # packs padded to a multiple of this many tokens (parallel.sp_degree: equal shards)
 
 
 class Sinks(Protocol):
@@ -184,13 +185,15 @@ def train_step(ctx: StepContext, micro_batches: list) -> dict:
 
     The loss is the mean over every trained label token of the global step: each micro-batch's
     token-summed loss is divided by the token count of all micro-batches on all ranks (and scaled
-    by the world size, since data parallelism averages gradients across ranks).
+    by the world size, since data parallelism averages gradients across ranks). Under sequence
+    parallelism each rank's loss covers its shard's labels only, while counts that describe whole
+    micro-batches are summed over the data-parallel replicas (Strategy.all_reduce_data).
     """
     strategy = ctx.strategy
     batches = [_prepare(ctx, ctx.collate(micro_batch)) for micro_batch in micro_batches]
     counts = torch.tensor([sum(b.num_label_tokens for b in batches), sum(sum(b.doc_lengths) for b in batches)],
                           dtype=torch.float64)
-    label_tokens, real_tokens = strategy.all_reduce_sum(counts.to(strategy.device)).tolist()
+    label_tokens, real_tokens = strategy.all_reduce_data(counts.to(strategy.device)).tolist()
     scale = strategy.world_size / max(label_tokens, 1.0)
     loss_sum = torch.zeros((), device=strategy.device, dtype=torch.float64)
     flops = 0.0
@@ -201,8 +204,8 @@ def train_step(ctx: StepContext, micro_batches: list) -> dict:
             strategy.backward(batch_loss * scale, ctx.module)
         loss_sum += batch_loss.detach().double()
         flops += ctx.flops_fn(batch)
-    totals = strategy.all_reduce_sum(torch.stack([loss_sum, torch.tensor(flops, dtype=torch.float64, device=strategy.device)]))
-    loss = totals[0].item() / max(label_tokens, 1.0)  # all-reduced: every rank sees the same value
+    loss = strategy.all_reduce_sum(loss_sum).item() / max(label_tokens, 1.0)  # every rank sees the same value
+    flops = strategy.all_reduce_data(torch.tensor(flops, dtype=torch.float64, device=strategy.device)).item()
     grad_norm, skipped = strategy.step(ctx.module, ctx.optimizer, max_norm=ctx.max_grad_norm, loss=loss)
     return {
         "loss": loss,
@@ -211,16 +214,16 @@ def train_step(ctx: StepContext, micro_batches: list) -> dict:
         "sample_ids": [b.sample_ids for b in batches],
         "tokens": int(real_tokens),
         "label_tokens": int(label_tokens),
-        "flops": totals[1].item(),
+        "flops": flops,
     }
 
 
 def _prepare(ctx: StepContext, batch: Batch) -> Batch:
     """Unpad if asked (the document lengths were counted at collate time, on the CPU, so token
-    counts and FLOPs need no device sync), and move tensors to the device."""
+    counts and FLOPs need no device sync), pad packs to ctx.pack_multiple, move tensors to the device."""
     if ctx.unpad:
         batch = batch.unpadded()
-    return batch.to(ctx.strategy.device)
+    return batch.padded_to_multiple(ctx.pack_multiple).to(ctx.strategy.device)
 
 
 def _model_inputs(ctx: StepContext, batch: Batch) -> dict:
