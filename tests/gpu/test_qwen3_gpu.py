@@ -98,3 +98,33 @@ def test_qwen3_vl_packed_matches_stock_padded(vl_setup, liger, monkeypatch):
     assert abs(loss - ref_loss) < 2e-2 * max(1.0, abs(ref_loss))
     flat = lambda g: torch.cat([g[n].float().flatten() for n in sorted(g)])  # noqa: E731
     assert torch.nn.functional.cosine_similarity(flat(grads), flat(ref_grads), dim=0).item() > 0.99
+
+
+def test_qwen3_vl_unaligned_vision_mlp_is_padded_on_cuda_and_exact(vl_setup):
+    """A vision MLP 300 wide (like Qwen3-VL-8B's 4304, not a multiple of 128) is padded by the
+    patcher on CUDA (to 384) and gives the unpadded loss and gradients (bf16 autocast)."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from lmms_engine.models.qwen3_vl import build_qwen3_vl
+
+    _, records = vl_setup
+    preset = OmegaConf.to_container(OmegaConf.load(os.path.join(vl.CONF_MODEL, "tiny_qwen3_vl.yaml")).config)
+    preset["vision_config"]["intermediate_size"] = 300
+    results = []
+    for pad in (False, True):
+        torch.manual_seed(0)
+        bundle = build_qwen3_vl(name="t", config=preset)
+        bundle.model.cuda()
+        patcher = KernelPatcher(use_rmpad=True, attn_backend="torch_varlen", pad_encoder_mlps=pad)
+        patcher.apply(bundle.model, torch.device("cuda"), padding_free=True, encoders=bundle.encoders,
+                      decoder_path=bundle.decoder_path)
+        pads = [getattr(b.mlp, "lmms_pad", 0) for b in bundle.model.model.visual.blocks]
+        assert pads == [84 if pad else 0] * len(pads)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            results.append(vl._packed_loss_and_grads(bundle, bundle.model, records, patcher=patcher))
+    (ref_loss, ref_grads), (loss, grads) = results
+    assert abs(loss - ref_loss) < 1e-3 * max(1.0, abs(ref_loss))
+    flat = lambda g: torch.cat([g[n].float().flatten() for n in sorted(g)])  # noqa: E731
+    assert torch.nn.functional.cosine_similarity(flat(grads), flat(ref_grads), dim=0).item() > 0.999
