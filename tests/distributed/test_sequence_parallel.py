@@ -19,6 +19,8 @@ import pytest
 from tests.conftest import REPO
 from tests.distributed.test_strategies import losses, only_run_dir
 
+pytestmark = pytest.mark.distributed
+
 TIMEOUT_S = 540
 TEXT = ["model=tiny", "data=demo"]
 
