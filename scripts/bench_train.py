@@ -239,7 +239,7 @@ def build_context(cfg: BenchConfig, model_cfg, samples: list[Sample], parallel: 
         module=module, optimizer=optimizer, strategy=strategy,
         collate=StepData(samples, cfg.packing, bundle.tokenizer.pad_token_id).collate,
         attention_kwargs=patcher.attention_kwargs, flops_fn=bundle.step_flops, max_grad_norm=1.0,
-        pack_multiple=sp_degree,
+        pack_multiple=patcher.token_multiple(),
     ), patcher
 
 

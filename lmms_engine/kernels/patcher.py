@@ -11,7 +11,7 @@ import torch
 
 from lmms_engine.kernels import attention, ulysses
 from lmms_engine.kernels.encoder_mlp import pad_encoder_mlps
-from lmms_engine.kernels.fp8 import check_fp8_supported, convert_decoder_linears
+from lmms_engine.kernels.fp8 import ALIGN as FP8_ALIGN, check_fp8_supported, convert_decoder_linears
 from lmms_engine.kernels.loss import cross_entropy_sum, liger_fused_cross_entropy_sum
 from lmms_engine.parallel.sequence import SequenceParallel, check_heads, install_input_sharding, sharded_loss
 
@@ -106,6 +106,12 @@ class KernelPatcher:
     def loss_fn(self):
         loss = liger_fused_cross_entropy_sum() if self.use_liger_kernel else cross_entropy_sum
         return loss if self.sequence_parallel is None else sharded_loss(loss, self.sequence_parallel)
+
+    def token_multiple(self) -> int:
+        """Packs are padded to a multiple of this many tokens (after apply): equal sequence-parallel
+        shards, and with fp8 shards of whole 16s (FP8 matmuls of the weight gradient reduce over tokens)."""
+        shards = self.sequence_parallel.degree if self.sequence_parallel is not None else 1
+        return shards * (FP8_ALIGN if self.fp8 else 1)
 
     def attention_kwargs(self, batch: dict) -> dict:
         """Per-batch kwargs for padding-free attention (empty for padded batches)."""

@@ -109,7 +109,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
             bundle.step_flops, bundle.model.config.get_text_config(), adapter_params(bundle.decoder())),
         max_grad_norm=rc.trainer.max_grad_norm if rc.trainer.max_grad_norm > 0 else float("inf"),
         unpad=patcher.use_rmpad and not dataset.packing,
-        pack_multiple=strategy.sequence_parallel.degree if strategy.sequence_parallel else 1,
+        pack_multiple=patcher.token_multiple(),
     )
     policy = LoopPolicy(
         step_source=step_source, lr_at=functools.partial(_lr, rc=rc),
