@@ -56,12 +56,12 @@ def release_frames(err: BaseException) -> None:
 def exit_if_groups_linger() -> None:
     """Leave now, skipping interpreter finalization, when process-group threads outlived teardown.
 
-    A safety net, not the normal path: teardown frees every group the strategies make (ZeRO-3's
-    model, held by DeepSpeed's module stack until parallel/deepspeed_release.py dropped it, was the
-    case seen; issue 21), and tests/distributed/test_exit.py checks that jobs get here with no group
-    thread left. Should something new keep a group alive, finalization would end its threads inside
-    a noexcept destructor and abort (SIGABRT) a job that did all its work; everything is written and
-    closed by now (checkpoint, export, metrics, logs), so exit 0 without finalizing."""
+    A safety net: ZeRO-3's model, held by DeepSpeed's module stack until parallel/deepspeed_release.py
+    dropped it, no longer takes it (tests/distributed/test_exit.py checks ZeRO-2/3 jobs get here with
+    no group thread left); DDP and FSDP2 still leave one group alive (issue 21, open). Finalization
+    would end such threads inside a noexcept destructor and abort (SIGABRT) a job that did all its
+    work; everything is written and closed by now (checkpoint, export, metrics, logs), so exit 0
+    without finalizing."""
     if not pdist.process_group_threads():
         return
     logging.shutdown()

@@ -1,35 +1,48 @@
-"""One-rank ZeRO-3 run in this process, then a census of what outlived it (issue 21); read by
-tests/distributed/test_exit.py. Run as a plain process with RANK / WORLD_SIZE / LOCAL_RANK /
-MASTER_ADDR / MASTER_PORT set (gloo on CPU):
+"""One-rank ZeRO-3 run in one process, then a census of what outlived it (issue 21); used by
+tests/distributed/test_exit.py (gloo on CPU) and tests/gpu/test_exit_gpu.py (NCCL). `launch()`
+starts it as its own process with RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT set:
 
     python tests/distributed/zero3_exit_probe.py OUT [overrides...]
 
 Writes OUT/report.json after `run()` returned and a collection ran: how many DeepSpeedEngine
 objects and ZeRO-3 parameters (carrying `ds_process_group`) are alive, whether the WORLD process
 group is, the process-group threads left, the modules left on ZeRO-3's forward stack, and the
-warnings `parallel/dist.destroy` logged.
+warnings `parallel/dist.destroy` logged. (Library imports are inside the functions: the tests
+import `launch` without them.)
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
+import socket
+import subprocess
 import sys
-import weakref
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+JOB = ("parallel=zero3", "trainer.max_steps=1", "data.packing=false", "data.micro_batch_size=2")
 
-from lmms_engine.parallel import dist as pdist  # noqa: E402
-from lmms_engine.train.app import run  # noqa: E402
-from tests.conftest import compose_config  # noqa: E402
 
-JOB = ("parallel=zero3", "parallel.device=cpu", "trainer.max_steps=1", "data.packing=false", "data.micro_batch_size=2")
+def launch(out: Path, device: str, timeout: int = 600) -> dict:
+    """Run the probe on `device` (cpu: gloo, CUDA hidden; cuda: NCCL) with the environment of
+    scripts/stress_exit.py's jobs; fail with its output unless it exits 0; return its report."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import stress_exit
+
+    env = dict(stress_exit.job_env(device), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(_free_port()))
+    proc = subprocess.run([sys.executable, __file__, str(out), f"parallel.device={device}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"probe exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-6000:]}")
+    return json.loads((out / "report.json").read_text())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class _Records(logging.Handler):
@@ -41,8 +54,14 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def watch_world_group() -> list[weakref.ref]:
+def watch_world_group() -> list:
     """Weak references to the WORLD group, taken as the strategy joins the job."""
+    import weakref
+
+    import torch.distributed as dist
+
+    from lmms_engine.parallel import dist as pdist
+
     refs: list[weakref.ref] = []
     join = pdist.init_process_group
 
@@ -54,9 +73,14 @@ def watch_world_group() -> list[weakref.ref]:
     return refs
 
 
-def census(world: list[weakref.ref], warnings: list[str]) -> dict:
+def census(world: list, warnings: list[str]) -> dict:
+    import gc
+
+    import torch
     from deepspeed.runtime.engine import DeepSpeedEngine
     from deepspeed.runtime.zero import parameter_offload
+
+    from lmms_engine.parallel import dist as pdist
 
     gc.collect()
     objects = gc.get_objects()
@@ -72,6 +96,10 @@ def census(world: list[weakref.ref], warnings: list[str]) -> dict:
 
 
 def main(out: Path, overrides: list[str]) -> None:
+    sys.path.insert(0, str(REPO))
+    from lmms_engine.train.app import run
+    from tests.conftest import compose_config
+
     records = _Records()
     logging.getLogger("lmms_engine.parallel.dist").addHandler(records)
     world = watch_world_group()
