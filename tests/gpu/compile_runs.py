@@ -21,7 +21,7 @@ from lmms_engine.train.optim import build_adamw
 # Every projection a multiple of 16 (FP8 matmuls); 2 layers.
 CONFIG = dict(vocab_size=512, hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False)
-# Packs of changing total length and document count.
+# Packs of changing total length and document count; no total is a multiple of 16 (FP8 padding).
 PACKS = [(37, 300, 5, 128), (911, 64), (200, 200, 200, 17, 9), (1500,), (64, 64, 640, 33), (700, 300, 3)]
 
 
