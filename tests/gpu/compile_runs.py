@@ -28,7 +28,7 @@ PACKS = [(37, 300, 5, 128), (911, 64), (200, 200, 200, 17, 9), (1500,), (64, 64,
 @dataclass
 class RunResult:
     losses: list[float]
-    graphs: int  # graphs dynamo compiled (first compile + recompiles)
+    graphs: list[int]  # after each step: graphs dynamo compiled so far (first compile + recompiles)
     breaks: int  # graph breaks
     module: torch.nn.Module
 
@@ -64,8 +64,11 @@ def train_steps(*, liger: bool, compile: bool, fp8: bool = False, backend: str =
                           collate=lambda idx: collate_packed([samples[i] for i in idx]),
                           attention_kwargs=patcher.attention_kwargs, flops_fn=lambda batch: 0.0, max_grad_norm=1.0)
         starts = np.cumsum([0] + [len(p) for p in packs])
-        losses = [train_step(ctx, [list(range(starts[i], starts[i + 1]))])["loss"] for i in range(len(packs))]
-        return RunResult(losses, counters["stats"]["unique_graphs"], sum(counters["graph_break"].values()), module)
+        losses, graphs = [], []
+        for i in range(len(packs)):
+            losses.append(train_step(ctx, [list(range(starts[i], starts[i + 1]))])["loss"])
+            graphs.append(counters["stats"]["unique_graphs"])
+        return RunResult(losses, graphs, sum(counters["graph_break"].values()), module)
     finally:
         strategy.teardown()
         torch.compiler.reset()
