@@ -67,7 +67,10 @@ def convert_decoder_linears(decoder: nn.Module) -> int:
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
     before = _count_linears(decoder)
-    convert_to_float8_training(decoder, module_filter_fn=is_fp8_candidate, config=Float8LinearConfig())
+    # pad_inner_dim: the weight-gradient matmul's inner dimension is the pack's token count, which is
+    # rarely a multiple of 16 (torch._scaled_mm's constraint): torchao zero-pads it (exact).
+    config = Float8LinearConfig(pad_inner_dim=True)
+    convert_to_float8_training(decoder, module_filter_fn=is_fp8_candidate, config=config)
     converted = before - _count_linears(decoder)
     if converted == 0:
         raise ValueError("kernels.fp8=true found no decoder linear layer to convert (dimensions must be multiples "

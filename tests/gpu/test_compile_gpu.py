@@ -27,13 +27,14 @@ def test_compiled_layers_train_like_eager_liger(backend, eager_liger):
     # bf16 compute, Liger's kernels against inductor's: bf16-sized agreement over the six steps.
     np.testing.assert_allclose(compiled.losses, eager_liger.losses, rtol=2e-2)
     assert compiled.breaks == 0
-    assert compiled.graphs == 2  # the first pack's sizes, then dynamic: no recompile after the second pack
+    # The first pack's sizes, then one graph with the pack dimensions dynamic; nothing after that.
+    assert compiled.graphs[1] <= 2 and compiled.graphs[1:] == [compiled.graphs[1]] * (len(compiled.graphs) - 1)
 
 
 def test_compile_without_liger_matches_too(eager_liger):
     plain = train_steps(liger=False, compile=True)
     np.testing.assert_allclose(plain.losses, eager_liger.losses, rtol=2e-2)
-    assert (plain.graphs, plain.breaks) == (2, 0)
+    assert plain.breaks == 0 and plain.graphs[1] <= 2 and plain.graphs[-1] == plain.graphs[1]
 
 
 def test_liger_ops_stay_out_of_compiled_layers():

@@ -33,7 +33,7 @@ def test_fp8_trains_close_to_bf16(compile, bf16_compiled):
     np.testing.assert_allclose(run.losses, bf16_compiled.losses, rtol=5e-2)
     assert run.losses != bf16_compiled.losses  # FP8 matmuls did run
     if compile:
-        assert (run.graphs, run.breaks) == (2, 0)
+        assert run.breaks == 0 and run.graphs[-1] == run.graphs[1] <= 2
 
 
 @pytest.mark.skipif(HAS_FP8, reason="this GPU has FP8: nothing to refuse")

@@ -45,6 +45,8 @@ def test_conversion_swaps_exactly_the_candidates():
     converted = sorted(n for n, m in model.named_modules() if isinstance(m, float8.Float8Linear))
     assert len(converted) == 2 * len(PROJECTIONS) and all(".layers." in n for n in converted)
     assert type(model.lm_head) is nn.Linear
+    # Packs have any token count: the weight-gradient matmul (inner dimension = tokens) gets padded.
+    assert all(m.config.pad_inner_dim for n, m in model.named_modules() if isinstance(m, float8.Float8Linear))
 
 
 def test_fp8_is_refused_on_cpu_in_one_line():
