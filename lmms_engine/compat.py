@@ -48,6 +48,23 @@ def dynamo_counters():
     return counters
 
 
+def clear_dtensor_caches() -> None:
+    """Empty DTensor's module-level caches. Their entries (sharding propagation, redistribute plans
+    and planners, mesh topology) hold DeviceMeshes strongly, and through them a finished FSDP2 job's
+    process groups and their native threads, past destroy_process_group() and any collection."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._collective_utils import MeshTopoInfo
+    from torch.distributed.tensor._redistribute import _gen_transform_infos, clear_redistribute_planner_cache
+
+    propagator = DTensor._op_dispatcher.sharding_propagator
+    propagator.propagate_op_sharding.cache_clear()
+    propagator._propagate_tensor_meta_cached.cache_clear()
+    torch._C._clear_DTensor_sharding_propagator_cache()
+    _gen_transform_infos.cache_clear()
+    clear_redistribute_planner_cache()
+    MeshTopoInfo.build_from_mesh.cache_clear()
+
+
 # DefaultLoadPlanner attributes a load_bytes override reads (set in its set_up_planner).
 DCP_LOAD_PLANNER_ATTRIBUTES = ("flatten_state_dict", "mappings", "original_state_dict", "state_dict")
 

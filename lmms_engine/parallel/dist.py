@@ -10,6 +10,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from lmms_engine import compat
+
 log = logging.getLogger(__name__)
 
 # Native threads a process group's backend owns, as Linux names them: gloo's transport loop and
@@ -86,11 +88,13 @@ def destroy() -> None:
     still retiring the job's last collective frees that work's tensors, needs the GIL for their
     Python objects, is ended by the finalizing interpreter (pthread_exit) inside a noexcept
     destructor, and the process aborts: "terminate called without an active exception", SIGABRT.
-    Callers drop their own references (engine, device mesh, wrapped module) first; the collection
-    here frees the groups, whose destructors wait for pending work and join their threads.
+    Callers drop their own references (engine, device mesh, wrapped module) first; DTensor's caches
+    (which keep every mesh FSDP2 used) are emptied here, and the collection then frees the groups,
+    whose destructors wait for pending work and join their threads.
     """
     if dist.is_initialized():
         dist.destroy_process_group()
+    compat.clear_dtensor_caches()
     gc.collect()
     left = process_group_threads()
     if left:

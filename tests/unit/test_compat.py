@@ -77,6 +77,31 @@ def test_torch_dcp_load_planner_has_what_load_bytes_reads():
 # ---------------------------------------------------------------- transformers
 
 
+def test_clear_dtensor_caches_frees_the_mesh_a_sharded_model_used(tmp_path):
+    """After fully_shard + a step, DTensor's caches are what keeps the DeviceMesh (and its groups)."""
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        model = fully_shard(nn.Linear(4, 4), mesh=mesh)
+        model(torch.ones(2, 4)).sum().backward()
+        mesh_ref = weakref.ref(mesh)
+        del model, mesh
+        gc.collect()
+        assert mesh_ref() is not None  # the test sees the leak it fixes
+        compat.clear_dtensor_caches()
+        gc.collect()
+        assert mesh_ref() is None
+    finally:
+        dist.destroy_process_group()
+
+
 def test_qwen2_audio_process_audio_is_the_processors_expansion():
     process = compat.qwen2_audio_process_audio()
     assert callable(process), "transformers: Qwen2AudioProcessor._process_audio is gone"

@@ -18,6 +18,7 @@ from torch.distributed.tensor import DTensor
 from lmms_engine.config import LoraSettings
 from lmms_engine.models.qwen2 import build_qwen2
 from lmms_engine.models.qwen2_5_vl import build_qwen2_5_vl
+from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.ddp import DDP
 from lmms_engine.parallel.fsdp2 import FSDP2
 from lmms_engine.train.lora import apply_lora, is_adapter, store_frozen
@@ -69,8 +70,8 @@ def one_rank_gloo(tmp_path):
     assert not dist.is_initialized()
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    pdist.destroy()  # frees the groups (a wrapped model's cycles hold them) and joins their threads
+    assert pdist.process_group_threads() == []
 
 
 def _bf16(strategy):
