@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import gc
+import importlib
+import importlib.util
 import logging
 import os
 
@@ -17,6 +19,14 @@ log = logging.getLogger(__name__)
 # Native threads a process group's backend owns, as Linux names them: gloo's transport loop and
 # work threads, NCCL's watchdog and heartbeat monitor. They end only when the backend is freed.
 PROCESS_GROUP_THREADS = ("gloo_tcp_loop", "pt_gloo_runloop", "pt_nccl_watchdg", "pt_nccl_heartbt")
+
+# Modules whose functions take the WORLD group as a default argument (`group=dist.group.WORLD`), a
+# value bound when the module is first imported. Imported after init_process_group (transformers'
+# save_pretrained imports torch.distributed.fsdp, and through it torch.distributed.nn, and DeepSpeed,
+# lazily), that default keeps the job's WORLD group, and its backend threads, alive past destroy()
+# until the interpreter exits. Imported before, the default is None. (DeepSpeed: when installed.)
+BINDS_WORLD_AT_IMPORT = ("torch.distributed.nn.functional", "torch.distributed.fsdp.sharded_grad_scaler",
+                         "torch.distributed.optim.zero_redundancy_optimizer", "deepspeed.comm.torch")
 
 
 def env_rank() -> int:
@@ -64,6 +74,9 @@ def init_process_group(device: torch.device) -> None:
     """Join the torchrun job (nccl on GPUs, gloo on CPU) unless already joined."""
     if dist.is_initialized():
         return
+    for name in BINDS_WORLD_AT_IMPORT:
+        if importlib.util.find_spec(name.split(".")[0]) is not None:
+            importlib.import_module(name)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
 

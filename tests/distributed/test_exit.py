@@ -4,8 +4,7 @@ is not what makes them clean.
 
 The full stress (50 jobs per strategy) is scripts/stress_exit.py itself, not CI; this keeps a short
 version: a few 2-rank ZeRO-3 jobs (where the abort was seen, about 1 run in 7 before the fix) and,
-marked slow, one of each other strategy (DDP's and FSDP2's leaks are still open:
-LEAK_OPEN); and a one-rank
+marked slow, one of each other strategy; and a one-rank
 ZeRO-3 run in one process whose survivors are counted after `run()` returned
 (tests/distributed/zero3_exit_probe.py).
 """
@@ -36,21 +35,13 @@ def _stress(tmp_path: Path, strategies: str, runs: int) -> dict:
     return stress_exit.summarize(results, args.strategies)
 
 
-# DDP and FSDP2 still leave one gloo group alive after teardown (held outside the Python objects the
-# collector tracks; open part of issue 21, docs/reliability.md): their jobs exit cleanly through the
-# os._exit safety net meanwhile.
-LEAK_OPEN = ("fsdp2", "ddp")
-
-
 def _assert_all_clean(report: dict) -> None:
     """Every job exited 0 without abort text, and none logged a process group outliving teardown
-    (the case that would have left through os._exit), except where that is still open."""
+    (the case that would have left through os._exit)."""
     for strategy, row in report["strategies"].items():
         failures = [f"{f['problem']} (log {f['log']})" for f in row["failures"]]
         assert row["clean"] == row["runs"], f"{strategy}: {failures}"
-        if strategy not in LEAK_OPEN:
-            assert row["leak_warnings"] == 0, (
-                f"{strategy}: {row['leak_warnings']} job(s) logged '{stress_exit.LEAK_TEXT}'")
+        assert row["leak_warnings"] == 0, f"{strategy}: {row['leak_warnings']} job(s) logged '{stress_exit.LEAK_TEXT}'"
 
 
 def test_zero3_jobs_exit_cleanly(tmp_path):

@@ -83,6 +83,40 @@ def test_destroy_names_threads_of_a_group_still_referenced(gloo_world, caplog):
     assert pdist.process_group_threads() == []
 
 
+@needs_proc
+def test_a_module_imported_after_joining_does_not_keep_the_world_group(tmp_path):
+    """torch.distributed.nn binds `group=WORLD` defaults at import; transformers' save_pretrained imports
+    it (through torch.distributed.fsdp) after the job started. pdist.init_process_group imports it first,
+    so the defaults stay None and destroy() frees the group. In a fresh interpreter: nothing imported yet."""
+    import subprocess
+
+    script = f"""
+import os, sys
+os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="{_free_port()}")
+import torch
+from lmms_engine.parallel import dist as pdist
+assert "torch.distributed.nn.functional" not in sys.modules
+pdist.init_process_group(torch.device("cpu"))
+import torch.distributed as dist
+dist.all_reduce(torch.ones(2))
+import torch.distributed.nn.functional as fn
+print("DEFAULT", fn.broadcast.__defaults__)
+pdist.destroy()
+print("THREADS", pdist.process_group_threads())
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "DEFAULT (None,)" in out.stdout and "THREADS []" in out.stdout, out.stdout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_destroy_without_a_job_is_a_no_op():
     assert not dist.is_initialized()
     pdist.destroy()
