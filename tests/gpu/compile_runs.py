@@ -17,6 +17,7 @@ from lmms_engine.parallel.single import SingleDevice
 from lmms_engine.train.loop import StepContext, train_step
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw
+from tests.samples import random_samples
 
 # Every projection a multiple of 16 (FP8 matmuls); 2 layers.
 CONFIG = dict(vocab_size=512, hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4,
@@ -34,14 +35,7 @@ class RunResult:
 
 
 def _samples(lengths, seed: int) -> list[Sample]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i, n in enumerate(lengths):
-        ids = rng.integers(0, 500, size=n, dtype=np.int32)
-        labels = ids.copy()
-        labels[: n // 3] = -100
-        out.append(Sample(ids, labels, f"p{seed}s{i}"))
-    return out
+    return random_samples(lengths, seed, vocab=500, masked_part=3, prefix=f"p{seed}s")
 
 
 def train_steps(*, liger: bool, compile: bool, fp8: bool = False, backend: str = "torch_varlen",

@@ -5,16 +5,15 @@ Run on a GPU: `pytest -m gpu tests/gpu`. bf16 compute, so tolerances are bf16-si
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from lmms_engine.data.collate import collate_packed, collate_padded
-from lmms_engine.data.types import Sample
 from lmms_engine.kernels import attention
 from lmms_engine.kernels.patcher import KernelPatcher
 from lmms_engine.models.qwen2 import build_qwen2
 from lmms_engine.train.module import CausalLMWithLoss
+from tests.samples import random_samples
 
 CONFIG = dict(vocab_size=512, hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False)
@@ -22,14 +21,7 @@ LENGTHS = [37, 300, 5, 128, 911, 64]
 
 
 def _samples():
-    rng = np.random.default_rng(0)
-    out = []
-    for i, n in enumerate(LENGTHS):
-        ids = rng.integers(0, 500, size=n, dtype=np.int32)
-        labels = ids.copy()
-        labels[: n // 3] = -100
-        out.append(Sample(ids, labels, f"s{i}"))
-    return out
+    return random_samples(LENGTHS, vocab=500, masked_part=3)
 
 
 def _loss_and_grads(backend: str | None, liger: bool = False):

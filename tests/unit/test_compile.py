@@ -22,6 +22,7 @@ from lmms_engine.parallel.single import SingleDevice
 from lmms_engine.train.loop import StepContext, note_warmup, train_step
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw
+from tests.samples import random_samples
 
 TINY = dict(vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)
@@ -30,14 +31,7 @@ PACKS = [(17, 31, 5), (33, 9, 21, 8), (50, 12), (7, 7, 30, 19, 11)]
 
 
 def _samples(lengths, seed: int) -> list[Sample]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i, n in enumerate(lengths):
-        ids = rng.integers(0, 256, size=n, dtype=np.int32)
-        labels = ids.copy()
-        labels[: n // 2] = -100
-        out.append(Sample(ids, labels, f"p{seed}s{i}"))
-    return out
+    return random_samples(lengths, seed, prefix=f"p{seed}s")
 
 
 def _losses(compile_backend: str | None, strategy_compiles: bool = False) -> list[float]:

@@ -3,7 +3,6 @@ and gradient accumulation equals one big micro-batch (fp32, CPU)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,20 +14,14 @@ from lmms_engine.train.loop import StepContext, train_step
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.parallel.single import SingleDevice
 from tests.conftest import compose_config
+from tests.samples import random_samples
 
 TINY = dict(vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)
 
 
 def _samples(lengths=(17, 40, 5, 33), seed=0) -> list[Sample]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i, n in enumerate(lengths):
-        ids = rng.integers(0, 256, size=n, dtype=np.int32)
-        labels = ids.copy()
-        labels[: n // 2] = -100  # a masked "prompt" half
-        out.append(Sample(ids, labels, f"s{i}"))
-    return out
+    return random_samples(lengths, seed)
 
 
 def _module(padding_free: bool, backend: str = "sdpa", use_rmpad: bool = False) -> tuple[CausalLMWithLoss, KernelPatcher]:

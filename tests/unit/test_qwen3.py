@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -17,6 +16,7 @@ from lmms_engine.models.flops import matmul_params
 from lmms_engine.models.qwen3 import build_qwen3
 from lmms_engine.train.module import CausalLMWithLoss
 from tests.conftest import compose_config
+from tests.samples import random_samples
 
 # head_dim 32 with hidden 64 and 4 heads: q_proj is 64 -> 128, not square, as in real Qwen3 shapes.
 TINY = dict(vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -24,14 +24,7 @@ TINY = dict(vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_la
 
 
 def _samples(lengths=(17, 40, 5, 33)) -> list[Sample]:
-    rng = np.random.default_rng(0)
-    out = []
-    for i, n in enumerate(lengths):
-        ids = rng.integers(0, 256, size=n, dtype=np.int32)
-        labels = ids.copy()
-        labels[: n // 2] = -100
-        out.append(Sample(ids, labels, f"s{i}"))
-    return out
+    return random_samples(lengths)
 
 
 def _loss_and_grads(padding_free: bool, batch) -> tuple[float, dict[str, torch.Tensor]]:
