@@ -1,0 +1,95 @@
+"""parallel.offload_activations on CPU: the checkpointed decoder layers' inputs go through the
+offloader (a host copy here; pinned memory on a side stream on CUDA: tests/gpu/test_offload_gpu.py)
+and training computes exactly what it computes without it."""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+
+from lmms_engine.compat import CHECKPOINT_WRAPPER_PREFIX
+from lmms_engine.data.collate import collate_packed
+from lmms_engine.parallel.common import apply_checkpointing_and_compile
+from lmms_engine.parallel.offload import ActivationOffloader
+from tests.unit.test_packed_parity import _loss_and_grads, _module, _samples
+
+LAYERS = 2  # test_packed_parity.TINY
+
+
+def _run(every: int, offloader: ActivationOffloader | None):
+    module, patcher = _module(padding_free=True)
+    units = module.lm.model.layers[0].__class__,
+    apply_checkpointing_and_compile(module, units, every, compile=False, offloader=offloader)
+    return _loss_and_grads(module, patcher, collate_packed(_samples()))
+
+
+def _assert_same(a, b):
+    assert a[0] == b[0]
+    a_grads, b_grads = _plain_names(a[1]), _plain_names(b[1])
+    assert a_grads.keys() == b_grads.keys()
+    for name, grad in a_grads.items():
+        torch.testing.assert_close(b_grads[name], grad, atol=1e-6, rtol=0, msg=name)
+
+
+def _plain_names(grads: dict) -> dict:
+    return {name.replace(CHECKPOINT_WRAPPER_PREFIX, ""): grad for name, grad in grads.items()}
+
+
+def test_offload_gives_the_loss_and_gradients_of_plain_checkpointing_and_none():
+    offloader = ActivationOffloader()
+    offloaded = _run(1, offloader)
+    _assert_same(_run(1, None), offloaded)
+    _assert_same(_run(0, None), offloaded)
+
+
+def test_every_checkpointed_layer_input_goes_through_the_offloader_once_each_way():
+    offloader = ActivationOffloader()
+    _run(1, offloader)
+    tokens = collate_packed(_samples()).input_ids.numel()
+    assert offloader.packed_tensors == offloader.unpacked_tensors == LAYERS
+    assert offloader.packed_bytes == LAYERS * tokens * 64 * 4  # layers x tokens x hidden x fp32
+
+
+def test_selective_checkpointing_offloads_only_the_checkpointed_layers():
+    offloader = ActivationOffloader()
+    offloaded = _run(2, offloader)
+    assert offloader.packed_tensors == offloader.unpacked_tensors == 1
+    _assert_same(_run(2, None), offloaded)
+
+
+def test_no_grad_forward_packs_nothing():
+    offloader = ActivationOffloader()
+    module, patcher = _module(padding_free=True)
+    apply_checkpointing_and_compile(module, (module.lm.model.layers[0].__class__,), 1, compile=False, offloader=offloader)
+    batch = collate_packed(_samples())
+    inputs = batch.model_inputs(("input_ids", "position_ids", "attention_mask"))
+    inputs.update(patcher.attention_kwargs(batch))
+    with torch.no_grad():
+        module(labels=batch.labels, **inputs)
+    assert offloader.packed_tensors == 0
+
+
+class _Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 8)
+
+    def forward(self, hidden_states):
+        return hidden_states + torch.tanh(self.linear(hidden_states))
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_after_forward_no_layer_input_is_held_on_its_device_with_offload(offload):
+    """Plain checkpointing keeps every layer input alive until backward; with offload only host copies are."""
+    torch.manual_seed(0)
+    blocks = torch.nn.Sequential(*[_Block() for _ in range(3)])
+    apply_checkpointing_and_compile(blocks, (_Block,), 1, compile=False, offloader=ActivationOffloader() if offload else None)
+    inputs = []
+    for block in blocks:
+        block.register_forward_pre_hook(lambda _, args: inputs.append(weakref.ref(args[0])))
+    out = blocks(torch.randn(4, 8, requires_grad=True) * 1.0)
+    alive = [ref() is not None for ref in inputs[1:]]  # the first is the test's own input
+    assert alive == [not offload] * 2
+    out.sum().backward()
