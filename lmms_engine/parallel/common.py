@@ -33,6 +33,16 @@ def checkpoint_every(setting: bool | int) -> int:
     return setting
 
 
+def activation_offloader(offload: bool, every: int) -> ActivationOffloader | None:
+    """parallel.offload_activations: the offloader of the checkpointed layers' inputs, or None."""
+    if not isinstance(offload, bool):
+        raise ValueError(f"parallel.offload_activations={offload!r} must be true or false")
+    if offload and not every:
+        raise ValueError("parallel.offload_activations=true offloads what activation checkpointing keeps, "
+                         "but parallel.activation_checkpointing is off: set parallel.activation_checkpointing=true")
+    return ActivationOffloader() if offload else None
+
+
 def apply_activation_checkpointing(module: nn.Module, unit_types: tuple[type[nn.Module], ...], every: int = 1,
                                    offloader: ActivationOffloader | None = None) -> int:
     """Recompute the activations of every `every`-th unit in backward instead of storing them;

@@ -10,9 +10,12 @@ import pytest
 import torch
 
 from lmms_engine.compat import CHECKPOINT_WRAPPER_PREFIX
+from lmms_engine.config import validate
+from lmms_engine.overrides import check_cli_overrides
 from lmms_engine.data.collate import collate_packed
 from lmms_engine.parallel.common import apply_checkpointing_and_compile
 from lmms_engine.parallel.offload import ActivationOffloader
+from tests.conftest import compose_config
 from tests.unit.test_packed_parity import _loss_and_grads, _module, _samples
 
 LAYERS = 2  # test_packed_parity.TINY
@@ -93,3 +96,19 @@ def test_after_forward_no_layer_input_is_held_on_its_device_with_offload(offload
     alive = [ref() is not None for ref in inputs[1:]]  # the first is the test's own input
     assert alive == [not offload] * 2
     out.sum().backward()
+
+
+def test_offload_without_checkpointing_is_refused_naming_the_fix():
+    with pytest.raises(ValueError, match=r"parallel.offload_activations=true .* set parallel.activation_checkpointing=true"):
+        validate(compose_config("parallel.offload_activations=true"))
+    with pytest.raises(ValueError, match=r"parallel.offload_activations='yes' must be true or false"):
+        validate(compose_config("parallel.offload_activations=yes"))
+    validate(compose_config("parallel.offload_activations=true", "parallel.activation_checkpointing=2"))
+
+
+def test_deepspeed_refuses_offload_naming_the_strategies_that_run_it():
+    with pytest.raises(ValueError, match=r"parallel.offload_activations is a key of parallel=fsdp2 \(or single / ddp\)"):
+        check_cli_overrides(["parallel=zero2", "parallel.offload_activations=true"])
+    with pytest.raises(ValueError, match=r"parallel.offload_activations=True: activation offload runs with parallel=single, "
+                                         r"ddp or fsdp2, not lmms_engine.parallel.deepspeed.DeepSpeedZero"):
+        validate(compose_config("parallel=zero2", "+parallel.offload_activations=true"))
