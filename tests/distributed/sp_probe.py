@@ -21,6 +21,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from lmms_engine.compat import CHECKPOINT_WRAPPER_PREFIX  # noqa: E402
 from lmms_engine.config import validate  # noqa: E402
 from lmms_engine.kernels.patcher import KernelPatcher  # noqa: E402
 from lmms_engine.parallel.fsdp2 import FSDP2  # noqa: E402
@@ -36,7 +37,10 @@ GRAD_ACCUM = 2
 def main(out: Path, sp_degree: int, vl: bool, overrides: list[str]) -> None:
     rc = validate(compose_config("parallel=fsdp2", "parallel.device=cpu", "data.packing_length=256",
                                  *overrides, vl=vl))
-    strategy = FSDP2(device="cpu", precision="fp32", meta_init=False, sp_degree=sp_degree)
+    parallel = rc.groups["parallel"]  # activation checkpointing / offload as the overrides set them
+    strategy = FSDP2(device="cpu", precision="fp32", meta_init=False, sp_degree=sp_degree,
+                     activation_checkpointing=parallel.activation_checkpointing,
+                     offload_activations=parallel.offload_activations)
     strategy.setup()
     try:
         report = probe(rc, strategy, vl)
@@ -99,7 +103,9 @@ def sp_step(rc, dataset, strategy, micro_batches: list) -> tuple[dict, dict]:
                       input_keys=bundle.input_keys, pack_multiple=strategy.sequence_parallel.degree)
     mine = micro_batches[strategy.data_rank::strategy.data_world_size]
     stats = train_step(ctx, mine)
-    after = {name: p.full_tensor().detach().clone() for name, p in module.named_parameters()}
+    # Named as the reference's (an activation-checkpoint wrapper adds its part to the names).
+    after = {name.replace(CHECKPOINT_WRAPPER_PREFIX, ""): p.full_tensor().detach().clone()
+             for name, p in module.named_parameters()}
     return stats, after
 
 
@@ -122,6 +128,8 @@ def probe(rc, strategy, vl: bool) -> dict | None:
         "ref_label_tokens": sum(dataset.collate(mb).num_label_tokens for mb in micro_batches),
         "params_compared": len(ref_after),
         "params_missing": sorted(set(ref_after) - set(after)),
+        "offloaded_tensors": strategy.offloader.packed_tensors if strategy.offloader else 0,
+        "restored_tensors": strategy.offloader.unpacked_tensors if strategy.offloader else 0,
         "max_param_diff": max((after[name] - value).abs().max().item() for name, value in ref_after.items() if name in after),
     }
 
