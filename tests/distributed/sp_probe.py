@@ -100,13 +100,17 @@ def sp_step(rc, dataset, strategy, micro_batches: list) -> tuple[dict, dict]:
     optimizer = torch.optim.SGD(module.parameters(), lr=1.0)
     ctx = StepContext(module=module, optimizer=optimizer, strategy=strategy, collate=dataset.collate,
                       attention_kwargs=patcher.attention_kwargs, flops_fn=lambda batch: 0.0,
-                      input_keys=bundle.input_keys, pack_multiple=strategy.sequence_parallel.degree)
+                      input_keys=bundle.input_keys, pack_multiple=sp_degree(strategy))
     mine = micro_batches[strategy.data_rank::strategy.data_world_size]
     stats = train_step(ctx, mine)
     # Named as the reference's (an activation-checkpoint wrapper adds its part to the names).
     after = {name.replace(CHECKPOINT_WRAPPER_PREFIX, ""): p.full_tensor().detach().clone()
              for name, p in module.named_parameters()}
     return stats, after
+
+
+def sp_degree(strategy) -> int:
+    return strategy.sequence_parallel.degree if strategy.sequence_parallel is not None else 1
 
 
 def probe(rc, strategy, vl: bool) -> dict | None:
@@ -120,7 +124,7 @@ def probe(rc, strategy, vl: bool) -> dict | None:
     lengths = [int(dataset.collate(mb).input_ids.shape[1]) for mb in micro_batches]
     return {
         "world_size": strategy.world_size,
-        "sp_degree": strategy.sequence_parallel.degree,
+        "sp_degree": sp_degree(strategy),
         "pack_lengths": lengths,
         "loss": stats["loss"], "ref_loss": ref_loss,
         "grad_norm": stats["grad_norm"], "ref_grad_norm": ref_norm,
