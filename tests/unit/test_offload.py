@@ -112,3 +112,29 @@ def test_deepspeed_refuses_offload_naming_the_strategies_that_run_it():
     with pytest.raises(ValueError, match=r"parallel.offload_activations=True: activation offload runs with parallel=single, "
                                          r"ddp or fsdp2, not lmms_engine.parallel.deepspeed.DeepSpeedZero"):
         validate(compose_config("parallel=zero2", "+parallel.offload_activations=true"))
+
+
+def _vl_loss_and_grads(offloader: ActivationOffloader | None):
+    from lmms_engine.kernels.loss import cross_entropy_sum
+    from lmms_engine.train.module import CausalLMWithLoss
+    from tests.unit.test_vl_training import _bundle, _inputs
+
+    bundle = _bundle()
+    module = CausalLMWithLoss(bundle.model, cross_entropy_sum, bundle.hidden_states)
+    apply_checkpointing_and_compile(module, bundle.shard_units, 1, compile=False, encoder_types=bundle.encoder_units,
+                                    offloader=offloader)
+    inputs = _inputs(bundle, with_image=True)
+    loss = module(labels=torch.roll(inputs["input_ids"], -1), **inputs)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}, inputs
+
+
+def test_vl_offload_gives_the_same_loss_and_gradients_and_offloads_decoder_inputs_only():
+    pytest.importorskip("torchvision", reason="Qwen2.5-VL processors need torchvision")
+    offloader = ActivationOffloader()
+    *offloaded, inputs = _vl_loss_and_grads(offloader)
+    *plain, _ = _vl_loss_and_grads(None)
+    _assert_same(plain, offloaded)
+    tokens, hidden, layers = inputs["input_ids"].numel(), 256, 4  # conf/model/tiny_qwen2_5_vl.yaml (text)
+    assert offloader.packed_tensors == offloader.unpacked_tensors == layers
+    assert offloader.packed_bytes == layers * tokens * hidden * 4
