@@ -39,6 +39,7 @@ class SingleDevice(Strategy):
                                activation_checkpointing=activation_checkpointing,
                                encoder_checkpointing=encoder_checkpointing, compile=compile,
                                offload_activations=offload_activations)
+            self.offloader = self._fsdp.offloader  # the one its prepare() uses
 
     def setup(self) -> None:
         if pdist.env_world_size() > 1:
