@@ -58,3 +58,22 @@ def test_offload_lowers_peak_memory_and_keeps_loss_and_gradients():
         torch.testing.assert_close(grad, plain_grads[name], atol=1e-3, rtol=1e-2, msg=name)
     saved = plain_peak - peak
     assert saved > (LAYERS - 4) * BOUNDARY_BYTES, (plain_peak / 1e9, peak / 1e9, BOUNDARY_BYTES / 1e9)
+
+
+def test_packed_memory_can_be_reused_at_once_and_unpack_still_gives_the_values():
+    """record_stream / events: freeing the device tensor right after pack, and overwriting whatever
+    reuses its memory, never changes what comes back; nor does reading right after unpack."""
+    from lmms_engine.parallel.offload import ActivationOffloader
+
+    offloader = ActivationOffloader()
+    expected, entries = [], []
+    for i in range(4):
+        tensor = torch.randn(8192, 4096, device="cuda")  # 128 MB: a copy takes a few ms
+        expected.append(tensor.cpu())
+        entries.append(offloader.pack(tensor))
+        del tensor
+        torch.empty(8192, 4096, device="cuda").fill_(float("nan"))  # likely the freed block
+    for i in reversed(range(4)):
+        restored = offloader.unpack(entries[i])
+        assert restored.is_cuda
+        assert torch.equal((restored * 1).cpu(), expected[i]), i

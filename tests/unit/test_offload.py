@@ -138,3 +138,28 @@ def test_vl_offload_gives_the_same_loss_and_gradients_and_offloads_decoder_input
     tokens, hidden, layers = inputs["input_ids"].numel(), 256, 4  # conf/model/tiny_qwen2_5_vl.yaml (text)
     assert offloader.packed_tensors == offloader.unpacked_tensors == layers
     assert offloader.packed_bytes == layers * tokens * hidden * 4
+
+
+def test_unpacking_one_entry_brings_back_the_one_packed_before_it():
+    offloader = ActivationOffloader()
+    tensors = [torch.full((2, 3), float(i), requires_grad=i > 0) for i in range(3)]
+    entries = [offloader.pack(t) for t in tensors]
+    assert all(entry.restored is None for entry in entries)
+    last = offloader.unpack(entries[2])
+    assert torch.equal(last, tensors[2]) and last.requires_grad and last.grad_fn is None
+    assert entries[1].restored is not None and entries[0].restored is None  # prefetched one layer ahead
+    prefetched = entries[1].restored
+    middle = offloader.unpack(entries[1])
+    assert middle is prefetched and torch.equal(middle, tensors[1])
+    first = offloader.unpack(entries[0])
+    assert torch.equal(first, tensors[0]) and not first.requires_grad
+    assert (offloader.packed_tensors, offloader.unpacked_tensors, offloader.packed_bytes) == (3, 3, 3 * 6 * 4)
+
+
+def test_an_entry_holds_a_copy_not_the_packed_tensor():
+    offloader = ActivationOffloader()
+    tensor = torch.ones(4)
+    entry = offloader.pack(tensor)
+    tensor.zero_()  # what reusing the freed device memory would do
+    assert offloader.unpack(entry).tolist() == [1.0] * 4
+    assert offloader.unpack(entry).tolist() == [1.0] * 4  # a retained graph may unpack again
