@@ -58,7 +58,7 @@ def test_text_sp2_matches_single_process(tmp_path, token_cache):
 
 
 OFFLOAD = ("parallel.activation_checkpointing=true", "parallel.offload_activations=true")
-TINY_LAYERS = 4  # conf/model/tiny.yaml
+TINY_LAYERS = 4  # conf/model/tiny.yaml and tiny_qwen2_5_vl.yaml's text model
 
 
 def test_text_sp2_with_activation_offload_matches_single_process(tmp_path, token_cache):
@@ -73,6 +73,14 @@ def test_data_parallel_fsdp2_with_activation_offload_matches_single_process(tmp_
     report = run_probe(tmp_path, token_cache, nproc=2, sp=1, vl=False, overrides=OFFLOAD)
     assert report["offloaded_tensors"] == report["restored_tensors"] == TINY_LAYERS * GRAD_ACCUM
     assert_matches_single_process(report, world=2, sp=1)
+
+
+@pytest.mark.slow
+def test_vl_sp2_with_activation_offload_matches_single_process(tmp_path, token_cache):
+    """Qwen2.5-VL (images and a video): the decoder layers' inputs offloaded, the vision blocks' kept."""
+    report = run_probe(tmp_path, token_cache, nproc=2, sp=2, vl=True, overrides=OFFLOAD)
+    assert report["offloaded_tensors"] == report["restored_tensors"] == TINY_LAYERS * GRAD_ACCUM
+    assert_matches_single_process(report, world=2, sp=2)
 
 
 @pytest.mark.slow
