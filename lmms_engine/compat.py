@@ -18,11 +18,15 @@ CHECKPOINT_WRAPPER_PREFIX = "_checkpoint_wrapped_module."
 COMPILE_WRAPPER_PREFIX = "_orig_mod."
 
 
-def checkpoint_wrapper(module: nn.Module, preserve_rng_state: bool = False) -> nn.Module:
+def checkpoint_wrapper(module: nn.Module, preserve_rng_state: bool = False, checkpoint_fn=None) -> nn.Module:
     """torch's activation-checkpointing wrapper (torch.distributed.algorithms._checkpoint): the one
-    FSDP2 and DeepSpeed both compose with; its state_dict hooks hide the wrapper's name part."""
+    FSDP2 and DeepSpeed both compose with; its state_dict hooks hide the wrapper's name part.
+    checkpoint_fn(module, *args, **kwargs): runs the checkpoint instead of torch's non-reentrant one
+    (it then owns preserve_rng_state too)."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper as wrap
 
+    if checkpoint_fn is not None:
+        return wrap(module, checkpoint_fn=checkpoint_fn)
     return wrap(module, preserve_rng_state=preserve_rng_state)
 
 

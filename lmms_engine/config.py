@@ -185,6 +185,10 @@ def _check_target_keys(group: str, node: DictConfig) -> None:
     if group == "parallel" and "sp_degree" in unknown:
         raise ValueError(f"parallel.sp_degree={node.sp_degree}: sequence parallelism runs with parallel=fsdp2 only, "
                          f"not {node._target_}; use parallel=fsdp2 parallel.sp_degree={node.sp_degree}")
+    if group == "parallel" and "offload_activations" in unknown:
+        raise ValueError(f"parallel.offload_activations={node.offload_activations}: activation offload runs with "
+                         f"parallel=single, ddp or fsdp2, not {node._target_} (DeepSpeed's own activation "
+                         "checkpointing is not used here); use parallel=fsdp2 or drop the key")
     if unknown:
         raise ValueError(
             f"unknown key(s) {', '.join(f'{group}.{k}' for k in unknown)} for {node._target_}; "

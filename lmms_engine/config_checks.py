@@ -17,7 +17,7 @@ from lmms_engine.data.prepare import ON_ERROR_POLICIES
 from lmms_engine.kernels.attention import BACKENDS
 from lmms_engine.kernels.fp8 import check_fp8_supported
 from lmms_engine.parallel.base import PRECISIONS
-from lmms_engine.parallel.common import checkpoint_every, encoder_checkpointing
+from lmms_engine.parallel.common import activation_offloader, checkpoint_every, encoder_checkpointing
 from lmms_engine.parallel.deepspeed import ZERO_STAGES
 from lmms_engine.parallel.sequence import check_heads
 
@@ -74,6 +74,7 @@ def check_values(trainer, optim, groups: dict[str, DictConfig]) -> None:
     _check_frame_bounds(groups["data"])
     _check_fp8(groups["kernels"], groups["parallel"])
     _check_sequence_parallel(groups)
+    _check_offload(groups["parallel"])
 
 
 def check_range(key: str, value, bounds: Range) -> None:
@@ -139,6 +140,11 @@ def _check_frame_bounds(data: DictConfig) -> None:
     low, high = data.get("video_min_frames"), data.get("video_max_frames")
     if low is not None and high is not None and low > high:
         raise ValueError(f"data.video_min_frames={low} is larger than data.video_max_frames={high}")
+
+def _check_offload(parallel: DictConfig) -> None:
+    """parallel.offload_activations=true needs activation checkpointing (it offloads what that keeps)."""
+    if "offload_activations" in parallel:
+        activation_offloader(parallel.offload_activations, checkpoint_every(parallel.get("activation_checkpointing", False)))
 
 # Families whose decoder takes per-position extras beside the embeddings (Qwen3-VL's DeepStack):
 # the SP input hook slices embeddings and positions only.

@@ -24,7 +24,9 @@ from lmms_engine.config import TOP_LEVEL_KEYS
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 MAX_SUGGESTIONS = 3
 # Keys that only some options of a group have: what to choose instead of adding them with `+`.
-OPTION_KEYS = {"parallel.sp_degree": ("parallel=fsdp2", "sequence parallelism shards the model with FSDP2")}
+OPTION_KEYS = {"parallel.sp_degree": ("parallel=fsdp2", "sequence parallelism shards the model with FSDP2"),
+               "parallel.offload_activations": ("parallel=fsdp2 (or single / ddp)",
+                                                "DeepSpeed's activation checkpointing is not this one and keeps layer inputs on the GPU")}
 
 
 def check_cli_overrides(argv: list[str], config_name: str = "train") -> None:

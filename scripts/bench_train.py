@@ -4,6 +4,8 @@ configurations, on the same samples with the same token budget, in one process.
     python scripts/bench_train.py --model qwen2_5_1_5b --tokens-per-step 16384 --out docs/perf/bench_1.5b.json
     # long sequences: one document of 131072 tokens per step; Ulysses over 2 GPUs with --sp-degree
     python scripts/bench_train.py --doc-len 131072 --steps 4 --warmup 1 --configs liger_rmpad_varlen
+    # the same with the checkpointed layers' inputs offloaded to host memory (parallel.offload_activations)
+    python scripts/bench_train.py --doc-len 524288 --steps 3 --warmup 1 --configs liger_rmpad_varlen,liger_rmpad_varlen_offload
     torchrun --nproc_per_node=2 scripts/bench_train.py --parallel fsdp2 --sp-degree 2 --doc-len 262144 ...
 
 Every configuration runs through the framework's own training step (lmms_engine.train.loop.train_step):
@@ -63,6 +65,7 @@ class BenchConfig:
     encoder_checkpointing: bool | None = None  # vision blocks: None = like the decoder
     pad_encoder_mlps: bool = True  # kernels.pad_encoder_mlps
     fp8: bool = False  # kernels.fp8: torchao float8 training of the decoder layers' linears
+    offload_activations: bool = False  # parallel.offload_activations: checkpointed layers' inputs in host memory
 
 
 CONFIGS = {
@@ -73,6 +76,8 @@ CONFIGS = {
         BenchConfig("rmpad_varlen", packing=True, attn_backend="torch_varlen"),
         BenchConfig("rmpad_flex", packing=True, attn_backend="flex"),
         BenchConfig("liger_rmpad_varlen", packing=True, attn_backend="torch_varlen", liger=True),
+        BenchConfig("liger_rmpad_varlen_offload", packing=True, attn_backend="torch_varlen", liger=True,
+                    offload_activations=True),
         BenchConfig("liger_rmpad_varlen_ac2", packing=True, attn_backend="torch_varlen", liger=True, activation_checkpointing=2),
         BenchConfig("liger_rmpad_varlen_noac", packing=True, attn_backend="torch_varlen", liger=True, activation_checkpointing=False),
         BenchConfig("liger_rmpad_varlen_noac_accum2", packing=True, attn_backend="torch_varlen", liger=True,
@@ -201,6 +206,8 @@ def make_strategy(cfg: BenchConfig, parallel: str, sp_degree: int = 1):
         return HFStyleAutocast(cfg.activation_checkpointing)
     common = dict(device="cuda", precision="bf16", activation_checkpointing=cfg.activation_checkpointing,
                   encoder_checkpointing=cfg.encoder_checkpointing)
+    if cfg.offload_activations:  # single / fsdp2 only (DeepSpeed refuses it)
+        common["offload_activations"] = True
     if parallel == "single":
         return SingleDevice(compile=cfg.compile, **common)
     if parallel == "fsdp2":

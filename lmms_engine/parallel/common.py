@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lmms_engine import compat
+from lmms_engine.parallel.offload import ActivationOffloader, offloaded_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,26 @@ def checkpoint_every(setting: bool | int) -> int:
     return setting
 
 
-def apply_activation_checkpointing(module: nn.Module, unit_types: tuple[type[nn.Module], ...], every: int = 1) -> int:
-    """Recompute the activations of every `every`-th unit in backward instead of storing them."""
+def activation_offloader(offload: bool, every: int) -> ActivationOffloader | None:
+    """parallel.offload_activations: the offloader of the checkpointed layers' inputs, or None."""
+    if not isinstance(offload, bool):
+        raise ValueError(f"parallel.offload_activations={offload!r} must be true or false")
+    if offload and not every:
+        raise ValueError("parallel.offload_activations=true offloads what activation checkpointing keeps, "
+                         "but parallel.activation_checkpointing is off: set parallel.activation_checkpointing=true")
+    return ActivationOffloader() if offload else None
+
+
+def apply_activation_checkpointing(module: nn.Module, unit_types: tuple[type[nn.Module], ...], every: int = 1,
+                                   offloader: ActivationOffloader | None = None) -> int:
+    """Recompute the activations of every `every`-th unit in backward instead of storing them;
+    with `offloader`, the input each of those units keeps lives in host memory until its recompute."""
     units = units_of(module, unit_types)[::every]
+    checkpoint_fn = offloaded_checkpoint(offloader) if offloader is not None else None
     for parent, name, child in units:
-        parent.register_module(name, compat.checkpoint_wrapper(child, preserve_rng_state=False))
-    log.info("activation checkpointing on %d %s units", len(units), "/".join(t.__name__ for t in unit_types))
+        parent.register_module(name, compat.checkpoint_wrapper(child, preserve_rng_state=False, checkpoint_fn=checkpoint_fn))
+    log.info("activation checkpointing on %d %s units%s", len(units), "/".join(t.__name__ for t in unit_types),
+             ", their inputs offloaded to host memory" if offloader is not None else "")
     return len(units)
 
 
@@ -75,16 +90,19 @@ def encoder_checkpointing(setting: bool | None, every: int) -> bool:
 
 def apply_checkpointing_and_compile(module: nn.Module, unit_types: tuple[type[nn.Module], ...], every: int,
                                     compile: bool, encoder_types: tuple[type[nn.Module], ...] = (),
-                                    encoders: bool | None = None) -> None:
+                                    encoders: bool | None = None,
+                                    offloader: ActivationOffloader | None = None) -> None:
     """The transformations every strategy applies before wrapping, in their fixed order.
 
     unit_types: every shard unit; encoder_types: those that are encoder blocks (vision / audio),
     checkpointed all or none (`encoders`, see encoder_checkpointing); the rest (decoder layers) every
     `every`-th. Encoder activations are large (thousands of patches per image) while their recompute
-    is cheap next to the decoder's, so checkpointing only them is a useful middle ground."""
+    is cheap next to the decoder's, so checkpointing only them is a useful middle ground.
+    `offloader` (parallel.offload_activations): the checkpointed decoder layers' inputs go to host memory
+    (the decoder's hidden states scale with the sequence; encoder blocks keep theirs on the device)."""
     decoder_types = tuple(t for t in unit_types if t not in encoder_types)
     if every and decoder_types:
-        apply_activation_checkpointing(module, decoder_types, every)
+        apply_activation_checkpointing(module, decoder_types, every, offloader)
     if encoder_types and encoder_checkpointing(encoders, every):
         apply_activation_checkpointing(module, encoder_types, 1)
     if compile:

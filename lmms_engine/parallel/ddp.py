@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
-from lmms_engine.parallel.common import apply_checkpointing_and_compile, checkpoint_every
+from lmms_engine.parallel.common import activation_offloader, apply_checkpointing_and_compile, checkpoint_every
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,12 @@ class DDP(Strategy):
 
     def __init__(self, device: str = "auto", precision: str = "auto", activation_checkpointing: bool | int = False,
                  encoder_checkpointing: bool | None = None,
-                 compile: bool = False, find_unused_parameters: bool = False):
+                 compile: bool = False, find_unused_parameters: bool = False,
+                 offload_activations: bool = False):
         super().__init__(device)
         self.dtype = compute_dtype(precision, self.device)
         self.checkpoint_every = checkpoint_every(activation_checkpointing)
+        self.offloader = activation_offloader(offload_activations, self.checkpoint_every)
         self.encoder_checkpointing = encoder_checkpointing
         self.compile = compile
         self.find_unused_parameters = find_unused_parameters
@@ -49,7 +51,7 @@ class DDP(Strategy):
     def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...],
                 encoder_units: tuple[type[nn.Module], ...] = ()) -> nn.Module:
         apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, self.compile, encoder_units,
-                                        self.encoder_checkpointing)
+                                        self.encoder_checkpointing, self.offloader)
         wrapped = wrap_with_ddp(module.to(self.device), self.device, self.find_unused_parameters)
         log.info("ddp: replicated over %d ranks, compute dtype %s", self.world_size, self.dtype)
         return wrapped

@@ -28,7 +28,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, Offlo
 from lmms_engine import compat
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
-from lmms_engine.parallel.common import apply_checkpointing_and_compile, checkpoint_every, units_of
+from lmms_engine.parallel.common import activation_offloader, apply_checkpointing_and_compile, checkpoint_every, units_of
 from lmms_engine.parallel.sequence import build_sequence_parallel, check_degree
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class FSDP2(Strategy):
 
     def __init__(self, device: str = "auto", precision: str = "auto", reshard_after_forward: bool = True,
                  cpu_offload: bool = False, activation_checkpointing: bool | int = False,
-                 encoder_checkpointing: bool | None = None, compile: bool = False,
+                 encoder_checkpointing: bool | None = None, compile: bool = False, offload_activations: bool = False,
                  meta_init: bool = True, sp_degree: int = 1):
         super().__init__(device)
         check_degree(sp_degree, sp_degree)  # a positive integer; divisibility of the world at setup
@@ -96,6 +96,7 @@ class FSDP2(Strategy):
         self.reshard_after_forward = reshard_after_forward
         self.cpu_offload = cpu_offload
         self.checkpoint_every = checkpoint_every(activation_checkpointing)
+        self.offloader = activation_offloader(offload_activations, self.checkpoint_every)
         self.encoder_checkpointing = encoder_checkpointing
         self.compile = compile
         self.mesh = None
@@ -114,7 +115,7 @@ class FSDP2(Strategy):
     def prepare(self, module: nn.Module, shard_units: tuple[type[nn.Module], ...],
                 encoder_units: tuple[type[nn.Module], ...] = ()) -> nn.Module:
         apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, self.compile, encoder_units,
-                                        self.encoder_checkpointing)
+                                        self.encoder_checkpointing, self.offloader)
         policy = MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
         if not (self.meta_init and self.world_size > 1):
             module.to("cpu" if self.cpu_offload else self.device)

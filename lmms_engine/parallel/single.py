@@ -18,7 +18,7 @@ from torch import nn
 
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
-from lmms_engine.parallel.common import apply_checkpointing_and_compile, checkpoint_every
+from lmms_engine.parallel.common import activation_offloader, apply_checkpointing_and_compile, checkpoint_every
 from lmms_engine.parallel.fsdp2 import FSDP2
 
 
@@ -26,17 +26,20 @@ class SingleDevice(Strategy):
     name = "single"
 
     def __init__(self, device: str = "auto", precision: str = "auto", activation_checkpointing: bool | int = False,
-                 encoder_checkpointing: bool | None = None, compile: bool = False):
+                 encoder_checkpointing: bool | None = None, compile: bool = False, offload_activations: bool = False):
         super().__init__(device)
         self.dtype = compute_dtype(precision, self.device)
         self.checkpoint_every = checkpoint_every(activation_checkpointing)
+        self.offloader = activation_offloader(offload_activations, self.checkpoint_every)
         self.encoder_checkpointing = encoder_checkpointing
         self.compile = compile
         self._fsdp = None
         if self.dtype != torch.float32:
             self._fsdp = FSDP2(device=self.device.type, precision=precision, reshard_after_forward=False,
                                activation_checkpointing=activation_checkpointing,
-                               encoder_checkpointing=encoder_checkpointing, compile=compile)
+                               encoder_checkpointing=encoder_checkpointing, compile=compile,
+                               offload_activations=offload_activations)
+            self.offloader = self._fsdp.offloader  # the one its prepare() uses
 
     def setup(self) -> None:
         if pdist.env_world_size() > 1:
@@ -50,7 +53,7 @@ class SingleDevice(Strategy):
         if self._fsdp is not None:
             return self._fsdp.prepare(module, shard_units, encoder_units)
         apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, self.compile, encoder_units,
-                                        self.encoder_checkpointing)
+                                        self.encoder_checkpointing, self.offloader)
         return module.to(self.device)
 
     def teardown(self) -> None:

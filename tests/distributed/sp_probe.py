@@ -21,6 +21,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from lmms_engine.compat import CHECKPOINT_WRAPPER_PREFIX  # noqa: E402
 from lmms_engine.config import validate  # noqa: E402
 from lmms_engine.kernels.patcher import KernelPatcher  # noqa: E402
 from lmms_engine.parallel.fsdp2 import FSDP2  # noqa: E402
@@ -36,7 +37,10 @@ GRAD_ACCUM = 2
 def main(out: Path, sp_degree: int, vl: bool, overrides: list[str]) -> None:
     rc = validate(compose_config("parallel=fsdp2", "parallel.device=cpu", "data.packing_length=256",
                                  *overrides, vl=vl))
-    strategy = FSDP2(device="cpu", precision="fp32", meta_init=False, sp_degree=sp_degree)
+    parallel = rc.groups["parallel"]  # activation checkpointing / offload as the overrides set them
+    strategy = FSDP2(device="cpu", precision="fp32", meta_init=False, sp_degree=sp_degree,
+                     activation_checkpointing=parallel.activation_checkpointing,
+                     offload_activations=parallel.offload_activations)
     strategy.setup()
     try:
         report = probe(rc, strategy, vl)
@@ -96,11 +100,17 @@ def sp_step(rc, dataset, strategy, micro_batches: list) -> tuple[dict, dict]:
     optimizer = torch.optim.SGD(module.parameters(), lr=1.0)
     ctx = StepContext(module=module, optimizer=optimizer, strategy=strategy, collate=dataset.collate,
                       attention_kwargs=patcher.attention_kwargs, flops_fn=lambda batch: 0.0,
-                      input_keys=bundle.input_keys, pack_multiple=strategy.sequence_parallel.degree)
+                      input_keys=bundle.input_keys, pack_multiple=sp_degree(strategy))
     mine = micro_batches[strategy.data_rank::strategy.data_world_size]
     stats = train_step(ctx, mine)
-    after = {name: p.full_tensor().detach().clone() for name, p in module.named_parameters()}
+    # Named as the reference's (an activation-checkpoint wrapper adds its part to the names).
+    after = {name.replace(CHECKPOINT_WRAPPER_PREFIX, ""): p.full_tensor().detach().clone()
+             for name, p in module.named_parameters()}
     return stats, after
+
+
+def sp_degree(strategy) -> int:
+    return strategy.sequence_parallel.degree if strategy.sequence_parallel is not None else 1
 
 
 def probe(rc, strategy, vl: bool) -> dict | None:
@@ -114,7 +124,7 @@ def probe(rc, strategy, vl: bool) -> dict | None:
     lengths = [int(dataset.collate(mb).input_ids.shape[1]) for mb in micro_batches]
     return {
         "world_size": strategy.world_size,
-        "sp_degree": strategy.sequence_parallel.degree,
+        "sp_degree": sp_degree(strategy),
         "pack_lengths": lengths,
         "loss": stats["loss"], "ref_loss": ref_loss,
         "grad_norm": stats["grad_norm"], "ref_grad_norm": ref_norm,
@@ -122,6 +132,8 @@ def probe(rc, strategy, vl: bool) -> dict | None:
         "ref_label_tokens": sum(dataset.collate(mb).num_label_tokens for mb in micro_batches),
         "params_compared": len(ref_after),
         "params_missing": sorted(set(ref_after) - set(after)),
+        "offloaded_tensors": strategy.offloader.packed_tensors if strategy.offloader else 0,
+        "restored_tensors": strategy.offloader.unpacked_tensors if strategy.offloader else 0,
         "max_param_diff": max((after[name] - value).abs().max().item() for name, value in ref_after.items() if name in after),
     }
 

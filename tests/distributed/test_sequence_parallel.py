@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.distributed.sp_probe import GRAD_ACCUM
 from tests.distributed.test_strategies import losses, only_run_dir
 
 pytestmark = pytest.mark.distributed
@@ -25,9 +26,9 @@ TIMEOUT_S = 540
 TEXT = ["model=tiny", "data=demo"]
 
 
-def run_probe(out: Path, token_cache: Path, nproc: int, sp: int, vl: bool) -> dict:
+def run_probe(out: Path, token_cache: Path, nproc: int, sp: int, vl: bool, overrides: tuple[str, ...] = ()) -> dict:
     args = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-            "tests/distributed/sp_probe.py", str(out), str(sp), *(["vl"] if vl else TEXT)]
+            "tests/distributed/sp_probe.py", str(out), str(sp), *(["vl"] if vl else TEXT), *overrides]
     env = dict(os.environ, LMMS_ENGINE_CACHE=str(token_cache))
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     if proc.returncode != 0:
@@ -53,6 +54,32 @@ def token_cache(tmp_path_factory) -> Path:
 def test_text_sp2_matches_single_process(tmp_path, token_cache):
     report = run_probe(tmp_path, token_cache, nproc=2, sp=2, vl=False)
     assert any(length % 2 for length in report["pack_lengths"])  # a pack padded to whole shards
+    assert_matches_single_process(report, world=2, sp=2)
+
+
+OFFLOAD = ("parallel.activation_checkpointing=true", "parallel.offload_activations=true")
+TINY_LAYERS = 4  # conf/model/tiny.yaml and tiny_qwen2_5_vl.yaml's text model
+
+
+def test_text_sp2_with_activation_offload_matches_single_process(tmp_path, token_cache):
+    """FSDP2 + Ulysses + checkpointed layers whose inputs go through the offloader: the same step."""
+    report = run_probe(tmp_path, token_cache, nproc=2, sp=2, vl=False, overrides=OFFLOAD)
+    assert report["offloaded_tensors"] == report["restored_tensors"] == TINY_LAYERS * GRAD_ACCUM
+    assert_matches_single_process(report, world=2, sp=2)
+
+
+@pytest.mark.slow
+def test_data_parallel_fsdp2_with_activation_offload_matches_single_process(tmp_path, token_cache):
+    report = run_probe(tmp_path, token_cache, nproc=2, sp=1, vl=False, overrides=OFFLOAD)
+    assert report["offloaded_tensors"] == report["restored_tensors"] == TINY_LAYERS * GRAD_ACCUM
+    assert_matches_single_process(report, world=2, sp=1)
+
+
+@pytest.mark.slow
+def test_vl_sp2_with_activation_offload_matches_single_process(tmp_path, token_cache):
+    """Qwen2.5-VL (images and a video): the decoder layers' inputs offloaded, the vision blocks' kept."""
+    report = run_probe(tmp_path, token_cache, nproc=2, sp=2, vl=True, overrides=OFFLOAD)
+    assert report["offloaded_tensors"] == report["restored_tensors"] == TINY_LAYERS * GRAD_ACCUM
     assert_matches_single_process(report, world=2, sp=2)
 
 

@@ -283,3 +283,19 @@ def test_deepspeed_remove_forward_hooks_detaches_the_engine_from_its_model():
 def test_hydra_args_parser_separates_overrides_from_flags():
     args, _ = compat.hydra_args_parser().parse_known_args(["--config-name", "x", "model=tiny", "optim.lr=1e-5"])
     assert args.config_name == "x" and list(args.overrides) == ["model=tiny", "optim.lr=1e-5"]
+
+
+def test_torch_checkpoint_wrapper_runs_a_given_checkpoint_fn_with_the_module_and_its_arguments():
+    calls = []
+
+    def checkpoint_fn(module, *args, **kwargs):
+        calls.append((module, args, kwargs))
+        return module(*args, **kwargs)
+
+    inner = nn.Linear(2, 2)
+    wrapped = compat.checkpoint_wrapper(inner, checkpoint_fn=checkpoint_fn)
+    x = torch.ones(1, 2)
+    torch.testing.assert_close(wrapped(x), inner(x))
+    assert len(calls) == 1 and calls[0][0] is inner and calls[0][1][0] is x and calls[0][2] == {}, \
+        "compat.checkpoint_wrapper: torch's wrapper no longer calls checkpoint_fn(module, *args, **kwargs)"
+    assert list(wrapped.state_dict()) == ["weight", "bias"]
