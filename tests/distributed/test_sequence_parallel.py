@@ -61,26 +61,26 @@ OFFLOAD = ("parallel.activation_checkpointing=true", "parallel.offload_activatio
 TINY_LAYERS = 4  # conf/model/tiny.yaml and tiny_qwen2_5_vl.yaml's text model
 
 
+def assert_offloaded_step_matches(report: dict, sp: int) -> None:
+    """Every layer input of every micro-batch went out and came back, and the step is the reference's."""
+    assert report["offloaded_tensors"] == report["restored_tensors"] == TINY_LAYERS * GRAD_ACCUM
+    assert_matches_single_process(report, world=2, sp=sp)
+
+
 def test_text_sp2_with_activation_offload_matches_single_process(tmp_path, token_cache):
     """FSDP2 + Ulysses + checkpointed layers whose inputs go through the offloader: the same step."""
-    report = run_probe(tmp_path, token_cache, nproc=2, sp=2, vl=False, overrides=OFFLOAD)
-    assert report["offloaded_tensors"] == report["restored_tensors"] == TINY_LAYERS * GRAD_ACCUM
-    assert_matches_single_process(report, world=2, sp=2)
+    assert_offloaded_step_matches(run_probe(tmp_path, token_cache, nproc=2, sp=2, vl=False, overrides=OFFLOAD), sp=2)
 
 
 @pytest.mark.slow
 def test_data_parallel_fsdp2_with_activation_offload_matches_single_process(tmp_path, token_cache):
-    report = run_probe(tmp_path, token_cache, nproc=2, sp=1, vl=False, overrides=OFFLOAD)
-    assert report["offloaded_tensors"] == report["restored_tensors"] == TINY_LAYERS * GRAD_ACCUM
-    assert_matches_single_process(report, world=2, sp=1)
+    assert_offloaded_step_matches(run_probe(tmp_path, token_cache, nproc=2, sp=1, vl=False, overrides=OFFLOAD), sp=1)
 
 
 @pytest.mark.slow
 def test_vl_sp2_with_activation_offload_matches_single_process(tmp_path, token_cache):
     """Qwen2.5-VL (images and a video): the decoder layers' inputs offloaded, the vision blocks' kept."""
-    report = run_probe(tmp_path, token_cache, nproc=2, sp=2, vl=True, overrides=OFFLOAD)
-    assert report["offloaded_tensors"] == report["restored_tensors"] == TINY_LAYERS * GRAD_ACCUM
-    assert_matches_single_process(report, world=2, sp=2)
+    assert_offloaded_step_matches(run_probe(tmp_path, token_cache, nproc=2, sp=2, vl=True, overrides=OFFLOAD), sp=2)
 
 
 @pytest.mark.slow
