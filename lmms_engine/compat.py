@@ -3,7 +3,8 @@ place. Each entry has a test in tests/unit/test_compat.py that fails by name whe
 or changes it: upgrade a library, run that file, and fix what it names here. Nothing else in the code
 base reaches a library's private names (an underscore module, attribute or method).
 
-Sections: torch, DeepSpeed (imported lazily: it is an optional extra), transformers, liger-kernel, Hydra.
+Sections: torch, DeepSpeed (imported lazily: it is an optional extra), transformers, liger-kernel,
+flash-attn-4 (optional extra), Hydra.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ def checkpoint_wrapper(module: nn.Module, preserve_rng_state: bool = False, chec
     if checkpoint_fn is not None:
         return wrap(module, checkpoint_fn=checkpoint_fn)
     return wrap(module, preserve_rng_state=preserve_rng_state)
+
+
+def is_checkpoint_wrapper(module: nn.Module) -> bool:
+    """True for a module that `checkpoint_wrapper` made (torch's private CheckpointWrapper class)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    return isinstance(module, CheckpointWrapper)
 
 
 def non_persistent_buffer_names(module: nn.Module) -> set[str]:
@@ -201,6 +209,20 @@ def liger_patch_swiglu(module: nn.Module) -> None:
     from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
 
     _patch_swiglu_module(module, LigerSwiGLUMLP)
+
+
+# ---------------------------------------------------------------- flash-attn-4 (optional extra `fa4`)
+
+
+def fa4_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen: int, scale: float, causal: bool):
+    """(dq, dk, dv) of FA4's packed attention: `flash_attn.cute.interface._flash_attn_bwd`, the kernel its
+    own autograd.Function calls. kernels/fa4.py needs it as a function of its own: the forward and the
+    backward are separate custom ops there (opaque to torch.compile), so FA4's autograd.Function is not used."""
+    from flash_attn.cute.interface import _flash_attn_bwd
+
+    dq, dk, dv = _flash_attn_bwd(q, k, v, out, dout, lse, scale, causal, cu_seqlens_q=cu_seqlens,
+                                 cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen)
+    return dq, dk, dv
 
 
 # ---- Hydra ----

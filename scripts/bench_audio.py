@@ -57,7 +57,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_audio_encoder import build_encoder, encoder_costs  # noqa: E402
 from bench_common import device_name, environment, throughput, timed_steps  # noqa: E402
-from bench_train import CONFIGS, make_strategy, markdown_table, with_ratios  # noqa: E402
+from bench_train import config_for, make_strategy, markdown_table, with_ratios  # noqa: E402
 from bench_vl import make_packs, profile_steps  # noqa: E402
 
 from lmms_engine.data.batch import Batch  # noqa: E402
@@ -273,7 +273,7 @@ def bench_strategy(cfg, args):
 
 def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int]], settings: AudioSettings, peak: float,
                args) -> dict:
-    cfg = CONFIGS[name]
+    cfg = config_for(name)
     torch.manual_seed(0)
     strategy = bench_strategy(cfg, args)
     strategy.setup()

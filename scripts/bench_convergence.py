@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import environment, synchronize  # noqa: E402
-from bench_train import CONFIGS, build_context, load_text_model  # noqa: E402
+from bench_train import build_context, config_for, load_text_model  # noqa: E402
 
 from lmms_engine.data.packing import pack_best_fit_decreasing  # noqa: E402
 from lmms_engine.data.types import Sample  # noqa: E402
@@ -64,7 +64,7 @@ def lr_at(step: int, peak: float, warmup: int) -> float:
 
 
 def run_curve(name: str, model_cfg, samples: list[Sample], packs: list[list[int]], args) -> dict:
-    cfg = CONFIGS[name]
+    cfg = config_for(name)
     ctx, _ = build_context(cfg, model_cfg, samples, "single", lr=args.lr)
     losses, seconds = [], []
     for step, pack in enumerate(packs):

@@ -4,6 +4,8 @@ configurations, on the same samples with the same token budget, in one process.
     python scripts/bench_train.py --model qwen2_5_1_5b --tokens-per-step 16384 --out docs/perf/bench_1.5b.json
     # long sequences: one document of 131072 tokens per step; Ulysses over 2 GPUs with --sp-degree
     python scripts/bench_train.py --doc-len 131072 --steps 4 --warmup 1 --configs liger_rmpad_varlen
+    # the same recipe on two attention backends, same run (NAME@BACKEND; fa4 = FlashAttention-4)
+    python scripts/bench_train.py --configs hf_padded_sdpa,liger_rmpad_varlen_noac_accum4,liger_rmpad_varlen_noac_accum4@fa4
     # the same with the checkpointed layers' inputs offloaded to host memory (parallel.offload_activations)
     python scripts/bench_train.py --doc-len 524288 --steps 3 --warmup 1 --configs liger_rmpad_varlen,liger_rmpad_varlen_offload
     torchrun --nproc_per_node=2 scripts/bench_train.py --parallel fsdp2 --sp-degree 2 --doc-len 262144 ...
@@ -24,7 +26,7 @@ import json
 import math
 import os
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +121,20 @@ CONFIGS = {
                     activation_checkpointing=4, grad_accum=4),
     ]
 }
+
+
+def config_for(spec: str) -> BenchConfig:
+    """A configuration by name; `NAME@BACKEND` is NAME with its packed attention on BACKEND (e.g.
+    `liger_rmpad_varlen_noac_accum4@fa4`), so two backends compare in one run under one recipe."""
+    name, _, backend = spec.partition("@")
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; choose one of {sorted(CONFIGS)} (optionally @backend)")
+    cfg = CONFIGS[name]
+    if backend:
+        if not cfg.packing:
+            raise ValueError(f"{spec}: {name} runs padded batches; @backend applies to packed configurations")
+        cfg = replace(cfg, name=spec, attn_backend=backend)
+    return cfg
 
 
 class HFStyleAutocast(Strategy):
@@ -303,7 +319,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="packs (a step takes grad_accum of them)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--baseline-micro-batch", type=int, default=4)
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated; the first is the baseline")
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help="comma-separated NAME or NAME@BACKEND (packed attention backend); the first is the baseline")
     parser.add_argument("--profile", default=None, help="a config to profile for 2 extra steps")
     parser.add_argument("--profile-out", default="profile.txt")
     parser.add_argument("--parallel", default="single", help="single | fsdp2 | zero3 (the last two under torchrun)")
@@ -325,7 +342,7 @@ def main() -> None:
     results = []
     for name in args.configs.split(","):
         try:
-            results.append(run_config(CONFIGS[name], model_cfg, data, args))
+            results.append(run_config(config_for(name), model_cfg, data, args))
         except Exception as err:  # one failing configuration must not hide the others' figures
             traceback.print_exc()
             results.append({"config": name, "error": f"{type(err).__name__}: {str(err)[:300]}"})

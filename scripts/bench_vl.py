@@ -37,7 +37,7 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import CONFIGS, make_strategy, markdown_table, with_ratios  # noqa: E402
+from bench_train import config_for, make_strategy, markdown_table, with_ratios  # noqa: E402
 from bench_common import environment, throughput, timed_steps  # noqa: E402
 
 from lmms_engine.data.batch import Batch  # noqa: E402
@@ -169,7 +169,7 @@ def profile_steps(ctx, steps, data, args) -> None:
 
 
 def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int]], args) -> dict:
-    cfg = CONFIGS[name]
+    cfg = config_for(name)
     torch.manual_seed(0)
     strategy = make_strategy(cfg, "single")
     strategy.setup()

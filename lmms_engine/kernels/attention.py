@@ -18,13 +18,15 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
+from lmms_engine.kernels import fa4
+
 log = logging.getLogger(__name__)
 
-BACKENDS = ("flash_attn", "torch_varlen", "flex", "sdpa")
+BACKENDS = ("fa4", "flash_attn", "torch_varlen", "flex", "sdpa")
 # `auto` tries these in order and takes the first available on the device.
-AUTO_ORDER_CUDA = ("flash_attn", "torch_varlen", "flex", "sdpa")
+AUTO_ORDER_CUDA = ("fa4", "flash_attn", "torch_varlen", "flex", "sdpa")
 # Varlen kernels that also run bidirectional (encoders: kernels/encoder_attention.py), fastest first.
-BIDIRECTIONAL_BACKENDS = ("flash_attn", "torch_varlen")
+BIDIRECTIONAL_BACKENDS = ("fa4", "flash_attn", "torch_varlen")
 
 
 def impl_name(backend: str) -> str:
@@ -33,17 +35,30 @@ def impl_name(backend: str) -> str:
 
 
 def is_available(backend: str, device: torch.device) -> bool:
+    return unavailable_reason(backend, device) is None
+
+
+def unavailable_reason(backend: str, device: torch.device) -> str | None:
+    """Why `backend` cannot run on `device` (None: it can)."""
+    if backend == "fa4":
+        return fa4.unavailable_reason(device)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose auto or one of {BACKENDS}")
+    if backend != "sdpa" and device.type != "cuda":
+        return f"it needs a CUDA device, and this run's device is {device.type}"
+    if not _installed(backend):
+        return "it is not installed" + (" (uv sync --extra flash-attn)" if backend == "flash_attn" else " in this torch")
+    return None
+
+
+def _installed(backend: str) -> bool:
     if backend == "sdpa":
         return True
-    if device.type != "cuda":
-        return False
-    if backend == "flash_attn":
-        return importlib.util.find_spec("flash_attn") is not None
+    if backend == "flash_attn":  # flash-attn 2's extension (flash-attn-4 shares the `flash_attn` namespace)
+        return importlib.util.find_spec("flash_attn_2_cuda") is not None
     if backend == "torch_varlen":
         return _torch_varlen() is not None
-    if backend == "flex":
-        return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
-    raise ValueError(f"unknown attention backend {backend!r}; choose auto or one of {BACKENDS}")
+    return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None  # flex
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
@@ -53,8 +68,9 @@ def resolve_backend(name: str, device: torch.device) -> str:
         return next(b for b in order if is_available(b, device))
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose auto or one of {BACKENDS}")
-    if not is_available(name, device):
-        raise ValueError(f"attention backend {name!r} is not available on {device.type}; try kernels.attn_backend=auto")
+    reason = unavailable_reason(name, device)
+    if reason is not None:
+        raise ValueError(f"kernels.attn_backend={name} cannot run here: {reason}; use kernels.attn_backend=auto")
     return name
 
 
@@ -115,7 +131,9 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
 
 def varlen_attention(q, k, v, cu_seqlens, max_len: int, scaling, *, causal: bool, backend: str) -> torch.Tensor:
     """(T, H, D) tensors of packed sequences delimited by cu_seqlens (int32) -> (T, Hq, D), with the
-    torch_varlen or flash_attn kernel; causal or bidirectional within each sequence."""
+    fa4, torch_varlen or flash_attn kernel; causal or bidirectional within each sequence."""
+    if backend == "fa4":
+        return fa4.fa4_varlen_attention(q, k, v, cu_seqlens, max_len, scaling, causal)
     if backend == "torch_varlen":
         return _torch_varlen_attention(q, k, v, cu_seqlens, max_len, scaling, causal)
     if backend == "flash_attn":

@@ -33,7 +33,8 @@ class KernelPatcher:
 
     use_rmpad: unpadded micro-batches (no packing) are flattened into one padding-free stream;
       packed batches are padding-free already.
-    attn_backend: auto | flash_attn | torch_varlen | flex | sdpa, used for every padding-free batch.
+    attn_backend: auto | fa4 | flash_attn | torch_varlen | flex | sdpa, used for every padding-free batch
+      (auto: the first of attention.AUTO_ORDER_CUDA that runs here; sdpa on CPU).
     use_liger_kernel: Liger RMSNorm / RoPE / SwiGLU on the model and fused linear cross-entropy.
     pad_encoder_mlps: on CUDA, run encoder MLPs of odd width (Qwen2.5-VL vision: 3420, Qwen3-VL-8B: 4304) on zero-padded
       weights of a multiple of 128 (exact; kernels/encoder_mlp.py).
@@ -52,6 +53,16 @@ class KernelPatcher:
         self.fp8 = fp8
         self.backend: str | None = None  # resolved by apply()
         self.sequence_parallel: SequenceParallel | None = None  # set by apply()
+
+    def check(self, device: torch.device) -> None:
+        """ValueError, in one line, for a kernel asked for that `device` cannot run (a named attention
+        backend, Liger, FP8): called before the model is built, so a mistake costs no build."""
+        if self.attn_backend != "auto":
+            attention.resolve_backend(self.attn_backend, device)
+        if self.use_liger_kernel:
+            _require_cuda_for_liger(device)
+        if self.fp8:
+            check_fp8_supported(device)
 
     def apply(self, model: torch.nn.Module, device: torch.device, padding_free: bool,
               encoders: Sequence[EncoderKernels] = (), decoder_path: str = "model", compiled: bool = False,

@@ -3,6 +3,7 @@ activation checkpointing, then compile, then sharding/wrapping."""
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -22,6 +23,35 @@ def units_of(module: nn.Module, unit_types: tuple[type[nn.Module], ...]) -> list
             if isinstance(child, unit_types):
                 found.append((parent, name, child))
     return found
+
+
+def cast_inputs_before_checkpoint(module: nn.Module, dtype: torch.dtype) -> int:
+    """Cast the floating inputs of every checkpointed unit to `dtype` on its checkpoint wrapper, i.e.
+    before the checkpoint saves them; returns how many wrappers.
+
+    FSDP2's mixed precision casts a unit's inputs to the compute dtype in its pre-forward hook, but
+    torch before 2.13 skips that cast when the checkpoint recomputes the unit in backward (pytorch
+    issue 159359). A unit fed fp32 tensors (the vision tower's rotary cos / sin) then recomputes on
+    fp32 what ran on bf16: other numerics, and under torch.compile a CheckpointError ("saved dtype
+    bfloat16, recomputed float32"). Cast here, both passes see the same bf16 inputs, on every torch."""
+    wrappers = [m for m in module.modules() if compat.is_checkpoint_wrapper(m)]
+    for wrapper in wrappers:
+        wrapper.register_forward_pre_hook(functools.partial(_cast_floating_inputs, dtype=dtype), with_kwargs=True)
+    return len(wrappers)
+
+
+def _cast_floating_inputs(module, args, kwargs, *, dtype):
+    return _cast_floating(args, dtype), _cast_floating(kwargs, dtype)
+
+
+def _cast_floating(value, dtype: torch.dtype):
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if torch.is_floating_point(value) else value
+    if type(value) in (tuple, list):
+        return type(value)(_cast_floating(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast_floating(v, dtype) for k, v in value.items()}
+    return value
 
 
 def checkpoint_every(setting: bool | int) -> int:

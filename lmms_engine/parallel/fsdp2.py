@@ -28,7 +28,13 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, Offlo
 from lmms_engine import compat
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
-from lmms_engine.parallel.common import activation_offloader, apply_checkpointing_and_compile, checkpoint_every, units_of
+from lmms_engine.parallel.common import (
+    activation_offloader,
+    apply_checkpointing_and_compile,
+    cast_inputs_before_checkpoint,
+    checkpoint_every,
+    units_of,
+)
 from lmms_engine.parallel.sequence import build_sequence_parallel, check_degree
 
 log = logging.getLogger(__name__)
@@ -116,6 +122,8 @@ class FSDP2(Strategy):
                 encoder_units: tuple[type[nn.Module], ...] = ()) -> nn.Module:
         apply_checkpointing_and_compile(module, shard_units, self.checkpoint_every, self.compile, encoder_units,
                                         self.encoder_checkpointing, self.offloader)
+        if self.dtype != torch.float32:  # what FSDP2 casts, also in the recompute (torch < 2.13)
+            cast_inputs_before_checkpoint(module, self.dtype)
         policy = MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
         if not (self.meta_init and self.world_size > 1):
             module.to("cpu" if self.cpu_offload else self.device)

@@ -82,8 +82,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
 def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     seed_everything(rc.trainer.seed)
-    bundle = _build_model(rc, strategy)
     patcher = instantiate(rc.groups["kernels"])
+    patcher.check(strategy.device)  # a kernel this machine cannot run: one line, before the model is built
+    bundle = _build_model(rc, strategy)
     dataset = instantiate(rc.groups["data"], tokenizer=bundle.tokenizer, seed=rc.trainer.seed, **bundle.data_inputs())
     if strategy.is_main:
         _write_json(run_dir / "data_stats.json", dataset.stats)

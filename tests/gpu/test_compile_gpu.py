@@ -11,7 +11,7 @@ import torch
 from lmms_engine.kernels import attention
 from tests.gpu.compile_runs import train_steps
 
-BACKENDS = ["torch_varlen", "flash_attn"]
+BACKENDS = ["torch_varlen", "flash_attn", "fa4"]
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ def reference():
     return _loss_and_grads(None)
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "torch_varlen", "flex", "flash_attn"])
+@pytest.mark.parametrize("backend", ["sdpa", "torch_varlen", "flex", "flash_attn", "fa4"])
 def test_backend_matches_padded_eager(backend, reference):
     if not attention.is_available(backend, torch.device("cuda")):
         pytest.skip(f"{backend} not available")
@@ -61,7 +61,7 @@ def test_backend_matches_padded_eager(backend, reference):
     assert (grads - ref_grads).norm() / ref_grads.norm() < 0.08
 
 
-@pytest.mark.parametrize("backend", ["torch_varlen", "sdpa"])
+@pytest.mark.parametrize("backend", ["torch_varlen", "sdpa", "fa4"])
 def test_liger_matches_unpatched(backend, reference):
     if not attention.is_available(backend, torch.device("cuda")):
         pytest.skip(f"{backend} not available")
@@ -73,4 +73,4 @@ def test_liger_matches_unpatched(backend, reference):
 
 
 def test_auto_picks_a_fast_backend_on_cuda():
-    assert attention.resolve_backend("auto", torch.device("cuda")) in ("flash_attn", "torch_varlen", "flex")
+    assert attention.resolve_backend("auto", torch.device("cuda")) in ("fa4", "flash_attn", "torch_varlen", "flex")

@@ -48,14 +48,24 @@ def _step(offload: bool) -> tuple[float, dict[str, torch.Tensor], float, int]:
         strategy.teardown()
 
 
+def _relative_differences(grads: dict, reference: dict) -> dict[str, float]:
+    return {name: ((grad - reference[name]).norm() / reference[name].norm().clamp_min(1e-12)).item()
+            for name, grad in grads.items()}
+
+
 def test_offload_lowers_peak_memory_and_keeps_loss_and_gradients():
     plain_loss, plain_grads, plain_peak, _ = _step(offload=False)
+    # The GPU's own run-to-run noise: the same plain step again (bf16 backward kernels accumulate with
+    # atomics, so two identical steps differ by up to ~1e-2 relative on some gradients).
+    _, again_grads, _, _ = _step(offload=False)
+    noise = _relative_differences(again_grads, plain_grads)
     loss, grads, peak, packed = _step(offload=True)
     assert packed == LAYERS
-    assert loss == plain_loss
+    assert loss == plain_loss  # the forward is deterministic: offload restores the exact layer inputs
     assert grads.keys() == plain_grads.keys()
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad, plain_grads[name], atol=1e-3, rtol=1e-2, msg=name)
+    floor = max(noise.values())
+    for name, difference in _relative_differences(grads, plain_grads).items():
+        assert difference <= 2 * floor + 1e-5, (name, difference, floor)
     saved = plain_peak - peak
     assert saved > (LAYERS - 4) * BOUNDARY_BYTES, (plain_peak / 1e9, peak / 1e9, BOUNDARY_BYTES / 1e9)
 

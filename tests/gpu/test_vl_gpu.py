@@ -22,6 +22,8 @@ from lmms_engine.data.collate import (
     mrope_position_ids_padded,
 )
 from lmms_engine.data.types import MediaItem, Sample
+from lmms_engine.kernels import attention
+from lmms_engine.kernels.encoder_attention import encoder_varlen_backend
 from lmms_engine.kernels.patcher import KernelPatcher
 from lmms_engine.models.mrope import MropeSpec
 from lmms_engine.models.qwen2_5_vl import build_qwen2_5_vl
@@ -69,10 +71,10 @@ def _batch(bundle, packed: bool) -> Batch:
                              image_grid_thw=torch.tensor([m.grid_thw for s in samples for m in s.media]))
 
 
-def _loss_and_grads(packed: bool, liger: bool = False):
+def _loss_and_grads(packed: bool, liger: bool = False, backend: str = "torch_varlen"):
     bundle = _bundle()
     model = bundle.model.cuda()
-    patcher = KernelPatcher(use_rmpad=packed, attn_backend="torch_varlen" if packed else "sdpa", use_liger_kernel=liger)
+    patcher = KernelPatcher(use_rmpad=packed, attn_backend=backend if packed else "sdpa", use_liger_kernel=liger)
     patcher.apply(model, torch.device("cuda"), padding_free=packed, encoders=bundle.encoders,
           decoder_path=bundle.decoder_path)
     module = CausalLMWithLoss(model, patcher.loss_fn(), bundle.hidden_states)
@@ -91,7 +93,8 @@ def test_vision_tower_gets_a_bidirectional_varlen_kernel():
     KernelPatcher(use_rmpad=True, attn_backend="torch_varlen").apply(bundle.model.cuda(), torch.device("cuda"), padding_free=True, encoders=bundle.encoders,
           decoder_path=bundle.decoder_path)
     blocks = bundle.model.model.visual.blocks
-    assert [getattr(b.attn, "lmms_varlen_backend", None) for b in blocks] == ["torch_varlen"] * len(blocks)
+    fastest = encoder_varlen_backend(torch.device("cuda"))  # fa4 where flash-attn-4 runs, else torch_varlen
+    assert [getattr(b.attn, "lmms_varlen_backend", None) for b in blocks] == [fastest] * len(blocks)
     assert bundle.model.model.visual.config._attn_implementation == "sdpa"  # what a saved config names
     assert bundle.model.model.language_model.config._attn_implementation == "lmms_torch_varlen"
 
@@ -101,10 +104,13 @@ def padded_reference():
     return _loss_and_grads(packed=False)
 
 
-@pytest.mark.parametrize("liger", [False, True], ids=["varlen", "varlen+liger"])
-def test_packed_vl_matches_padded_sdpa(liger, padded_reference):
+@pytest.mark.parametrize("liger,backend", [(False, "torch_varlen"), (True, "torch_varlen"), (False, "fa4"), (True, "fa4")],
+                         ids=["varlen", "varlen+liger", "fa4", "fa4+liger"])
+def test_packed_vl_matches_padded_sdpa(liger, backend, padded_reference):
+    if not attention.is_available(backend, torch.device("cuda")):
+        pytest.skip(f"{backend} is not available")
     ref_loss, ref_grads = padded_reference
-    loss, grads = _loss_and_grads(packed=True, liger=liger)
+    loss, grads = _loss_and_grads(packed=True, liger=liger, backend=backend)
     assert abs(loss - ref_loss) < 2e-2 * max(1.0, abs(ref_loss))
     cosine = torch.nn.functional.cosine_similarity(grads, ref_grads, dim=0).item()
     assert cosine > 0.99

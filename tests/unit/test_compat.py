@@ -299,3 +299,18 @@ def test_torch_checkpoint_wrapper_runs_a_given_checkpoint_fn_with_the_module_and
     assert len(calls) == 1 and calls[0][0] is inner and calls[0][1][0] is x and calls[0][2] == {}, \
         "compat.checkpoint_wrapper: torch's wrapper no longer calls checkpoint_fn(module, *args, **kwargs)"
     assert list(wrapped.state_dict()) == ["weight", "bias"]
+
+
+def test_torch_is_checkpoint_wrapper_knows_what_checkpoint_wrapper_returns():
+    wrapped = compat.checkpoint_wrapper(nn.Linear(2, 2))
+    assert compat.is_checkpoint_wrapper(wrapped)
+    assert not compat.is_checkpoint_wrapper(nn.Linear(2, 2))
+
+
+def test_fa4_backward_kernel_takes_the_arguments_compat_passes():
+    """compat.fa4_varlen_backward calls FA4's `_flash_attn_bwd` positionally for its first eight
+    parameters (the gradients themselves are checked on the GPU: tests/gpu/test_fa4_gpu.py)."""
+    interface = pytest.importorskip("flash_attn.cute.interface", reason="flash-attn-4 is a GPU extra")
+    names = list(inspect.signature(interface._flash_attn_bwd).parameters)
+    assert names[:8] == ["q", "k", "v", "out", "dout", "lse", "softmax_scale", "causal"]
+    assert {"cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k"} <= set(names)

@@ -22,7 +22,7 @@ BAD_VALUES = [
     ("optim.schedule=foo", r"^optim\.schedule='foo' is not a valid option; choose one of constant, cosine, linear, wsd$"),
     ("data.overlong=cut", r"^data\.overlong='cut' is not a valid option; choose one of drop, truncate$"),
     ("data.on_error=ignore", r"^data\.on_error='ignore' is not a valid option; choose one of raise, skip$"),
-    ("kernels.attn_backend=flash", r"^kernels\.attn_backend='flash' is not a valid option; choose one of auto, flash_attn, "),
+    ("kernels.attn_backend=flash", r"^kernels\.attn_backend='flash' is not a valid option; choose one of auto, fa4, flash_attn, "),
     ("parallel.precision=fp16", r"^parallel\.precision='fp16' is not a valid option; choose one of auto, bf16, fp32$"),
     ("parallel.activation_checkpointing=-2", r"^parallel\.activation_checkpointing=-2; use false, true or a positive"),
     ("parallel.encoder_checkpointing=2", r"^parallel\.encoder_checkpointing=2; use null"),
