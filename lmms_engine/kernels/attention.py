@@ -34,14 +34,14 @@ def impl_name(backend: str) -> str:
     return f"lmms_{backend}"
 
 
-def is_available(backend: str, device: torch.device) -> bool:
-    return unavailable_reason(backend, device) is None
+def is_available(backend: str, device: torch.device, head_dim: int | None = None) -> bool:
+    return unavailable_reason(backend, device, head_dim) is None
 
 
-def unavailable_reason(backend: str, device: torch.device) -> str | None:
-    """Why `backend` cannot run on `device` (None: it can)."""
+def unavailable_reason(backend: str, device: torch.device, head_dim: int | None = None) -> str | None:
+    """Why `backend` cannot run on `device` (None: it can), for heads of `head_dim` if given."""
     if backend == "fa4":
-        return fa4.unavailable_reason(device)
+        return fa4.unavailable_reason(device, head_dim)
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose auto or one of {BACKENDS}")
     if backend != "sdpa" and device.type != "cuda":
@@ -61,14 +61,15 @@ def _installed(backend: str) -> bool:
     return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None  # flex
 
 
-def resolve_backend(name: str, device: torch.device) -> str:
-    """`auto` -> the fastest backend available on `device`; a named one is checked for availability."""
+def resolve_backend(name: str, device: torch.device, head_dim: int | None = None) -> str:
+    """`auto` -> the fastest backend available on `device` (for heads of `head_dim`, when known); a
+    named one is checked for availability."""
     if name == "auto":
         order = AUTO_ORDER_CUDA if device.type == "cuda" else ("sdpa",)
-        return next(b for b in order if is_available(b, device))
+        return next(b for b in order if is_available(b, device, head_dim))
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose auto or one of {BACKENDS}")
-    reason = unavailable_reason(name, device)
+    reason = unavailable_reason(name, device, head_dim)
     if reason is not None:
         raise ValueError(f"kernels.attn_backend={name} cannot run here: {reason}; use kernels.attn_backend=auto")
     return name

@@ -22,9 +22,10 @@ from lmms_engine.kernels import attention
 log = logging.getLogger(__name__)
 
 
-def encoder_varlen_backend(device: torch.device) -> str | None:
-    """The fastest bidirectional varlen kernel on `device`, or None (then transformers' sdpa stays)."""
-    return next((b for b in attention.BIDIRECTIONAL_BACKENDS if attention.is_available(b, device)), None)
+def encoder_varlen_backend(device: torch.device, head_dim: int | None = None) -> str | None:
+    """The fastest bidirectional varlen kernel on `device` for heads of `head_dim`, or None (then
+    transformers' sdpa stays)."""
+    return next((b for b in attention.BIDIRECTIONAL_BACKENDS if attention.is_available(b, device, head_dim)), None)
 
 
 def patch_vision_attention(vision_tower: nn.Module, backend: str,

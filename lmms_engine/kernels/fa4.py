@@ -22,11 +22,17 @@ from lmms_engine import compat
 
 # FA4's kernels: Hopper (sm90) and Blackwell (sm100 / sm110 / sm120).
 SUPPORTED_MAJOR = (9, 10, 11, 12)
+# Head dims whose forward and backward match torch's varlen kernel on an H200 (tests/gpu/test_fa4_gpu.py).
+# flash-attn-4 4.0.0b40's SM90 backward returns a wrong dq at head dim 80 (Qwen2.5-VL's vision tower:
+# 107% relative error against fp32), so other dims keep the next backend.
+VERIFIED_HEAD_DIMS = (64, 128)
 INSTALL_HINT = "install it with `uv sync --extra fa4` (flash-attn-4, CUDA 13 wheels)"
 
 
-def unavailable_reason(device: torch.device) -> str | None:
-    """Why FA4 cannot run on `device` (None: it can)."""
+def unavailable_reason(device: torch.device, head_dim: int | None = None) -> str | None:
+    """Why FA4 cannot run on `device` (None: it can), for attention heads of `head_dim` if given."""
+    if head_dim is not None and head_dim not in VERIFIED_HEAD_DIMS:
+        return f"head dim {head_dim} is not one FA4 is verified for ({', '.join(map(str, VERIFIED_HEAD_DIMS))})"
     if device.type != "cuda":
         return f"this run's device is {device.type}; FA4 needs a Hopper or Blackwell GPU"
     if not torch.cuda.is_available():
@@ -99,6 +105,7 @@ fa4_varlen_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def fa4_varlen_attention(q, k, v, cu_seqlens, max_len: int, scaling: float | None, causal: bool) -> torch.Tensor:
     """(T, Hq, D) output of packed attention; q (T, Hq, D), k / v (T, Hkv, D) with Hq % Hkv == 0."""
+    assert q.shape[-1] in VERIFIED_HEAD_DIMS, f"fa4 chosen for head dim {q.shape[-1]}: see VERIFIED_HEAD_DIMS"
     scale = scaling if scaling is not None else q.shape[-1] ** -0.5
     out, _ = fa4_varlen_fwd(q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens.to(torch.int32), max_len,
                             float(scale), causal)

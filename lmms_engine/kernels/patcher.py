@@ -78,7 +78,7 @@ class KernelPatcher:
         if sequence_parallel is not None and not padding_free:
             raise ValueError("parallel.sp_degree > 1 needs padding-free batches: set data.packing=true or kernels=rmpad")
         if padding_free:
-            self.backend = attention.resolve_backend(self.attn_backend, device)
+            self.backend = attention.resolve_backend(self.attn_backend, device, _head_dim(model))
             text_impl = attention.register(self.backend)
             log.info("attention: %s over padding-free batches", self.backend)
         else:
@@ -148,6 +148,11 @@ def _apply_liger_ops(model: torch.nn.Module, compiled: bool) -> None:
                  f" (restored {', '.join(restored)})" if restored else "")
         return
     log.info("liger: patched %s", ", ".join(apply_liger(model)))
+
+
+def _head_dim(model: torch.nn.Module) -> int:
+    text = model.config.get_text_config()
+    return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
 
 
 def _has_language_model(model: torch.nn.Module) -> bool:

@@ -93,7 +93,8 @@ def audio_features_varlen(
     clips, mel_lengths = _split_clips(features, lengths)
     _check_clips(encoder, clips, mel_lengths)
     device = encoder.conv1.weight.device
-    backend = backend or encoder_varlen_backend(device) or "sdpa"
+    head_dim = encoder.config.d_model // encoder.config.encoder_attention_heads
+    backend = backend or encoder_varlen_backend(device, head_dim) or "sdpa"
     _check_patched(encoder)
     conv_lengths = [feat_extract_output_lengths(n)[0] for n in mel_lengths]
     hidden = _conv_stream(encoder, clips, mel_lengths)

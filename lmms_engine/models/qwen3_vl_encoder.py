@@ -62,7 +62,7 @@ class Qwen3VisionEncoder(QwenVisionEncoder):
     def patch_kernels(self, model, device) -> list[str]:
         tower = self.module(model)
         tower.set_attn_implementation("sdpa")
-        backend = encoder_varlen_backend(device)
+        backend = encoder_varlen_backend(device, head_dim=tower.config.hidden_size // tower.config.num_heads)
         if backend and patch_vision_attention(tower, backend, attention_classes=(Qwen3VLVisionAttention,)):
             return [f"{self.name}: {backend} varlen attention (bidirectional)"]
         return [f"{self.name}: sdpa attention"]

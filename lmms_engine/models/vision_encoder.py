@@ -59,7 +59,7 @@ class QwenVisionEncoder(ModalityEncoder):
         """Bidirectional sdpa from transformers, and on CUDA one varlen kernel call over all images."""
         tower = self.module(model)
         tower.set_attn_implementation("sdpa")
-        backend = encoder_varlen_backend(device)
+        backend = encoder_varlen_backend(device, head_dim=tower.config.hidden_size // tower.config.num_heads)
         if backend and patch_vision_attention(tower, backend):
             return [f"{self.name}: {backend} varlen attention (bidirectional)"]
         return [f"{self.name}: sdpa attention"]

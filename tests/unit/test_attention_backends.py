@@ -54,3 +54,10 @@ def test_fa4_ops_shapes_under_fake_tensors():
         dq, dk, dv = torch.ops.lmms.fa4_varlen_bwd(out, q, k, v, out, lse, cu, 200, 0.088, True)
     assert (out.shape, out.dtype, lse.shape, lse.dtype) == ((300, 12, 128), torch.bfloat16, (12, 300), torch.float32)
     assert (dq.shape, dk.shape, dv.shape) == ((300, 12, 128), (300, 2, 128), (300, 2, 128))
+
+
+def test_fa4_is_not_chosen_for_a_head_dim_it_is_not_verified_for(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    reason = attention.unavailable_reason("fa4", torch.device("cuda"), head_dim=80)
+    assert reason == "head dim 80 is not one FA4 is verified for (64, 128)"
