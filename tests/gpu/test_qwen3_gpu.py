@@ -15,6 +15,7 @@ import torch
 
 from lmms_engine.data.collate import collate_packed, collate_padded
 from lmms_engine.data.types import Sample
+from lmms_engine.kernels.encoder_attention import encoder_varlen_backend
 from lmms_engine.kernels.patcher import KernelPatcher
 from lmms_engine.models.qwen3 import build_qwen3
 from lmms_engine.train.module import CausalLMWithLoss
@@ -92,7 +93,9 @@ def test_qwen3_vl_packed_matches_stock_padded(vl_setup, liger, monkeypatch):
     patcher = KernelPatcher(use_rmpad=True, attn_backend="torch_varlen", use_liger_kernel=liger)
     patcher.apply(ours.model, torch.device("cuda"), padding_free=True, encoders=ours.encoders, decoder_path=ours.decoder_path)
     blocks = ours.model.model.visual.blocks
-    assert [getattr(b.attn, "lmms_varlen_backend", None) for b in blocks] == ["torch_varlen"] * len(blocks)
+    vision = ours.model.model.visual.config
+    fastest = encoder_varlen_backend(torch.device("cuda"), head_dim=vision.hidden_size // vision.num_heads)
+    assert [getattr(b.attn, "lmms_varlen_backend", None) for b in blocks] == [fastest] * len(blocks)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss, grads = vl._packed_loss_and_grads(ours, ours.model, records, patcher=patcher)
     assert abs(loss - ref_loss) < 2e-2 * max(1.0, abs(ref_loss))
