@@ -8,7 +8,7 @@ key is reported before anything is built.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
@@ -42,6 +42,7 @@ class TrainerConfig:
     max_bad_steps: int = 5  # consecutive non-finite (skipped) steps that stop the run (0: never stop)
     keep_last: int | None = None  # complete checkpoints kept, newest first (null: all)
     eval_every: int = 0  # eval loss every N steps, and after the last (0: only after the last); needs data.eval_*
+    report: bool = True  # write <run_dir>/report.html (curves, data stats) at the end (logging/report.py)
 
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -49,9 +50,10 @@ PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 
 @dataclass
 class LoraSettings:
-    """optim.lora: adapters built by peft (train/lora.py); every other weight is frozen."""
+    """optim.lora: adapters built by peft (train/lora.py); every other weight is frozen. The defaults
+    are conf/optim/adamw.yaml's: rank 0 = no LoRA (validate makes optim.lora None then)."""
 
-    rank: int = 16  # adapter rank r
+    rank: int = 0  # adapter rank r (0: no LoRA, full fine-tuning)
     alpha: float = 32.0  # scaling = alpha / rank
     dropout: float = 0.0  # on the adapter's input (training only)
     target_modules: list[str] = field(default_factory=lambda: list(PROJECTIONS))  # nn.Linear names (last part)
@@ -70,8 +72,9 @@ class OptimConfig:
     min_lr_ratio: float = 0.1  # floor of cosine / wsd decay, as a fraction of lr
     decay_ratio: float = 0.2  # wsd: the last fraction of steps that decays
     freeze: list[str] = field(default_factory=list)  # components not trained, e.g. [vision] (model-specific; lm = the rest)
-    component_lr: dict[str, float] | None = None  # peak lr per component, e.g. {vision: 2e-6}; others use lr
-    lora: LoraSettings | None = None  # null: full fine-tuning; {rank: 64, ...}: LoRA adapters only
+    # peak lr per component, e.g. {vision: 2e-6}; null entries (the yaml's defaults) and others use lr
+    component_lr: dict[str, float | None] | None = None
+    lora: LoraSettings | None = None  # None (rank 0 or null): full fine-tuning; rank >= 1: LoRA adapters only
 
 
 @dataclass
@@ -86,7 +89,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     """Check the composed config; raise ValueError naming the key and the valid choices."""
     _check_top_level(cfg)
     trainer = _typed(cfg, "trainer", TrainerConfig)
-    optim = _typed(cfg, "optim", OptimConfig)
+    optim = _typed_optim(cfg)
     _check_run_length(trainer, optim)
     _check_eval(trainer, cfg.data)
     _check_lora(optim.lora, trainer)
@@ -121,6 +124,26 @@ def _typed(cfg: DictConfig, group: str, schema: type):
     except Exception as err:  # omegaconf's ValidationError names the key and the expected type
         raise ValueError(f"invalid value in {group}: {err}") from None
     return OmegaConf.to_object(merged)
+
+
+def _typed_optim(cfg: DictConfig) -> OptimConfig:
+    """optim as the code uses it: component_lr without its null (unset) entries, None when none is set;
+    lora None when off (rank 0, the default node of conf/optim/adamw.yaml, or null)."""
+    optim = _typed(cfg, "optim", OptimConfig)
+    component_lr = {k: v for k, v in (optim.component_lr or {}).items() if v is not None}
+    return replace(optim, component_lr=component_lr or None, lora=_lora_or_off(optim.lora))
+
+
+def _lora_or_off(lora: LoraSettings | None) -> LoraSettings | None:
+    if lora is None or lora.rank != 0:
+        return lora
+    off = LoraSettings()
+    changed = [f"optim.lora.{f.name}={getattr(lora, f.name)}" for f in fields(LoraSettings)
+               if getattr(lora, f.name) != getattr(off, f.name)]
+    if changed:
+        raise ValueError(f"{', '.join(changed)} set but optim.lora.rank=0 (LoRA off); set optim.lora.rank=16 "
+                         "(or another rank >= 1) to train LoRA adapters")
+    return None
 
 
 def _check_run_length(trainer: TrainerConfig, optim: OptimConfig) -> None:
@@ -158,10 +181,10 @@ def _check_eval(trainer: TrainerConfig, data: DictConfig) -> None:
 def _check_lora(lora: LoraSettings | None, trainer: TrainerConfig) -> None:
     if lora is None:
         if trainer.export_adapter:
-            raise ValueError("trainer.export_adapter=true needs LoRA: set optim.lora={rank:16} (or drop export_adapter)")
+            raise ValueError("trainer.export_adapter=true needs LoRA: set optim.lora.rank=16 (or drop export_adapter)")
         return
     if lora.rank < 1:
-        raise ValueError(f"optim.lora.rank must be >= 1, got {lora.rank}")
+        raise ValueError(f"optim.lora.rank must be >= 1 (0: no LoRA), got {lora.rank}")
     if not 0.0 <= lora.dropout < 1.0:
         raise ValueError(f"optim.lora.dropout must be in [0, 1), got {lora.dropout}")
     if not lora.target_modules or not lora.components:

@@ -9,13 +9,15 @@ builders' own constants, imported, so the two checks cannot drift apart.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lmms_engine.data.packing import OVERLONG_POLICIES
 from lmms_engine.data.prepare import ON_ERROR_POLICIES
 from lmms_engine.kernels.attention import BACKENDS
 from lmms_engine.kernels.fp8 import check_fp8_supported
+from lmms_engine.models.registry import MEDIA_KINDS
 from lmms_engine.parallel.base import PRECISIONS
 from lmms_engine.parallel.common import activation_offloader, checkpoint_every, encoder_checkpointing
 from lmms_engine.parallel.deepspeed import ZERO_STAGES
@@ -75,6 +77,7 @@ def check_values(trainer, optim, groups: dict[str, DictConfig]) -> None:
     _check_fp8(groups["kernels"], groups["parallel"])
     _check_sequence_parallel(groups)
     _check_offload(groups["parallel"])
+    _check_demo_data_fits_model(groups["model"], groups["data"])
 
 
 def check_range(key: str, value, bounds: Range) -> None:
@@ -145,6 +148,37 @@ def _check_offload(parallel: DictConfig) -> None:
     """parallel.offload_activations=true needs activation checkpointing (it offloads what that keeps)."""
     if "offload_activations" in parallel:
         activation_offloader(parallel.offload_activations, checkpoint_every(parallel.get("activation_checkpointing", False)))
+
+# The bundled demo data options (conf/data/<option>.yaml reads lmms_engine/data/demo/<option>.yaml) and their media.
+DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
+DEMO_MEDIA = {"demo": frozenset(), "demo_vl": frozenset({"image", "video"}), "demo_audio": frozenset({"audio"}),
+              "demo_omni": frozenset({"image", "video", "audio"})}
+
+
+def _check_demo_data_fits_model(model: DictConfig, data: DictConfig) -> None:
+    """Bundled demo data with media the model does not take (`model=tiny` with the default demo_vl):
+    one line naming the demo option that fits, before the data is built and a record refuses."""
+    takes = MEDIA_KINDS.get(str(model.get("_target_")))
+    option = _demo_option(data)
+    if takes is None or option is None or DEMO_MEDIA[option] <= takes:
+        return
+    fit = next(name for name, kinds in DEMO_MEDIA.items() if kinds == takes)
+    takes_words = f"text and {_media_words(takes)}" if takes else "text only"
+    raise ValueError(f"model={model.name} takes {takes_words} but data={option} has {_media_words(DEMO_MEDIA[option])}; "
+                     f"use data={fit}")
+
+
+def _demo_option(data: DictConfig) -> str | None:
+    """The bundled demo option whose dataset yaml `data.dataset_path` is, else None."""
+    if "dataset_path" not in data or OmegaConf.is_missing(data, "dataset_path"):
+        return None
+    path = Path(str(data.dataset_path)).resolve()
+    return next((name for name in DEMO_MEDIA if path == DEMO_DIR / f"{name}.yaml"), None)
+
+
+def _media_words(kinds: frozenset[str]) -> str:
+    return "/".join(word for kind, word in (("image", "images/video"), ("audio", "audio")) if kind in kinds)
+
 
 # Families whose decoder takes per-position extras beside the embeddings (Qwen3-VL's DeepStack):
 # the SP input hook slices embeddings and positions only.

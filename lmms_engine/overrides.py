@@ -26,7 +26,8 @@ MAX_SUGGESTIONS = 3
 # Keys that only some options of a group have: what to choose instead of adding them with `+`.
 OPTION_KEYS = {"parallel.sp_degree": ("parallel=fsdp2", "sequence parallelism shards the model with FSDP2"),
                "parallel.offload_activations": ("parallel=fsdp2 (or single / ddp)",
-                                                "DeepSpeed's activation checkpointing is not this one and keeps layer inputs on the GPU")}
+                                                "DeepSpeed's activation checkpointing is not this one and keeps layer inputs on the GPU"),
+               "logger.wandb": ("logger=wandb", "logger=default does not log to Weights & Biases")}
 
 
 def check_cli_overrides(argv: list[str], config_name: str = "train") -> None:
@@ -60,6 +61,7 @@ def unknown_key_error(cfg: DictConfig, key: str) -> None:
     if parent_path and not isinstance(parent, DictConfig):
         if parent is None:
             unknown_key_error(cfg, parent_path)  # report the first missing level
+            raise ValueError(_null_node_message(key, parent_path))
         return  # a list element or a scalar's child: Hydra's own message is precise
     if leaf in parent.keys():
         return
@@ -72,6 +74,15 @@ def unknown_key_error(cfg: DictConfig, key: str) -> None:
         raise ValueError(f"unknown top-level key(s) {key}{hint}; valid: {', '.join(TOP_LEVEL_KEYS)}")
     valid = [str(k) for k in parent.keys() if not str(k).startswith("_")]
     raise ValueError(f"unknown key {key}{hint}; valid keys of {parent_path}: {', '.join(valid)}")
+
+
+def _null_node_message(key: str, node_path: str) -> str:
+    """`key` under a node that is null in this run (`logger.wandb` with logger=default)."""
+    if node_path in OPTION_KEYS:
+        option, why = OPTION_KEYS[node_path]
+        return f"{key}: {node_path} is null in this run ({why}); add {option} to the command line"
+    leaf = key.rpartition(".")[2]
+    return f"{key}: {node_path} is null in this run, so it has no keys to set; set it whole: {node_path}={{{leaf}:...}}"
 
 
 def _suggest(cfg: DictConfig, parent: DictConfig, parent_path: str, leaf: str) -> str:

@@ -23,6 +23,7 @@ SHRINK = [
     "trainer.log_every=1",
     "optim.warmup_steps=0",
     "data.packing_length=512",
+    "trainer.report=false",  # report.html costs ~0.5 s a run; tests/e2e/test_report_run.py covers it
 ]
 
 

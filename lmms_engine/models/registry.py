@@ -27,6 +27,14 @@ FAMILIES: dict[str, str] = {
     "qwen3_vl": "lmms_engine.models.qwen3_vl.build_qwen3_vl",
 }
 
+VISION, AUDIO = frozenset({"image", "video"}), frozenset({"audio"})
+# The media kinds each builder's models take (none: a text model), known before anything is built
+# (config_checks names the bundled demo data that fits); model=auto's once its checkpoint is read.
+MEDIA_KINDS: dict[str, frozenset[str]] = {
+    FAMILIES["qwen2"]: frozenset(), FAMILIES["qwen3"]: frozenset(), FAMILIES["qwen2_5_vl"]: VISION,
+    FAMILIES["qwen3_vl"]: VISION, FAMILIES["qwen2_audio"]: AUDIO, FAMILIES["lmms_omni"]: VISION | AUDIO,
+}
+
 
 def register_family(model_type: str, builder: str) -> None:
     """Make `model=auto` build checkpoints of `model_type` with `builder` (an import path)."""

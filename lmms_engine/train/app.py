@@ -21,6 +21,7 @@ from lmms_engine.checkpoint.export import export_adapter, export_hf
 from lmms_engine.checkpoint.manager import check_writable, latest_checkpoint, load_checkpoint
 from lmms_engine.config import RunConfig, validate
 from lmms_engine.logging.data_notes import warn_about_data
+from lmms_engine.logging.report import write_run_report
 from lmms_engine.logging.summary import run_summary
 from lmms_engine.models.flops import peak_flops
 from lmms_engine.parallel import dist as pdist
@@ -127,6 +128,8 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
         policy.sinks.close()
     if finished and rc.trainer.export_hf:  # stopped by a signal: the checkpoint is the output, no export
         _export(rc, module, bundle, lora, run_dir / "hf", strategy)
+    if rc.trainer.report and strategy.is_main:  # curves of the steps so far, also when stopped by a signal
+        write_run_report(run_dir)
 
 
 def _apply_lora(rc: RunConfig, bundle, strategy):

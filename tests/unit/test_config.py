@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import torch
 from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lmms_engine.config import validate
@@ -24,6 +28,39 @@ def test_unknown_freeze_component_is_a_config_error(tmp_path):
 
     with pytest.raises(ValueError, match=r"optim.freeze: unknown component\(s\) tower; this model has lm, vision, merger"):
         run(compose_config("optim.freeze=[tower]", f"data.cache_dir={tmp_path}", vl=True), tmp_path / "run")
+
+
+@pytest.mark.parametrize("overrides", [["optim.component_lr.vision=2e-6"], ["optim.component_lr={vision:2e-6}"]])
+def test_component_lr_in_the_dotted_and_the_brace_form(overrides):
+    assert validate(compose_config(*overrides, vl=True)).optim.component_lr == {"vision": 2e-6}
+    assert validate(compose_config()).optim.component_lr is None  # all null: every component at optim.lr
+
+
+def test_component_lr_node_names_every_component_of_every_family():
+    """optim.component_lr.<component>=X needs the key in conf/optim/adamw.yaml (Hydra adds no key without +)."""
+    components = {"lm"}
+    for model in ("tiny", "tiny_qwen2_5_vl", "tiny_qwen3_vl", "tiny_qwen2_audio", "tiny_omni"):
+        with torch.device("meta"):
+            bundle = instantiate(compose_config(f"model={model}").model, _convert_="all", structure_only=True)
+        components |= set(bundle.components())
+    assert set(compose_config().optim.component_lr) == components
+
+
+@pytest.mark.parametrize("model,data,fix", [
+    ("tiny", "demo_vl", "model=tiny takes text only but data=demo_vl has images/video; use data=demo"),
+    ("tiny_qwen3", "demo_audio", "model=tiny_qwen3 takes text only but data=demo_audio has audio; use data=demo"),
+    ("tiny_qwen2_audio", "demo_vl", "model=tiny_qwen2_audio takes text and audio but data=demo_vl has images/video; "
+                                    "use data=demo_audio"),
+])
+def test_demo_data_with_media_the_model_does_not_take_names_the_fix(model, data, fix):
+    with pytest.raises(ValueError, match=f"^{re.escape(fix)}$"):
+        validate(compose_config(f"model={model}", f"data={data}", shrink=False))
+
+
+@pytest.mark.parametrize("model,data", [("tiny", "demo"), ("tiny_qwen2_5_vl", "demo"), ("tiny_omni", "demo_vl"),
+                                        ("tiny_qwen3_vl", "demo_vl")])
+def test_demo_data_the_model_takes_validates(model, data):
+    validate(compose_config(f"model={model}", f"data={data}", shrink=False))
 
 
 def test_unknown_trainer_key_lists_valid_keys():

@@ -3,8 +3,11 @@ exports (plain transformers / peft give the adapted model's logits), the MFU for
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -94,15 +97,27 @@ def test_lora_flops_charge_frozen_weights_forward_and_input_gradient_only():
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (["optim.lora={rank:0}"], "rank must be >= 1"),
+    (["optim.lora.rank=-1"], r"^optim\.lora\.rank must be >= 1 \(0: no LoRA\), got -1$"),
     (["optim.lora={rank:4,dropout:1.0}"], "dropout must be in"),
-    (["trainer.export_adapter=true"], "needs LoRA"),
+    (["trainer.export_adapter=true"], "needs LoRA: set optim.lora.rank=16"),
+    (["optim.lora.alpha=16"], r"^optim\.lora\.alpha=16\.0 set but optim\.lora\.rank=0 \(LoRA off\); set optim\.lora\.rank=16"),
 ])
 def test_lora_config_mistakes_are_one_clear_error(overrides, match):
     with pytest.raises(ValueError, match=match):
         validate(compose_config(*overrides))
 
 
-def test_lora_config_composes():
-    rc = validate(compose_config("optim.lora={rank:64,alpha:128}"))
+@pytest.mark.parametrize("overrides", [["optim.lora={rank:64,alpha:128}"], ["optim.lora.rank=64", "optim.lora.alpha=128"]])
+def test_lora_config_composes_in_the_brace_and_the_dotted_form(overrides):
+    rc = validate(compose_config(*overrides))
     assert rc.optim.lora.rank == 64 and rc.optim.lora.alpha == 128 and "down_proj" in rc.optim.lora.target_modules
+
+
+@pytest.mark.parametrize("overrides", [[], ["optim.lora.rank=0"], ["optim.lora=null"]])
+def test_lora_is_off_by_default_and_at_rank_zero(overrides):
+    assert validate(compose_config(*overrides)).optim.lora is None
+
+
+def test_the_yaml_lora_node_holds_the_typed_defaults():
+    """conf/optim/adamw.yaml's optim.lora is LoraSettings() (what rank 0 = off compares against)."""
+    assert OmegaConf.to_container(compose_config().optim.lora) == asdict(LoraSettings())

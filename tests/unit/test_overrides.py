@@ -23,6 +23,10 @@ UNKNOWN = [
     (["logger=wandb", "logger.wandb.projcet=x"], r"^unknown key logger\.wandb\.projcet \(did you mean logger\.wandb\.project\?\); "
                                                 r"valid keys of logger\.wandb: project, name, entity, mode, tags, group$"),
     (["data.zzz=1"], r"^unknown key data\.zzz; valid keys of data: dataset_path, "),  # nothing close: no guess
+    (["logger.wandb.project=x"], r"^logger\.wandb\.project: logger\.wandb is null in this run \(logger=default does not log "
+                                 r"to Weights & Biases\); add logger=wandb to the command line$"),
+    (["model=qwen2", "model.config.hidden_size=8"], r"^model\.config\.hidden_size: model\.config is null in this run, so it "
+                                                    r"has no keys to set; set it whole: model\.config=\{hidden_size:\.\.\.\}$"),
 ]
 
 
@@ -38,6 +42,7 @@ def test_unknown_key_names_the_closest_valid_keys(argv, message):
     ["model=nope", "trainer.x=1"],  # a bad group option: Hydra lists the available ones
     ["hydra.run.dir=/tmp/x", "hydra/launcher=submitit_local", "optim.lr=1"],
     ["data.video_fps=1"],  # a key of the default VL data option
+    ["optim.lora.rank=8", "optim.lora.alpha=16", "optim.component_lr.lm=1e-4"],  # nested keys in the dotted form
     ["-m", "data=demo,demo_vl", "data.video_fps=1"],  # under a swept group: left to each job
     ["optim.lr=[bad"],  # a syntax error: Hydra points at it
     ["--config-name", "other", "foo.bar=1"],  # another primary config: its keys are Hydra's to check

@@ -14,7 +14,7 @@ from lmms_engine.overrides import check_cli_overrides
 from tests.conftest import REPO, compose_config
 
 README = REPO / "README.md"
-ENV_TOOLS = ("torchrun", "python", "python3", "pytest", "lmms-train", "lmms-data", "deepspeed", "accelerate")
+ENV_TOOLS = ("torchrun", "python", "python3", "pytest", "lmms-train", "lmms-data", "lmms-report", "deepspeed", "accelerate")
 ACTIVATE = re.compile(r"^(source|\.) \.venv/bin/activate\b")
 
 
