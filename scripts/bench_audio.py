@@ -56,8 +56,8 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_audio_encoder import build_encoder, encoder_costs  # noqa: E402
-from bench_common import device_name, environment, throughput, timed_steps  # noqa: E402
-from bench_train import config_for, make_strategy, markdown_table, with_ratios  # noqa: E402
+from bench_common import device_name, environment, markdown_table, throughput, timed_steps, with_ratios  # noqa: E402
+from bench_train import config_for, make_strategy  # noqa: E402
 from bench_vl import make_packs, profile_steps  # noqa: E402
 
 from lmms_engine.data.batch import Batch  # noqa: E402

@@ -109,3 +109,28 @@ def _torchao_version() -> str | None:
         return version("torchao")
     except PackageNotFoundError:
         return None
+
+
+def with_ratios(results: list[dict]) -> list[dict]:
+    base = results[0]
+    if "error" in base:
+        return results
+    for r in results:
+        if "error" not in r:
+            r["speedup_vs_baseline"] = r["tokens_per_s"] / base["tokens_per_s"]
+            r["mem_vs_baseline"] = r["peak_mem_gb"] / base["peak_mem_gb"]
+    return results
+
+
+def markdown_table(report: dict) -> str:
+    lines = [f"{report['model']} on {report['card']}, {report['tokens_per_step']} tokens per pack",
+             "| config | GPUs | tokens/s | tokens/s/GPU | MFU | peak GB | x baseline tok/s | x baseline mem |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        if "error" in r:
+            lines.append(f"| {r['config']} | {r['error'][:60]} | | | | | | |")
+            continue
+        lines.append(f"| {r['config']} | {r['world_size']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_gpu']:,.0f} | "
+                     f"{100 * r['mfu']:.1f}% | {r['peak_mem_gb']:.1f} | "
+                     f"{r.get('speedup_vs_baseline', 1):.2f} | {r.get('mem_vs_baseline', 1):.2f} |")
+    return "\n".join(lines)

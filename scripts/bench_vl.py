@@ -37,8 +37,8 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import config_for, make_strategy, markdown_table, with_ratios  # noqa: E402
-from bench_common import environment, throughput, timed_steps  # noqa: E402
+from bench_common import environment, markdown_table, throughput, timed_steps, with_ratios  # noqa: E402
+from bench_train import config_for, make_strategy  # noqa: E402
 
 from lmms_engine.data.batch import Batch  # noqa: E402
 from lmms_engine.data.collate import (  # noqa: E402

@@ -71,7 +71,7 @@ def test_packed_and_padded_batches_hold_the_same_clips(bench_audio, synthetic):
 def test_padded_baseline_runs_as_many_micro_batches_on_every_rank(bench_audio, synthetic):
     samples, _, _, _ = synthetic
     packs = bench_audio.make_packs(samples, 2048, 4)
-    cfg = bench_audio.CONFIGS["hf_padded_sdpa"]
+    cfg = bench_audio.config_for("hf_padded_sdpa")
     per_rank = [bench_audio.rank_steps(packs, cfg, 2, rank, 2) for rank in range(2)]
     assert [len(step) for step in per_rank[0]] == [len(step) for step in per_rank[1]]
     for rank, steps in enumerate(per_rank):
