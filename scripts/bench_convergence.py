@@ -89,6 +89,7 @@ def run_curve(name: str, model_cfg, samples: list[Sample], packs: list[list[int]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2_5_1_5b", help="a text preset under conf/model/")
+    parser.add_argument("--decoder-layers", type=int, default=None, help="cut the preset to this many decoder layers")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--tokens-per-step", type=int, default=16384)
     parser.add_argument("--lr", type=float, default=3e-4)
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--fp8", default="liger_rmpad_varlen_noac_compile_fp8", help="the configuration compared")
     parser.add_argument("--out", default=None, help="JSON output path")
     args = parser.parse_args()
-    model_cfg = load_text_model(args.model)
+    model_cfg = load_text_model(args.model, args.decoder_layers)
     samples = phrase_documents(args.steps * args.tokens_per_step // 400, 0, model_cfg.config.vocab_size)
     packs = make_packs(samples, args.tokens_per_step, args.steps)
     curves = [run_curve(name, model_cfg, samples, packs, args) for name in (args.bf16, args.fp8)]

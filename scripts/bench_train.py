@@ -6,6 +6,8 @@ configurations, on the same samples with the same token budget, in one process.
     python scripts/bench_train.py --doc-len 131072 --steps 4 --warmup 1 --configs liger_rmpad_varlen
     # the same recipe on two attention backends, same run (NAME@BACKEND; fa4 = FlashAttention-4)
     python scripts/bench_train.py --configs hf_padded_sdpa,liger_rmpad_varlen_noac_accum4,liger_rmpad_varlen_noac_accum4@fa4
+    # FP8 where its matmuls are large: the 7B shape cut to the layers one GPU holds
+    python scripts/bench_train.py --model qwen2_5_7b --decoder-layers 12 --configs liger_rmpad_varlen_noac_accum4@fa4,liger_rmpad_varlen_noac_accum4_compile_fp8@fa4
     # the same with the checkpointed layers' inputs offloaded to host memory (parallel.offload_activations)
     python scripts/bench_train.py --doc-len 524288 --steps 3 --warmup 1 --configs liger_rmpad_varlen,liger_rmpad_varlen_offload
     torchrun --nproc_per_node=2 scripts/bench_train.py --parallel fsdp2 --sp-degree 2 --doc-len 262144 ...
@@ -303,12 +305,15 @@ def profile_steps(ctx, data: SyntheticSteps, cfg: BenchConfig, args) -> None:
     print(table[:6000])
 
 
-def load_text_model(preset: str):
-    """The preset's config (conf/model/<preset>.yaml), checked to be a text family this script builds."""
+def load_text_model(preset: str, layers: int | None = None):
+    """The preset's config (conf/model/<preset>.yaml), checked to be a text family this script builds;
+    `layers`: cut to that many decoder layers (a 7B shape whose full fine-tuning state fits one GPU)."""
     model_cfg = OmegaConf.load(REPO / "conf" / "model" / f"{preset}.yaml")
     if model_cfg._target_ not in TEXT_BUILDERS:
         raise ValueError(f"--model {preset}: its _target_ {model_cfg._target_} is not one of {sorted(TEXT_BUILDERS)}")
-    model_cfg.name = preset
+    model_cfg.name = preset if layers is None else f"{preset}_{layers}l"
+    if layers is not None:
+        model_cfg.config.num_hidden_layers = layers
     return model_cfg
 
 
@@ -328,10 +333,12 @@ def main() -> None:
     parser.add_argument("--doc-len", type=int, default=None,
                         help="long sequences: every pack is ONE document of this many tokens (--tokens-per-step ignored)")
     parser.add_argument("--sp-degree", type=int, default=1, help="Ulysses sequence parallelism (with --parallel fsdp2)")
+    parser.add_argument("--decoder-layers", type=int, default=None,
+                        help="cut the preset to this many decoder layers (e.g. qwen2_5_7b with 14: fits one H200)")
     parser.add_argument("--no-process-warmup", dest="process_warmup", action="store_false",
                         help="skip the untimed run of the first configuration (see warm_up_process)")
     args = parser.parse_args()
-    model_cfg = load_text_model(args.model)
+    model_cfg = load_text_model(args.model, args.decoder_layers)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     n_packs = args.steps * world // args.sp_degree
     if args.doc_len:
