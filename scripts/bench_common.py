@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lmms_engine import compat
 from lmms_engine.train.loop import StepContext, peak_memory_gb, reset_peak_memory, train_step
 
 
@@ -30,6 +31,7 @@ class MeasuredSteps:
     losses: list[float] = field(default_factory=list)
     peak_mem_gb: float = 0.0
     warmup_seconds: list[float] = field(default_factory=list)  # the untimed steps (compile happens there)
+    graphs: list[int] = field(default_factory=list)  # dynamo graphs compiled so far, after each step
 
 
 def synchronize(device: torch.device) -> None:
@@ -63,6 +65,7 @@ def timed_steps(ctx: StepContext, steps: list[list[list[int]]], warmup_steps: in
         else:
             measured.warmup_seconds.append(time.perf_counter() - start)
         measured.losses.append(stats["loss"])
+        measured.graphs.append(compat.dynamo_counters()["stats"]["unique_graphs"])
     measured.peak_mem_gb = peak_memory_gb(device)
     return measured
 
@@ -81,6 +84,8 @@ def throughput(measured: MeasuredSteps, world_size: int, peak: float | None) -> 
         "loss_first": measured.losses[0],
         "loss_last": measured.losses[-1],
         "warmup_s": [round(t, 2) for t in measured.warmup_seconds],  # torch.compile time shows here
+        "step_seconds": [round(t, 3) for t in measured.seconds],  # an outlier: a compile / JIT in a timed step
+        "graphs_after_each_step": measured.graphs,  # growing after warm-up: recompiles in the timed steps
     }
 
 
