@@ -9,7 +9,6 @@ same group choices and names the unknown key with the closest valid ones ("did y
 from __future__ import annotations
 
 import difflib
-import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -37,7 +36,7 @@ def check_cli_overrides(argv: list[str], config_name: str = "train") -> None:
         return
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         groups = set(GlobalHydra.instance().config_loader().list_groups(""))
-        plain = [o for o in overrides if o.type is OverrideType.CHANGE and o.package is None and not _is_hydra(o)]
+        plain = [o for o in overrides if o.type is OverrideType.CHANGE and o.package is None and not is_hydra_override(o)]
         choices = [o for o in plain if "." not in o.key_or_group and o.key_or_group in groups]
         swept = {o.key_or_group for o in choices if o.is_sweep_override()}
         # Keys under a swept group choice depend on the job: each job's composition checks them.
@@ -119,14 +118,11 @@ def _parse(overrides: list[str]) -> list[Override] | None:
         return None
 
 
-def _is_hydra(override: Override) -> bool:
+def is_hydra_override(override: Override) -> bool:
     return override.key_or_group == "hydra" or override.key_or_group.startswith(("hydra.", "hydra/"))
 
 
-def exit_on_unknown_overrides(argv: list[str], config_name: str = "train") -> None:
-    """The entry points' guard: an unknown key exits with status 1 and one line on stderr."""
-    try:
-        check_cli_overrides(argv, config_name)
-    except ValueError as err:
-        print(f"ERROR    {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+def compose_run(overrides: list[str], config_name: str = "train") -> DictConfig:
+    """The run config `overrides` compose to (Hydra's compose API: no run directory, nothing resolved)."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)

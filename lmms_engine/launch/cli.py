@@ -111,11 +111,10 @@ def main(argv: list[str] | None = None) -> None:
         if translation.multi_process and not any(o.startswith("parallel=") for o in overrides):
             join_one_process_group()
         hydra_args = [*translation.overrides, *overrides]
-    from lmms_engine.overrides import exit_on_unknown_overrides
+    from lmms_engine.train.preflight import prepared_argv_or_exit
     from lmms_engine.train.app import main as app_main
 
-    sys.argv = [sys.argv[0], *hydra_args]
-    exit_on_unknown_overrides(sys.argv[1:])
+    sys.argv = [sys.argv[0], *prepared_argv_or_exit(hydra_args)]
     app_main()
 
 
