@@ -183,10 +183,13 @@ DATA_PATH_KEYS = ("dataset_path", "eval_path")
 
 
 def check_paths(groups: dict[str, DictConfig]) -> None:
-    """The data files the config names exist (a dataset yaml's sources too): a wrong path answers
-    before the model is built, in one line naming the key."""
+    """The data files the config names exist (a dataset yaml's sources too), and the checkpoints the
+    model names can be found (models/locate.py): a wrong path answers before anything is built, in one
+    line naming the key."""
     from lmms_engine.data.sources import resolve_sources  # light: yaml and the error types
+    from lmms_engine.models.locate import check_model_sources
 
+    check_model_sources(groups["model"])
     data = groups["data"]
     for key in DATA_PATH_KEYS:
         path = data.get(key)

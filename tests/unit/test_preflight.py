@@ -16,6 +16,11 @@ MISTAKES = {
     "wrong option": (["model=tiny_qwen25"], "ERROR    unknown option model=tiny_qwen25 (did you mean model=tiny_qwen3 or "),
     "bad lr": (["optim.lr=-1"], "ERROR    optim.lr=-1.0 is out of range; it must be > 0"),
     "missing file": (["data.dataset_path=nope.yaml"], "ERROR    data.dataset_path='nope.yaml': no such file or folder "),
+    "missing checkpoint": (["model=tiny", "data=demo", "model.pretrained=/nope/ckpt"],
+                           "ERROR    model.pretrained='/nope/ckpt': no such local directory "),
+    "hub id offline": (["model=tiny", "data=demo", "model.pretrained=Qwen/Not-A-Model"],
+                       "ERROR    model.pretrained='Qwen/Not-A-Model': not a local directory, so looked up on the Hugging "
+                       "Face hub, but HF_HUB_OFFLINE=1 and it is not in the local hub cache ("),
     "required key": (["model=auto"], "ERROR    model.pretrained must be set (the chosen option leaves it ???): "
                                      "add model.pretrained=... to the command line"),
 }
@@ -23,7 +28,8 @@ MISTAKES = {
 
 def _python(code: str, *args: str, tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LMMS_ENGINE_CACHE": str(tmp_path / "c")})
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LMMS_ENGINE_CACHE": str(tmp_path / "c"),
+                               "HF_HUB_OFFLINE": "1"})
 
 
 @pytest.mark.parametrize("case", sorted(MISTAKES))
