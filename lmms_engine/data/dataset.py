@@ -27,7 +27,7 @@ from lmms_engine.models.mrope import MropeSpec
 
 from .cache import resolve_cache_dir, tokenizer_fingerprint
 from .batch import Batch
-from .chat import check_tokenizer
+from .chat import IGNORE_INDEX, check_tokenizer
 from .common import MediaInputs, collate_samples, cut_flags, media_inputs, pad_token_id, placeholder_id_list
 from .errors import too_few_samples
 from .holdout import check_eval_split, held_out_records
@@ -373,10 +373,13 @@ class SFTDataset:
 
     def _sample_stats(self) -> dict:
         tokens = int(self._lengths.sum())
+        trained = np.concatenate([[0], np.cumsum(self._store.labels != IGNORE_INDEX)])
+        starts = self._store.starts[self._sample_index]
         stats = {
             "samples": self.num_samples,
             "unique_samples": len(np.unique(self._sample_index)),
-            "tokens": tokens,
+            "tokens": tokens,  # every token, prompts included
+            "label_tokens": int((trained[starts + self._lengths] - trained[starts + 1]).sum()),  # trained (shifted by one)
         }
         if self.packing:
             stats["packs"] = len(self.packs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
 import logging
@@ -156,9 +157,20 @@ def relaunch_under_torchrun(nproc: int, overrides: list[str], run_dir: Path) -> 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script),
            *overrides, f"hydra.run.dir='{run_dir}'"]  # quoted: sweep dirs hold '=' and ','
     log.info("launching %d processes: %s", nproc, " ".join(cmd))
-    result = subprocess.run(cmd)
+    result = subprocess.run(cmd, env=torchrun_env(nproc, os.environ))
     if result.returncode != 0:
         raise SystemExit(f"torchrun job in {run_dir} failed with exit code {result.returncode}")
+
+
+def torchrun_env(nproc: int, environ) -> dict[str, str]:
+    """The environment for torchrun's processes: OMP_NUM_THREADS set (torchrun would otherwise print its
+    banner and set 1) to this machine's CPUs shared among them, said once; a value given is kept."""
+    env = dict(environ)
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // nproc))
+        log.info("OMP_NUM_THREADS=%s for each of the %d processes (the CPUs shared among them; set "
+                 "OMP_NUM_THREADS to choose)", env["OMP_NUM_THREADS"], nproc)
+    return env
 
 
 def instantiate(node, *args, **kwargs):
@@ -246,8 +258,12 @@ def _resume_path(resume: str | None, run_dir: Path) -> Path | None:
 
 
 def _device_peak_flops(device) -> float | None:
+    """The device's peak FLOP/s, the denominator of MFU; None, said once in the log, where there is none."""
     if device.type != "cuda":
+        log.info("MFU needs a CUDA device's peak FLOP/s: not shown on %s (metrics.jsonl: mfu null)", device.type)
         return None
-    import torch
-
-    return peak_flops(torch.cuda.get_device_name(device))
+    name = torch.cuda.get_device_name(device)
+    peak = peak_flops(name)
+    if peak is None:
+        log.info("no peak FLOP/s known for %s (models/flops.py): MFU not shown (metrics.jsonl: mfu null)", name)
+    return peak
