@@ -11,7 +11,8 @@ The yaml is either
 * a whole experiment of this framework merged over conf/train.yaml (as an `experiment/` option at the
   global package): it may set any group's keys, pick group options with a `defaults:` list
   (`- override /model: qwen2_5_1_5b`), and use the original engine's top-level switches
-  `use_liger_kernel` / `use_rmpad`, which map to `kernels.*`.
+  `use_liger_kernel` / `use_rmpad`, which map to `kernels.*`; `--print-translation` prints it as
+  the equivalent `lmms-train` overrides and exits.
 
 Further Hydra overrides may follow (they win over the file's values).
 """
@@ -28,7 +29,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from lmms_engine.data.cache import resolve_cache_dir
-from lmms_engine.launch.legacy import Translation, is_legacy, translate
+from lmms_engine.launch.legacy import Translation, hydra_value, is_legacy, translate
 from lmms_engine.parallel import dist as pdist
 
 CLI_EXPERIMENT = "_cli_config"
@@ -43,6 +44,29 @@ def load_experiment(path: Path):
             node.setdefault("kernels", {})
             node.kernels[switch] = node.pop(switch)
     return node
+
+
+def experiment_translation(path: Path) -> Translation:
+    """The lmms-train overrides a framework experiment yaml amounts to: the group options of its
+    `defaults` (`- override /model: tiny` -> `model=tiny`), then every key it sets, dotted."""
+    node = OmegaConf.to_container(load_experiment(path))
+    options = {}
+    for entry in node.pop("defaults", None) or []:
+        if isinstance(entry, dict):  # `_self_` and other plain entries choose no option
+            options.update({key.removeprefix("override").strip().lstrip("/"): option for key, option in entry.items()})
+    overrides = [f"{group}={option}" for group, option in options.items()]
+    overrides += [f"{key}={hydra_value(value)}" for key, value in _leaves(node).items()]
+    return Translation(overrides, [], options.get("parallel", "single"))
+
+
+def _leaves(node: dict, prefix: str = "") -> dict:
+    leaves = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            leaves.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
 
 
 def _read(path: Path):
@@ -96,10 +120,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="print the lmms-train command an original-engine config translates to, and exit")
     args, overrides = parser.parse_known_args(argv)
     translation = legacy_translation(args.config)
-    if args.print_translation:
-        if translation is None:
-            raise SystemExit(f"--print-translation: {args.config} is already in this framework's schema")
-        _print_translation(translation)
+    if args.print_translation:  # a framework yaml too: the same run as command-line overrides
+        _print_translation(translation or experiment_translation(args.config))
         return
     if translation is None:
         ConfigStore.instance().store(group="experiment", name=CLI_EXPERIMENT, node=load_experiment(args.config),
