@@ -9,6 +9,7 @@ A mistake exits with status 1 and one line on stderr, before anything is built o
 
 from __future__ import annotations
 
+import os
 import sys
 
 from hydra.errors import HydraException
@@ -50,9 +51,11 @@ def check_run_config(argv: list[str], config_name: str = "train") -> None:
 
 
 def prepared_argv_or_exit(argv: list[str], config_name: str = "train") -> list[str]:
-    """prepare_argv, a mistake exiting with status 1 and one line on stderr."""
+    """prepare_argv, a mistake exiting with status 1 and one line on stderr (under torchrun, from the
+    first process of each node only: every process finds the same mistake)."""
     try:
         return prepare_argv(argv, config_name)
     except ValueError as err:
-        print(f"ERROR    {err}", file=sys.stderr)
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"ERROR    {err}", file=sys.stderr)
         raise SystemExit(1) from None
