@@ -86,15 +86,22 @@ class RunConfig:
 
 def validate(cfg: DictConfig) -> RunConfig:
     """Check the composed config; raise ValueError naming the key and the valid choices."""
-    rc = check_config(cfg)
+    rc = _check_keys_and_types(cfg)
     for name, group in rc.groups.items():
         _check_target_keys(name, group)  # imports each builder (torch, transformers)
+    _check_values(rc)
     return rc
 
 
 def check_config(cfg: DictConfig) -> RunConfig:
     """validate's checks that need no builder imported (keys, types, ranges, options): the entry point
     runs them before torch and transformers are imported (train/preflight.py)."""
+    rc = _check_keys_and_types(cfg)
+    _check_values(rc)
+    return rc
+
+
+def _check_keys_and_types(cfg: DictConfig) -> RunConfig:
     missing = missing_keys(cfg)
     if missing:
         raise ValueError(f"{', '.join(missing)} must be set (the chosen option leaves it ???): add "
@@ -105,10 +112,12 @@ def check_config(cfg: DictConfig) -> RunConfig:
     _check_run_length(trainer, optim)
     _check_eval(trainer, cfg.data)
     _check_lora(optim.lora, trainer)
-    groups = {name: cfg[name] for name in TARGET_GROUPS}
-    check_option("optim.schedule", optim.schedule, SCHEDULES)
-    check_values(trainer, optim, groups)  # ranges and options, before anything is built
-    return RunConfig(trainer=trainer, optim=optim, groups=groups, name=cfg.name)
+    return RunConfig(trainer=trainer, optim=optim, groups={name: cfg[name] for name in TARGET_GROUPS}, name=cfg.name)
+
+
+def _check_values(rc: RunConfig) -> None:
+    check_option("optim.schedule", rc.optim.schedule, SCHEDULES)
+    check_values(rc.trainer, rc.optim, rc.groups)  # ranges and options, before anything is built
 
 
 def missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
