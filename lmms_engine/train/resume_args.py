@@ -51,7 +51,7 @@ def resume_argv(argv: list[str], config_name: str = "train") -> list[str]:
     """`argv` with the resumed run's own overrides first (see module docstring); `argv` itself when it
     does not resume into a run directory. ValueError (one line) when it changes the run's model or data."""
     args, _ = hydra_args_parser().parse_known_args(argv)
-    resume = find_resume(args, argv)
+    resume = find_resume(args)
     if resume is None:
         return argv
     merged = merge_overrides(resume.saved, resume.new)
@@ -60,8 +60,8 @@ def resume_argv(argv: list[str], config_name: str = "train") -> list[str]:
     return [*flags, *merged, *resume.hydra, "hydra.output_subdir=null"]
 
 
-def find_resume(args, argv: list[str]) -> Resume | None:
-    """The resume `argv` asks for: `hydra.run.dir=D` naming a run directory and a non-null
+def find_resume(args) -> Resume | None:
+    """The resume a parsed command line (Hydra's parser) asks for: `hydra.run.dir=D` naming a run directory and a non-null
     `trainer.resume`, in a single run (not -m) of the default config."""
     if args.multirun or args.config_name or args.config_path or args.config_dir:
         return None
@@ -98,13 +98,13 @@ def check_same_model_and_data(resume: Resume, merged: list[str], config_name: st
     except Exception as err:  # e.g. an option the saved run used no longer exists
         first = str(err).strip().splitlines()[0]
         raise ValueError(f"cannot compose the config of {resume.run_dir} from {resume.run_dir / SAVED_OVERRIDES} "
-                         f"and this command line: {first}") from None
+                         f"and this command line: {first} (a run started with `python -m lmms_engine.launch.cli "
+                         "--config FILE` resumes with that command plus hydra.run.dir and trainer.resume)") from None
     changed = [key for group in RUN_GROUPS for key in changed_keys(before[group], after[group], group)]
     if not changed:
         return
-    blamed = [o.input_line for o in resume.new if o.key_or_group.split(".")[0] in RUN_GROUPS
-              and o.input_line not in resume.saved]
-    own = " ".join(line for line, o in zip(resume.saved, _parse(resume.saved)) if o.key_or_group.split(".")[0] in RUN_GROUPS)
+    blamed = [o.input_line for o in resume.new if _of_run_groups(o) and o.input_line not in resume.saved]
+    own = " ".join(line for line, o in zip(resume.saved, _parse(resume.saved)) if _of_run_groups(o))
     shown = ", ".join(changed[:SHOWN_KEYS]) + (", ..." if len(changed) > SHOWN_KEYS else "")
     raise ValueError(
         f"resuming {resume.run_dir}: {' '.join(blamed) or 'this command line'} changes the run's model or data "
@@ -139,6 +139,10 @@ def _flatten(node, prefix: str) -> dict[str, object]:
     for key, value in node.items():
         flat.update(_flatten(value, f"{prefix}.{key}"))
     return flat
+
+
+def _of_run_groups(override: Override) -> bool:
+    return override.key_or_group.split(".")[0] in RUN_GROUPS
 
 
 def _parse(lines: list[str]) -> list[Override]:
