@@ -28,9 +28,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from lmms_engine.data.cache import resolve_cache_dir
 from lmms_engine.launch.legacy import Translation, hydra_value, is_legacy, translate
-from lmms_engine.parallel import dist as pdist
 
 CLI_EXPERIMENT = "_cli_config"
 SEED_SWITCHES = ("use_liger_kernel", "use_rmpad")
@@ -81,6 +79,8 @@ def legacy_translation(path: Path) -> Translation | None:
     node = _read(path)
     if not (OmegaConf.is_dict(node) and is_legacy(node)):  # keys only: a framework yaml may interpolate other groups
         return None
+    from lmms_engine.data.cache import resolve_cache_dir  # transformers: only for an original-engine config
+
     try:
         return translate(OmegaConf.to_container(node, resolve=True), resolve_cache_dir(None))
     except ValueError as err:
@@ -103,6 +103,8 @@ def _report(path: Path, translation: Translation) -> None:
 def join_one_process_group() -> None:
     """Without torchrun, a multi-process strategy (the original config's fsdp2 / deepspeed) runs as
     a job of one rank: the rendezvous variables torchrun would set, on a free local port."""
+    from lmms_engine.parallel import dist as pdist
+
     if pdist.under_launcher() or "RANK" in os.environ:
         return
     with socket.socket() as sock:
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, type=Path,
                         help="an original-engine config, or an experiment yaml merged over conf/train.yaml")
     parser.add_argument("--print-translation", action="store_true",
-                        help="print the lmms-train command an original-engine config translates to, and exit")
+                        help="print the lmms-train command the config amounts to, and exit")
     args, overrides = parser.parse_known_args(argv)
     translation = legacy_translation(args.config)
     if args.print_translation:  # a framework yaml too: the same run as command-line overrides
@@ -128,15 +130,16 @@ def main(argv: list[str] | None = None) -> None:
                                      package="_global_")
         hydra_args = [f"experiment={CLI_EXPERIMENT}", *overrides]
     else:
-        if pdist.env_rank() == 0:
+        if os.environ.get("RANK", "0") == "0":
             _report(args.config, translation)
         if translation.multi_process and not any(o.startswith("parallel=") for o in overrides):
             join_one_process_group()
         hydra_args = [*translation.overrides, *overrides]
     from lmms_engine.train.preflight import prepared_argv_or_exit
+
+    sys.argv = [sys.argv[0], *prepared_argv_or_exit(hydra_args)]  # before torch is imported: mistakes answer at once
     from lmms_engine.train.app import main as app_main
 
-    sys.argv = [sys.argv[0], *prepared_argv_or_exit(hydra_args)]
     app_main()
 
 
