@@ -9,8 +9,11 @@ flash-attn-4 (optional extra), Hydra.
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where it is used: the Hydra helper below runs before torch is needed
+    import torch
+    from torch import nn
 
 # ---------------------------------------------------------------- torch
 
@@ -64,6 +67,7 @@ def clear_dtensor_caches() -> None:
     """Empty DTensor's module-level caches. Their entries (sharding propagation, redistribute plans
     and planners, mesh topology) hold DeviceMeshes strongly, and through them a finished FSDP2 job's
     process groups and their native threads, past destroy_process_group() and any collection."""
+    import torch
     from torch.distributed.tensor import DTensor
     from torch.distributed.tensor._collective_utils import MeshTopoInfo
     from torch.distributed.tensor._redistribute import _gen_transform_infos, clear_redistribute_planner_cache

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
+from lmms_engine.config_checks import check_option, check_values
+
 TARGET_GROUPS = ("model", "data", "kernels", "parallel", "logger")
 # Arguments the entry point passes itself (objects built from other groups), not config keys.
 INJECTED = {
@@ -87,22 +89,50 @@ class RunConfig:
 
 def validate(cfg: DictConfig) -> RunConfig:
     """Check the composed config; raise ValueError naming the key and the valid choices."""
+    rc = _check_keys_and_types(cfg)
+    for name, group in rc.groups.items():
+        _check_target_keys(name, group)  # imports each builder (torch, transformers)
+    _check_values(rc)
+    return rc
+
+
+def check_config(cfg: DictConfig) -> RunConfig:
+    """validate's checks that need no builder imported (keys, types, ranges, options): the entry point
+    runs them before torch and transformers are imported (train/preflight.py)."""
+    rc = _check_keys_and_types(cfg)
+    _check_values(rc)
+    return rc
+
+
+def _check_keys_and_types(cfg: DictConfig) -> RunConfig:
+    missing = missing_keys(cfg)
+    if missing:
+        raise ValueError(f"{', '.join(missing)} must be set (the chosen option leaves it ???): add "
+                         f"{' '.join(f'{key}=...' for key in missing)} to the command line")
     _check_top_level(cfg)
     trainer = _typed(cfg, "trainer", TrainerConfig)
     optim = _typed_optim(cfg)
     _check_run_length(trainer, optim)
     _check_eval(trainer, cfg.data)
     _check_lora(optim.lora, trainer)
-    groups = {name: cfg[name] for name in TARGET_GROUPS}
-    for name, group in groups.items():
-        _check_target_keys(name, group)
-    # Imported here: the builders' option sets pull in torch and transformers, and the command-line
-    # override check (lmms_engine.overrides) imports this module before any of them is needed.
-    from lmms_engine.config_checks import check_option, check_values
+    return RunConfig(trainer=trainer, optim=optim, groups={name: cfg[name] for name in TARGET_GROUPS}, name=cfg.name)
 
-    check_option("optim.schedule", optim.schedule, SCHEDULES)
-    check_values(trainer, optim, groups)  # ranges and options, before anything is built
-    return RunConfig(trainer=trainer, optim=optim, groups=groups, name=cfg.name)
+
+def _check_values(rc: RunConfig) -> None:
+    check_option("optim.schedule", rc.optim.schedule, SCHEDULES)
+    check_values(rc.trainer, rc.optim, rc.groups)  # ranges and options, before anything is built
+
+
+def missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted keys left `???` (interpolations are not resolved: OmegaConf.missing_keys resolves them
+    and fails on `name: ${path_name:${.pretrained}}` before naming the key)."""
+    found = []
+    for key in node.keys():
+        if OmegaConf.is_missing(node, key):
+            found.append(f"{prefix}{key}")
+        elif not OmegaConf.is_interpolation(node, key) and isinstance(node[key], DictConfig):
+            found += missing_keys(node[key], f"{prefix}{key}.")
+    return found
 
 
 TOP_LEVEL_KEYS = ("name", "output_root", "nproc_per_node", "trainer", "optim", *TARGET_GROUPS)

@@ -3,7 +3,9 @@
 Each builder checks its own arguments too, but only when it runs: a bad `optim.schedule` would surface
 after the model is built and the data tokenized, and torch's "Invalid learning rate" names no key. Here
 every message names the full key (`group.key=value`) and what is allowed. The option sets are the
-builders' own constants, imported, so the two checks cannot drift apart.
+builders' own constants (lmms_engine/options.py), so the two checks cannot drift apart. Nothing here
+imports torch unless the setting needs it (fp8, sequence parallelism): the entry point runs these
+checks before the heavy imports (train/preflight.py).
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lmms_engine.data.packing import OVERLONG_POLICIES
-from lmms_engine.data.prepare import ON_ERROR_POLICIES
-from lmms_engine.kernels.attention import BACKENDS
-from lmms_engine.kernels.fp8 import check_fp8_supported
-from lmms_engine.models.registry import MEDIA_KINDS
-from lmms_engine.parallel.base import PRECISIONS
-from lmms_engine.parallel.common import activation_offloader, checkpoint_every, encoder_checkpointing
-from lmms_engine.parallel.deepspeed import ZERO_STAGES
-from lmms_engine.parallel.sequence import check_heads
+from lmms_engine.models.families import MEDIA_KINDS
+from lmms_engine.options import (
+    BACKENDS,
+    ON_ERROR_POLICIES,
+    OVERLONG_POLICIES,
+    PRECISIONS,
+    ZERO_STAGES,
+    check_offload,
+    checkpoint_every,
+    encoder_checkpointing,
+)
 
 # (low, high, low_inclusive, high_inclusive); None = unbounded on that side.
 Range = tuple[float | None, float | None, bool, bool]
@@ -136,6 +140,8 @@ def _check_fp8(kernels: DictConfig, parallel: DictConfig) -> None:
     if "deepspeed" in str(parallel.get("_target_", "")):
         raise ValueError(f"kernels.fp8=true runs with parallel=single, ddp or fsdp2, not {parallel._target_}: "
                          "pick one of those or set kernels.fp8=false")
+    from lmms_engine.kernels.fp8 import check_fp8_supported  # torch: only for fp8 runs
+
     check_fp8_supported()
 
 
@@ -147,7 +153,7 @@ def _check_frame_bounds(data: DictConfig) -> None:
 def _check_offload(parallel: DictConfig) -> None:
     """parallel.offload_activations=true needs activation checkpointing (it offloads what that keeps)."""
     if "offload_activations" in parallel:
-        activation_offloader(parallel.offload_activations, checkpoint_every(parallel.get("activation_checkpointing", False)))
+        check_offload(parallel.offload_activations, checkpoint_every(parallel.get("activation_checkpointing", False)))
 
 # The bundled demo data options (conf/data/<option>.yaml reads lmms_engine/data/demo/<option>.yaml) and their media.
 DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
@@ -201,4 +207,29 @@ def _check_sequence_parallel(groups: dict[str, DictConfig]) -> None:
     config = groups["model"].get("config") or {}
     text = config.get("text_config") or config
     if text.get("num_attention_heads") is not None:
+        from lmms_engine.parallel.sequence import check_heads  # torch: only for sequence-parallel runs
+
         check_heads(degree, text["num_attention_heads"], text.get("num_key_value_heads") or text["num_attention_heads"])
+
+
+DATA_PATH_KEYS = ("dataset_path", "eval_path")
+
+
+def check_paths(groups: dict[str, DictConfig]) -> None:
+    """The data files the config names exist (a dataset yaml's sources too), and the checkpoints the
+    model names can be found (models/locate.py): a wrong path answers before anything is built, in one
+    line naming the key."""
+    from lmms_engine.data.sources import resolve_sources  # light: yaml and the error types
+    from lmms_engine.models.locate import check_model_sources
+
+    check_model_sources(groups["model"])
+    data = groups["data"]
+    for key in DATA_PATH_KEYS:
+        path = data.get(key)
+        if path is None:
+            continue
+        if not Path(path).exists():
+            raise ValueError(f"data.{key}={path!r}: no such file or folder (a relative path starts at the working "
+                             f"directory, {Path.cwd()}); give a dataset yaml, or a jsonl / json / arrow / parquet "
+                             "file or folder")
+        resolve_sources(path)  # a dataset yaml's own sources, named with the yaml's line

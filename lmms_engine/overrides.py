@@ -9,7 +9,6 @@ same group choices and names the unknown key with the closest valid ones ("did y
 from __future__ import annotations
 
 import difflib
-import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -31,15 +30,18 @@ OPTION_KEYS = {"parallel.sp_degree": ("parallel=fsdp2", "sequence parallelism sh
 
 
 def check_cli_overrides(argv: list[str], config_name: str = "train") -> None:
-    """Raise ValueError naming the first plain override (`key=value`, no `+`) whose key the composed
-    config lacks. Anything else (syntax errors, unknown group options) is left to Hydra's own message."""
-    overrides = _parse(_positional_overrides(argv))
+    """Raise ValueError naming the first group choice (`model=tiny_qwen25`) that is no option of its
+    group, or the first plain override (`key=value`, no `+`) whose key the composed config lacks.
+    Syntax errors are left to Hydra's own message (it points at the character)."""
+    overrides = parse_overrides(_positional_overrides(argv))
     if not overrides:
         return
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         groups = set(GlobalHydra.instance().config_loader().list_groups(""))
-        plain = [o for o in overrides if o.type is OverrideType.CHANGE and o.package is None and not _is_hydra(o)]
+        plain = [o for o in overrides if o.type is OverrideType.CHANGE and o.package is None and not is_hydra_override(o)]
         choices = [o for o in plain if "." not in o.key_or_group and o.key_or_group in groups]
+        for choice in choices:
+            unknown_option_error(choice, GlobalHydra.instance().config_loader().get_group_options(choice.key_or_group))
         swept = {o.key_or_group for o in choices if o.is_sweep_override()}
         # Keys under a swept group choice depend on the job: each job's composition checks them.
         candidates = [o for o in plain if ("." in o.key_or_group or o.key_or_group not in groups)
@@ -48,10 +50,23 @@ def check_cli_overrides(argv: list[str], config_name: str = "train") -> None:
             return
         try:
             cfg = compose(config_name=config_name, overrides=[o.input_line for o in choices if o.key_or_group not in swept])
-        except Exception:  # a bad group choice: Hydra reports it (with the available options) when it runs
+        except Exception:  # anything else Hydra refuses: its own message when it runs
             return
     for override in candidates:
         unknown_key_error(cfg, override.key_or_group)
+
+
+def unknown_option_error(choice: Override, options: list[str]) -> None:
+    """Raise ValueError when a group choice (each value of a sweep) names no option of the group
+    (a file of conf/<group>/), with the closest options; Hydra's own message lists the search path."""
+    group = choice.key_or_group
+    values = list(choice.sweep_string_iterator()) if choice.is_sweep_override() else [choice.value()]
+    for value in values:
+        if value is None or str(value) in options:  # `experiment=null`: no option chosen
+            continue
+        close = difflib.get_close_matches(str(value), options, n=MAX_SUGGESTIONS, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(f'{group}={name}' for name in close)}?)" if close else ""
+        raise ValueError(f"unknown option {group}={value}{hint}; options of {group} (conf/{group}/): {', '.join(options)}")
 
 
 def unknown_key_error(cfg: DictConfig, key: str) -> None:
@@ -123,21 +138,18 @@ def _positional_overrides(argv: list[str]) -> list[str]:
     return list(args.overrides)
 
 
-def _parse(overrides: list[str]) -> list[Override] | None:
+def parse_overrides(overrides: list[str]) -> list[Override] | None:
     try:
         return OverridesParser.create().parse_overrides(overrides)
     except Exception:  # a syntax error: Hydra's message points at the character
         return None
 
 
-def _is_hydra(override: Override) -> bool:
+def is_hydra_override(override: Override) -> bool:
     return override.key_or_group == "hydra" or override.key_or_group.startswith(("hydra.", "hydra/"))
 
 
-def exit_on_unknown_overrides(argv: list[str], config_name: str = "train") -> None:
-    """The entry points' guard: an unknown key exits with status 1 and one line on stderr."""
-    try:
-        check_cli_overrides(argv, config_name)
-    except ValueError as err:
-        print(f"ERROR    {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+def compose_run(overrides: list[str], config_name: str = "train") -> DictConfig:
+    """The run config `overrides` compose to (Hydra's compose API: no run directory, nothing resolved)."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)

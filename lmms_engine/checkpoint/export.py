@@ -10,6 +10,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 from torch import nn
+from transformers.utils import logging as hf_logging
 
 from lmms_engine import compat
 from lmms_engine.checkpoint.manager import describe_os_error
@@ -70,13 +71,25 @@ def _without_tied_copies(lm: nn.Module, state: dict) -> dict:
 def _write(lm, lm_state: dict, artifacts, out_dir: Path) -> None:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    with _standard_attention(lm.config):
+    with _standard_attention(lm.config), _no_progress_bar():
         lm.save_pretrained(tmp, state_dict=lm_state, safe_serialization=True)
     artifacts.save_pretrained(tmp)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     log.info("exported Hugging Face model to %s", out_dir)
+
+
+@contextmanager
+def _no_progress_bar():
+    """transformers' "Writing model shards" bar, once per export, says nothing the log line after it does not."""
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 @contextmanager

@@ -100,6 +100,8 @@ def dcp_load(state: dict, path: Path) -> None:
     from torch.distributed.checkpoint.api import CheckpointException
 
     reader = SafeFileSystemReader(path)
+    if "model" in state:
+        check_model_fits(state["model"], reader.read_metadata().state_dict_metadata, path)
     try:
         dcp.load(state, checkpoint_id=path, storage_reader=reader, planner=WeightsOnlyLoadPlanner())
     except CheckpointException as err:  # DCP wraps what a rank raised: a refusal is re-raised as itself
@@ -107,6 +109,28 @@ def dcp_load(state: dict, path: Path) -> None:
         if reader.refused is not None or refused:
             raise reader.refused or refused[0] from None
         raise
+
+
+def check_model_fits(model_state: dict, saved: dict, path: Path, shown: int = 3) -> None:
+    """One-line ValueError when the checkpoint at `path` (its DCP metadata entries `saved`, named
+    `model.<fqn>`) lacks weights of this run's model or holds them in other shapes (DCP would raise a
+    long RuntimeError naming one key, or load nothing useful)."""
+    expected = {f"model.{name}": value for name, value in model_state.items()}
+    missing = sorted(name for name in expected if name not in saved)
+    reshaped = sorted(name for name, value in expected.items() if name in saved and isinstance(value, torch.Tensor)
+                      and tuple(getattr(saved[name], "size", value.shape)) != tuple(value.shape))
+    if not missing and not reshaped:
+        return
+    extra = sorted(name for name in saved if name.startswith("model.") and name not in expected)
+    parts = [f"{len(missing)} of its weights are not in the checkpoint ({_some(missing, shown)})" if missing else "",
+             f"{len(reshaped)} have other shapes there ({_some(reshaped, shown)})" if reshaped else "",
+             f"the checkpoint has {len(extra)} weights this model lacks ({_some(extra, shown)})" if extra else ""]
+    raise ValueError(f"checkpoint {path} was not written by this run's model: " + "; ".join(p for p in parts if p)
+                     + "; resume with the model (model=... and its overrides) that wrote it")
+
+
+def _some(names: list[str], shown: int) -> str:
+    return ", ".join(name.removeprefix("model.") for name in names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def load_weights_only(path, map_location=None, safe_globals: list | None = None):

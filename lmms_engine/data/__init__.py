@@ -2,32 +2,27 @@
 vision-language models, audio for audio-language models) -> packed / padded batches.
 
 The Hydra `_target_` is `lmms_engine.data.build_sft_dataset` (see docs/data_prep.md).
+
+The names below are imported on first use (PEP 562): importing a light submodule (sources, errors)
+does not pull in torch and transformers, so the entry point can check data paths before those imports.
 """
 
-from .batch import Batch
-from .collate import collate_packed, collate_padded
-from .dataset import SFTDataset, build_sft_dataset
-from .errors import DataError, DataSourceError, TemplateError
-from .media import MediaSettings
-from .media_audio import AudioSettings
-from .modalities import MediaSupport
-from .steps import StepSource, TrainData
-from .types import MediaItem, Sample
+from __future__ import annotations
 
-__all__ = [
-    "AudioSettings",
-    "Batch",
-    "DataError",
-    "DataSourceError",
-    "MediaItem",
-    "MediaSettings",
-    "MediaSupport",
-    "SFTDataset",
-    "Sample",
-    "StepSource",
-    "TemplateError",
-    "TrainData",
-    "build_sft_dataset",
-    "collate_packed",
-    "collate_padded",
-]
+import importlib
+
+# name -> the submodule that defines it
+_EXPORTS = {
+    "AudioSettings": "media_audio", "Batch": "batch", "DataError": "errors", "DataSourceError": "errors",
+    "MediaItem": "types", "MediaSettings": "media", "MediaSupport": "modalities", "SFTDataset": "dataset",
+    "Sample": "types", "StepSource": "steps", "TemplateError": "errors", "TrainData": "steps",
+    "build_sft_dataset": "dataset", "collate_packed": "collate", "collate_padded": "collate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

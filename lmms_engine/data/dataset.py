@@ -27,9 +27,9 @@ from lmms_engine.models.mrope import MropeSpec
 
 from .cache import resolve_cache_dir, tokenizer_fingerprint
 from .batch import Batch
-from .chat import check_tokenizer
+from .chat import IGNORE_INDEX, check_tokenizer
 from .common import MediaInputs, collate_samples, cut_flags, media_inputs, pad_token_id, placeholder_id_list
-from .errors import DataSourceError
+from .errors import too_few_samples
 from .holdout import check_eval_split, held_out_records
 from .media_audio import clip_sample_counts
 from .modalities import MediaOptions, MediaSupport
@@ -115,15 +115,14 @@ def build_sft_dataset(
     media = inputs.support if inputs else None
     tokenized = _tokenize_sources(tokenizer, entries, on_error, num_proc, cache_dir, media)
     store = _SampleStore.from_files(tokenized)
+    length_range = (int(store.lengths.min()), int(store.lengths.max())) if len(store.lengths) else None
     overlong_counts = store.apply_overlong(packing_length, overlong, media)
     held_out = store.hold_out(eval_fraction)  # before weighting: a held-out record is never trained on
     sample_index = weighted_sample_index(store, entries, seed)
     if len(sample_index) == 0 or (not packing and len(sample_index) < micro_batch_size):
-        raise DataSourceError(
-            str(dataset_path),
-            f"only {len(sample_index)} usable samples (micro_batch_size={micro_batch_size}); "
-            f"skipped records: {_merged_skips(tokenized.values())}, overlong: {overlong_counts}",
-        )
+        raise too_few_samples(str(dataset_path), len(sample_index), packing=packing, micro_batch_size=micro_batch_size,
+                              packing_length=packing_length, overlong=overlong, skipped=_merged_skips(tokenized.values()),
+                              overlong_counts=overlong_counts, length_range=length_range)
     dataset = SFTDataset(
         store, sample_index, packing, packing_length, micro_batch_size, pad_token_id(tokenizer), seed, inputs
     )
@@ -374,10 +373,13 @@ class SFTDataset:
 
     def _sample_stats(self) -> dict:
         tokens = int(self._lengths.sum())
+        trained = np.concatenate([[0], np.cumsum(self._store.labels != IGNORE_INDEX)])
+        starts = self._store.starts[self._sample_index]
         stats = {
             "samples": self.num_samples,
             "unique_samples": len(np.unique(self._sample_index)),
-            "tokens": tokens,
+            "tokens": tokens,  # every token, prompts included
+            "label_tokens": int((trained[starts + self._lengths] - trained[starts + 1]).sum()),  # trained (shifted by one)
         }
         if self.packing:
             stats["packs"] = len(self.packs)

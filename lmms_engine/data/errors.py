@@ -51,6 +51,30 @@ class TemplateError(ValueError):
     record, so skipping would silently drop the whole data set."""
 
 
+def too_few_samples(where: str, usable: int, *, packing: bool, micro_batch_size: int, packing_length: int,
+                    overlong: str, skipped: dict[str, int], overlong_counts: dict[str, int],
+                    length_range: tuple[int, int] | None) -> DataSourceError:
+    """The one line for data that leaves no sample to train on (or, padded, fewer than a micro-batch),
+    saying why and what to change. `length_range`: the shortest and longest sample in tokens, before
+    the overlong policy."""
+    reasons = []
+    if skipped:
+        reasons.append(f"{sum(skipped.values())} records were skipped as bad ({', '.join(f'{k}: {v}' for k, v in skipped.items())})")
+    dropped = overlong_counts.get("dropped_overlong", 0)
+    if dropped:
+        reasons.append(f"{dropped} samples were longer than data.packing_length={packing_length} tokens and dropped")
+    if dropped and length_range is not None:
+        shortest, longest = length_range
+        fix = (f"set data.packing_length>={longest} (the longest sample; the shortest has {shortest} tokens)"
+               + (" or data.overlong=truncate" if overlong == "drop" else ""))
+    elif not packing and usable:
+        reasons.append(f"a padded micro-batch holds data.micro_batch_size={micro_batch_size} samples")
+        fix = "lower data.micro_batch_size or add data"
+    else:
+        fix = "fix the records (data.on_error=raise stops at the first bad one, naming its line)"
+    return DataSourceError(where, f"only {usable} usable samples: {'; '.join(reasons) or 'the data is empty'}; {fix}")
+
+
 def shorten(value: Any) -> str:
     """`repr(value)` for an error message, cut to MAX_QUOTED_CHARS (junk can be huge or nested)."""
     text = repr(value)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-OVERLONG_POLICIES = ("drop", "truncate")
+from lmms_engine.options import OVERLONG_POLICIES
 
 
 def pack_best_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from lmms_engine.options import ON_ERROR_POLICIES
+
 from .cache import cache_file_for, load_tokenized, locked, save_tokenized
 from .chat import TEXT_ONLY, expand_placeholders, tokenize_batch
 from .errors import DataError
@@ -39,7 +41,6 @@ from .types import MediaItem, MediaTable, Provenance, Record, TokenizedFile, for
 
 logger = logging.getLogger("lmms_engine.data")
 
-ON_ERROR_POLICIES = ("raise", "skip")
 CHUNK_SIZE = 1000
 MAX_LOGGED_SKIPS = 5  # the first few skipped records are logged in full; the rest only counted
 

@@ -19,10 +19,10 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from lmms_engine.kernels import fa4
+from lmms_engine.options import BACKENDS
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("fa4", "flash_attn", "torch_varlen", "flex", "sdpa")
 # `auto` tries these in order and takes the first available on the device.
 AUTO_ORDER_CUDA = ("fa4", "flash_attn", "torch_varlen", "flex", "sdpa")
 # Varlen kernels that also run bidirectional (encoders: kernels/encoder_attention.py), fastest first.

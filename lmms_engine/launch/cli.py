@@ -11,7 +11,8 @@ The yaml is either
 * a whole experiment of this framework merged over conf/train.yaml (as an `experiment/` option at the
   global package): it may set any group's keys, pick group options with a `defaults:` list
   (`- override /model: qwen2_5_1_5b`), and use the original engine's top-level switches
-  `use_liger_kernel` / `use_rmpad`, which map to `kernels.*`.
+  `use_liger_kernel` / `use_rmpad`, which map to `kernels.*`; `--print-translation` prints it as
+  the equivalent `lmms-train` overrides and exits.
 
 Further Hydra overrides may follow (they win over the file's values).
 """
@@ -27,9 +28,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from lmms_engine.data.cache import resolve_cache_dir
-from lmms_engine.launch.legacy import Translation, is_legacy, translate
-from lmms_engine.parallel import dist as pdist
+from lmms_engine.launch.legacy import Translation, hydra_value, is_legacy, translate
 
 CLI_EXPERIMENT = "_cli_config"
 SEED_SWITCHES = ("use_liger_kernel", "use_rmpad")
@@ -45,6 +44,29 @@ def load_experiment(path: Path):
     return node
 
 
+def experiment_translation(path: Path) -> Translation:
+    """The lmms-train overrides a framework experiment yaml amounts to: the group options of its
+    `defaults` (`- override /model: tiny` -> `model=tiny`), then every key it sets, dotted."""
+    node = OmegaConf.to_container(load_experiment(path))
+    options = {}
+    for entry in node.pop("defaults", None) or []:
+        if isinstance(entry, dict):  # `_self_` and other plain entries choose no option
+            options.update({key.removeprefix("override").strip().lstrip("/"): option for key, option in entry.items()})
+    overrides = [f"{group}={option}" for group, option in options.items()]
+    overrides += [f"{key}={hydra_value(value)}" for key, value in _leaves(node).items()]
+    return Translation(overrides, [], options.get("parallel", "single"))
+
+
+def _leaves(node: dict, prefix: str = "") -> dict:
+    leaves = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            leaves.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
 def _read(path: Path):
     if not path.is_file():
         raise SystemExit(f"--config {path}: no such file")
@@ -57,6 +79,8 @@ def legacy_translation(path: Path) -> Translation | None:
     node = _read(path)
     if not (OmegaConf.is_dict(node) and is_legacy(node)):  # keys only: a framework yaml may interpolate other groups
         return None
+    from lmms_engine.data.cache import resolve_cache_dir  # transformers: only for an original-engine config
+
     try:
         return translate(OmegaConf.to_container(node, resolve=True), resolve_cache_dir(None))
     except ValueError as err:
@@ -79,6 +103,8 @@ def _report(path: Path, translation: Translation) -> None:
 def join_one_process_group() -> None:
     """Without torchrun, a multi-process strategy (the original config's fsdp2 / deepspeed) runs as
     a job of one rank: the rendezvous variables torchrun would set, on a free local port."""
+    from lmms_engine.parallel import dist as pdist
+
     if pdist.under_launcher() or "RANK" in os.environ:
         return
     with socket.socket() as sock:
@@ -93,29 +119,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, type=Path,
                         help="an original-engine config, or an experiment yaml merged over conf/train.yaml")
     parser.add_argument("--print-translation", action="store_true",
-                        help="print the lmms-train command an original-engine config translates to, and exit")
+                        help="print the lmms-train command the config amounts to, and exit")
     args, overrides = parser.parse_known_args(argv)
     translation = legacy_translation(args.config)
-    if args.print_translation:
-        if translation is None:
-            raise SystemExit(f"--print-translation: {args.config} is already in this framework's schema")
-        _print_translation(translation)
+    if args.print_translation:  # a framework yaml too: the same run as command-line overrides
+        _print_translation(translation or experiment_translation(args.config))
         return
     if translation is None:
         ConfigStore.instance().store(group="experiment", name=CLI_EXPERIMENT, node=load_experiment(args.config),
                                      package="_global_")
         hydra_args = [f"experiment={CLI_EXPERIMENT}", *overrides]
     else:
-        if pdist.env_rank() == 0:
+        if os.environ.get("RANK", "0") == "0":
             _report(args.config, translation)
         if translation.multi_process and not any(o.startswith("parallel=") for o in overrides):
             join_one_process_group()
         hydra_args = [*translation.overrides, *overrides]
-    from lmms_engine.overrides import exit_on_unknown_overrides
+    from lmms_engine.train.preflight import prepared_argv_or_exit
+
+    sys.argv = [sys.argv[0], *prepared_argv_or_exit(hydra_args)]  # before torch is imported: mistakes answer at once
     from lmms_engine.train.app import main as app_main
 
-    sys.argv = [sys.argv[0], *hydra_args]
-    exit_on_unknown_overrides(sys.argv[1:])
     app_main()
 
 

@@ -118,13 +118,15 @@ def _keep_steps_up_to(path: Path, last_step: int) -> None:
 
 
 def _format_line(m: dict) -> str:
-    mfu = "n/a" if m["mfu"] is None else f"{100 * m['mfu']:.1f}%"
+    # No MFU without a known peak FLOP/s (CPU, or an unlisted GPU): the entry point says why once.
+    mfu = "" if m["mfu"] is None else f"mfu {100 * m['mfu']:.1f}%  "
     return (f"step {m['step']}  loss {m['loss']:.4f}  lr {m['lr']:.2e}  grad_norm {m['grad_norm']:.3f}  "
-            f"tokens {m['tokens']}  {m['tokens_per_s']:,.0f} tok/s  mfu {mfu}  mem {m['peak_mem_gb']:.2f} GB")
+            f"tokens {m['tokens']}  {m['tokens_per_s']:,.0f} tok/s  {mfu}mem {m['peak_mem_gb']:.2f} GB")
 
 
 def _format_eval_line(m: dict) -> str:
-    return f"step {m['step']}  eval_loss {m['eval_loss']:.4f}  eval_tokens {m['eval_tokens']}"
+    # eval_tokens counts trained label tokens (data_stats.json: eval.label_tokens), not all tokens (eval.tokens)
+    return f"step {m['step']}  eval_loss {m['eval_loss']:.4f} over {m['eval_tokens']:,} trained label tokens"
 
 
 def _json_safe(metrics: dict) -> dict:

@@ -17,9 +17,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from lmms_engine.checkpoint.safe_load import dcp_load
+from lmms_engine.options import PRECISIONS
 from lmms_engine.parallel import dist as pdist
 
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lmms_engine import compat
+from lmms_engine.options import check_offload, checkpoint_every, encoder_checkpointing
 from lmms_engine.parallel.offload import ActivationOffloader, offloaded_checkpoint
 
 log = logging.getLogger(__name__)
@@ -54,22 +55,9 @@ def _cast_floating(value, dtype: torch.dtype):
     return value
 
 
-def checkpoint_every(setting: bool | int) -> int:
-    """parallel.activation_checkpointing: false/0 = off, true/1 = every unit, N = every N-th unit."""
-    if isinstance(setting, bool):
-        return int(setting)
-    if not isinstance(setting, int) or setting < 0:
-        raise ValueError(f"parallel.activation_checkpointing={setting!r}; use false, true or a positive integer N (every N-th layer)")
-    return setting
-
-
 def activation_offloader(offload: bool, every: int) -> ActivationOffloader | None:
     """parallel.offload_activations: the offloader of the checkpointed layers' inputs, or None."""
-    if not isinstance(offload, bool):
-        raise ValueError(f"parallel.offload_activations={offload!r} must be true or false")
-    if offload and not every:
-        raise ValueError("parallel.offload_activations=true offloads what activation checkpointing keeps, "
-                         "but parallel.activation_checkpointing is off: set parallel.activation_checkpointing=true")
+    check_offload(offload, every)
     return ActivationOffloader() if offload else None
 
 
@@ -106,16 +94,6 @@ def apply_compile(module: nn.Module, unit_types: tuple[type[nn.Module], ...], ba
         child.forward = torch.compile(child.forward, backend=backend)
     log.info("torch.compile (%s) on %d units; the first two steps include compile time", backend, len(units))
     return len(units)
-
-
-def encoder_checkpointing(setting: bool | None, every: int) -> bool:
-    """parallel.encoder_checkpointing: null = like the decoder (on if activation_checkpointing is),
-    true / false = checkpoint every encoder block (vision / audio) or none, whatever the decoder does."""
-    if setting is None:
-        return every > 0
-    if not isinstance(setting, bool):
-        raise ValueError(f"parallel.encoder_checkpointing={setting!r}; use null (like the decoder), true or false")
-    return setting
 
 
 def apply_checkpointing_and_compile(module: nn.Module, unit_types: tuple[type[nn.Module], ...], every: int,

@@ -40,11 +40,11 @@ from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
 from lmms_engine.parallel.deepspeed_release import release_comm, release_engine
 from lmms_engine.names import unwrapped_name
+from lmms_engine.options import ZERO_STAGES
 from lmms_engine.parallel.common import apply_checkpointing_and_compile, checkpoint_every
 
 log = logging.getLogger(__name__)
 
-ZERO_STAGES = (1, 2, 3)
 CHECKPOINT_TAG = "deepspeed"  # DeepSpeed writes its files under <checkpoint dir>/deepspeed/
 
 

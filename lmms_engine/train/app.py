@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
 import logging
@@ -33,6 +34,7 @@ from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw, freeze_components
 from lmms_engine.train.prefetch import make_collator
 from lmms_engine.train.resolvers import register_resolvers
+from lmms_engine.train.resume_args import record_resume
 from lmms_engine.train.run_length import check_run_length, resolve_run_length
 from lmms_engine.train.schedule import lr_at
 from lmms_engine.train.shutdown import exit_if_groups_linger, release_frames, sigterm_exits
@@ -55,7 +57,7 @@ def main(cfg: DictConfig) -> None:
     if pdist.env_rank() != 0:  # one console and train.log voice: rank 0; others report problems only
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        run(cfg, run_dir)
+        run(cfg, run_dir, overrides=list(HydraConfig.get().overrides.task))
     except ValueError as err:  # a user mistake (config, data): its message says what and where
         log.error("%s", err)
         sys.exit(1)
@@ -63,8 +65,9 @@ def main(cfg: DictConfig) -> None:
         exit_if_groups_linger()
 
 
-def run(cfg: DictConfig, run_dir: Path) -> Path:
-    """Train as `cfg` says, writing into `run_dir`. Returns the run directory."""
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> Path:
+    """Train as `cfg` says, writing into `run_dir` (`overrides`: the command line's, recorded on resume).
+    Returns the run directory."""
     rc = validate(cfg)
     check_run_length(rc)
     check_writable(run_dir / "checkpoints", pdist.env_rank())  # before any work, not at the first save
@@ -72,7 +75,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     try:
         with sigterm_exits():  # outside the loop (which checkpoints on it) SIGTERM ends the run through here
             strategy.setup()
-            _run(cfg, rc, strategy, run_dir)
+            _run(cfg, rc, strategy, run_dir, list(overrides))
     except BaseException as err:
         release_frames(err)  # the traceback would keep the model and engine, so their process groups, alive
         raise
@@ -81,14 +84,13 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     return run_dir
 
 
-def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
+def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path, overrides: list[str]) -> None:
     seed_everything(rc.trainer.seed)
     patcher = instantiate(rc.groups["kernels"])
     patcher.check(strategy.device)  # a kernel this machine cannot run: one line, before the model is built
     bundle = _build_model(rc, strategy)
     dataset = instantiate(rc.groups["data"], tokenizer=bundle.tokenizer, seed=rc.trainer.seed, **bundle.data_inputs())
     if strategy.is_main:
-        _write_json(run_dir / "data_stats.json", dataset.stats)
         warn_about_data(dataset.stats, rc.groups["data"].get("packing_length"))
     rc = resolve_run_length(rc, dataset, strategy.data_world_size)  # trainer.epochs / optim.warmup_ratio as steps
     patcher.apply(bundle.model, strategy.device, padding_free=dataset.packing or patcher.use_rmpad,
@@ -101,7 +103,9 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
                               bundle.encoder_units)
     optimizer = strategy.build_optimizer(
         module, functools.partial(_make_optimizer, optim=rc.optim, components=bundle.components()))
-    start_step, position, bad_steps = _maybe_resume(rc, run_dir, module, optimizer, strategy)
+    start_step, position, bad_steps = _maybe_resume(rc, run_dir, module, optimizer, strategy, overrides)
+    if strategy.is_main and not (start_step and (run_dir / "data_stats.json").exists()):
+        _write_json(run_dir / "data_stats.json", dataset.stats)  # a run resumed in place keeps its own
     step_source = make_step_batches(dataset, rc.trainer.grad_accum, strategy.data_rank, strategy.data_world_size, position)
     collator = make_collator(dataset.collate, step_source.plan(), _data_workers(rc, strategy.device), strategy.device)
     ctx = StepContext(
@@ -157,9 +161,20 @@ def relaunch_under_torchrun(nproc: int, overrides: list[str], run_dir: Path) -> 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script),
            *overrides, f"hydra.run.dir='{run_dir}'"]  # quoted: sweep dirs hold '=' and ','
     log.info("launching %d processes: %s", nproc, " ".join(cmd))
-    result = subprocess.run(cmd)
+    result = subprocess.run(cmd, env=torchrun_env(nproc, os.environ))
     if result.returncode != 0:
         raise SystemExit(f"torchrun job in {run_dir} failed with exit code {result.returncode}")
+
+
+def torchrun_env(nproc: int, environ) -> dict[str, str]:
+    """The environment for torchrun's processes: OMP_NUM_THREADS set (torchrun would otherwise print its
+    banner and set 1) to this machine's CPUs shared among them, said once; a value given is kept."""
+    env = dict(environ)
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // nproc))
+        log.info("OMP_NUM_THREADS=%s for each of the %d processes (the CPUs shared among them; set "
+                 "OMP_NUM_THREADS to choose)", env["OMP_NUM_THREADS"], nproc)
+    return env
 
 
 def instantiate(node, *args, **kwargs):
@@ -213,14 +228,18 @@ def _lr(step: int, rc: RunConfig) -> float:
                  min_lr_ratio=o.min_lr_ratio, decay_ratio=o.decay_ratio)
 
 
-def _maybe_resume(rc: RunConfig, run_dir: Path, module, optimizer, strategy) -> tuple[int, dict | None, int]:
-    """(step, data position, bad steps so far) of the checkpoint to resume from; (0, None, 0) when fresh."""
+def _maybe_resume(rc: RunConfig, run_dir: Path, module, optimizer, strategy,
+                  overrides: list[str]) -> tuple[int, dict | None, int]:
+    """(step, data position, bad steps so far) of the checkpoint to resume from; (0, None, 0) when fresh.
+    Nothing is written into `run_dir` before the checkpoint has loaded into this run's model."""
     path = _resume_path(rc.trainer.resume, run_dir)
     if path is None:
         return 0, None, 0
     state = load_checkpoint(path, module, optimizer, strategy)
     restore_rng(state["rng"])
     log.info("resumed from %s at step %d", path, state["step"])
+    if strategy.is_main:
+        record_resume(run_dir, path, state["step"], overrides)
     return state["step"], state["data"], state.get("bad_steps", 0)
 
 
@@ -243,8 +262,12 @@ def _resume_path(resume: str | None, run_dir: Path) -> Path | None:
 
 
 def _device_peak_flops(device) -> float | None:
+    """The device's peak FLOP/s, the denominator of MFU; None, said once in the log, where there is none."""
     if device.type != "cuda":
+        log.info("MFU needs a CUDA device's peak FLOP/s: not shown on %s (metrics.jsonl: mfu null)", device.type)
         return None
-    import torch
-
-    return peak_flops(torch.cuda.get_device_name(device))
+    name = torch.cuda.get_device_name(device)
+    peak = peak_flops(name)
+    if peak is None:
+        log.info("no peak FLOP/s known for %s (models/flops.py): MFU not shown (metrics.jsonl: mfu null)", name)
+    return peak

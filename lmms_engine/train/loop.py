@@ -107,14 +107,15 @@ def train(ctx: StepContext, policy: LoopPolicy, start_step: int) -> bool:
 
 def note_warmup(times: list[float], seconds: float, last: bool) -> str | None:
     """Collect the first steps' times; once WARMUP_STEPS_LOGGED are in (or the run ends), log and
-    return one line with the compile / warm-up time: the excess of the first steps over the last."""
+    return one line with the compile / warm-up time: the excess of the first steps over the fastest of
+    them (never negative: a later step can be the slower one, with a longer pack or a busy machine)."""
     if len(times) >= WARMUP_STEPS_LOGGED:
         return None
     times.append(seconds)
     if len(times) < WARMUP_STEPS_LOGGED and not last:
         return None
-    steady = times[-1]
-    excess = sum(t - steady for t in times[:-1])
+    steady = min(times)
+    excess = sum(t - steady for t in times)
     line = (f"compile + warm-up: {excess:.1f} s (first steps {', '.join(f'{t:.2f}' for t in times)} s; "
             f"steady step {steady:.2f} s)")
     log.info(line)

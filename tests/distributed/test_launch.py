@@ -81,8 +81,9 @@ def test_single_process_checkpoint_resumes_on_two_fsdp2_ranks(fsdp2_two_rank_run
     _run(["train.py", "parallel=single", "trainer.grad_accum=2", "trainer.max_steps=6", "trainer.save_every=3",
           f"hydra.run.dir={single}", *SMALL], root)
     resumed = _resume_copy(single, tmp_path / "resumed")
-    _run(["-m", "torch.distributed.run", "--nproc_per_node=2", "train.py", "parallel=fsdp2", "trainer.max_steps=6",
-          "trainer.save_every=3", "trainer.resume=auto", f"hydra.run.dir={resumed}", *SMALL], root)
+    # The resume keeps the run's own overrides (grad_accum=2 among them): two ranks set it back to 1.
+    _run(["-m", "torch.distributed.run", "--nproc_per_node=2", "train.py", "parallel=fsdp2", "trainer.grad_accum=1",
+          "trainer.max_steps=6", "trainer.save_every=3", "trainer.resume=auto", f"hydra.run.dir={resumed}", *SMALL], root)
     got, want = _rows(resumed), _rows(single)
     assert [r["loss"] for r in got[3:]] == pytest.approx([r["loss"] for r in want[3:]], abs=1e-5)
     assert [r["loss"] for r in want] == pytest.approx([r["loss"] for r in _rows(reference)], abs=1e-5)

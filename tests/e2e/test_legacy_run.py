@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra.core.config_store import ConfigStore
 
-from lmms_engine.launch.legacy import write_dataset_yaml
+from lmms_engine.launch.cli import CLI_EXPERIMENT, experiment_translation, load_experiment
+from lmms_engine.launch.legacy import is_legacy, write_dataset_yaml
+from lmms_engine.overrides import compose_run
+from lmms_engine.train.resolvers import register_resolvers
 from tests.conftest import REPO
 from tests.legacy_config import HAND_WRITTEN, ISSUE_CONFIG, local_issue_config
 
@@ -33,6 +37,25 @@ def test_print_translation_prints_the_equivalent_command(tmp_path):
     command, note = result.stdout.splitlines()
     assert command.startswith("lmms-train model=auto data=sft kernels=liger_rmpad parallel=fsdp2 logger=wandb ")
     assert note.startswith("# parallel=fsdp2: launch under torchrun")
+
+
+def test_print_translation_of_a_framework_yaml_prints_its_command(tmp_path):
+    """A yaml already in this framework's schema is no error: its equivalent command, exit status 0."""
+    result = _python(["-m", "lmms_engine.launch.cli", "--config", "examples/tiny_text_sft.yaml", "--print-translation"],
+                     tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == ("lmms-train model=tiny data=demo kernels=none data.packing_length=512 trainer.max_steps=30 "
+                             "trainer.save_every=0 trainer.log_every=5 optim.lr=0.0003 kernels.use_liger_kernel=false "
+                             "kernels.use_rmpad=false\n")
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.yaml")
+                                           if not is_legacy(yaml.safe_load(p.read_text()))))
+def test_a_framework_yamls_translation_composes_the_same_config(example):
+    path = REPO / "examples" / example
+    ConfigStore.instance().store(group="experiment", name=CLI_EXPERIMENT, node=load_experiment(path), package="_global_")
+    register_resolvers()
+    assert compose_run(experiment_translation(path).overrides) == compose_run([f"experiment={CLI_EXPERIMENT}"])
 
 
 def test_untranslatable_config_exits_with_one_line_per_key(tmp_path):

@@ -91,6 +91,10 @@ def test_warmup_line_reports_the_excess_of_the_first_steps():
     assert line.startswith("compile + warm-up: 38.0 s") and "steady step 2.00 s" in line
     assert note_warmup(times, 2.0, last=False) is None and len(times) == 3  # logged once
     assert note_warmup([], 5.0, last=True).startswith("compile + warm-up: 0.0 s")  # a one-step run still says it
+    slower_later = []  # the third step slower than the second (a longer pack): still no negative warm-up
+    for seconds in (0.5, 0.3, 1.9):
+        line = note_warmup(slower_later, seconds, last=False)
+    assert line.startswith("compile + warm-up: 1.8 s (first steps 0.50, 0.30, 1.90 s; steady step 0.30 s)")
 
 
 def test_liger_public_patch_keeps_classes_and_compiled_runs_restore_its_rotary():

@@ -21,6 +21,7 @@ from lmms_engine.models.audio_encoder import feat_extract_output_lengths
 from lmms_engine.models.mrope import MropeSpec
 from lmms_engine.models.qwen2_audio import build_builtin_audio_processor
 from lmms_engine.models.tokenizer import CHATML_TEMPLATE
+from tests.conftest import compose_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_AUDIO = REPO / "lmms_engine" / "data" / "demo" / "media" / "audio"
@@ -379,8 +380,11 @@ def test_stats_count_audios_seconds_clips_and_tokens(mixed):
 
 
 def test_demo_audio_yaml_builds_with_text_and_audio(processor, tmp_path):
-    dataset = build(processor, DEMO_AUDIO_YAML, tmp_path, num_proc=2)
+    """At the bundled `data=demo_audio` packing length, none of its own samples is dropped."""
+    packing_length = compose_config("model=tiny_qwen2_audio", "data=demo_audio", shrink=False).data.packing_length
+    dataset = build(processor, DEMO_AUDIO_YAML, tmp_path, num_proc=2, packing_length=packing_length)
     assert dataset.stats["audios"] > 100 and dataset.stats["skipped"] == 0
+    assert dataset.stats["dropped_overlong"] == 0 and dataset.stats["samples"] == dataset.stats["records"]
     pack = max(dataset.micro_batches(0), key=len)
     batch = dataset.collate(pack)
     assert batch.audio_features.shape[1] == int(batch.audio_frames.sum())

@@ -265,6 +265,24 @@ def test_all_records_bad_is_an_error_even_with_skip(tokenizer, tmp_path):
         build(tokenizer, path, tmp_path, on_error="skip")
 
 
+def test_a_packing_length_below_every_sample_says_the_length_needed(tokenizer, tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [chat(i) for i in range(20)])
+    lengths = sorted(len(build(tokenizer, path, tmp_path)[i].input_ids) for i in range(20))
+    with pytest.raises(DataSourceError) as err:
+        build(tokenizer, path, tmp_path, packing_length=8, micro_batch_size=4)
+    assert str(err.value) == (f"{path}: only 0 usable samples: 20 samples were longer than data.packing_length=8 tokens "
+                              f"and dropped; set data.packing_length>={lengths[-1]} (the longest sample; the shortest has "
+                              f"{lengths[0]} tokens) or data.overlong=truncate")
+    build(tokenizer, path, tmp_path, packing_length=lengths[-1])  # the length it names is enough
+
+
+def test_fewer_samples_than_a_padded_micro_batch_names_micro_batch_size(tokenizer, tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [chat(i) for i in range(3)])
+    with pytest.raises(DataSourceError, match=r"only 3 usable samples: a padded micro-batch holds "
+                                              r"data\.micro_batch_size=4 samples; lower data\.micro_batch_size or add data$"):
+        build(tokenizer, path, tmp_path, packing=False, micro_batch_size=4)
+
+
 def test_sample_ids_name_file_and_line(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", [chat(0), "", chat(1)])
     dataset = build(tokenizer, path, tmp_path)

@@ -1,5 +1,5 @@
-"""A command-line override of a key that does not exist gets the framework's one line with the closest
-valid keys, not Hydra's "use +key=" (which suggests the wrong fix)."""
+"""A command-line override of a key (or group option) that does not exist gets the framework's one line
+with the closest valid names, not Hydra's "use +key=" (which suggests the wrong fix) or its 34-line listing."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ UNKNOWN = [
                                  r"to Weights & Biases\); add logger=wandb to the command line$"),
     (["model=qwen2", "model.config.hidden_size=8"], r"^model\.config\.hidden_size: model\.config is null in this run, so it "
                                                     r"has no keys to set; set it whole: model\.config=\{hidden_size:\.\.\.\}$"),
+    (["model=tiny_qwen25"], r"^unknown option model=tiny_qwen25 \(did you mean model=tiny_qwen3 or model=tiny_qwen2_5_vl or "
+                            r"model=tiny_qwen3_vl\?\); options of model \(conf/model/\): auto, omni_7b, "),
+    (["-m", "parallel=fsdp2,zero9"], r"^unknown option parallel=zero9 \(did you mean parallel=zero3 or parallel=zero2 or "
+                                     r"parallel=zero1\?\); options of parallel \(conf/parallel/\): ddp, fsdp2, single, "),
+    (["model=nope", "trainer.x=1"], r"^unknown option model=nope; options of model"),  # nothing close: no guess
 ]
 
 
@@ -39,7 +44,7 @@ def test_unknown_key_names_the_closest_valid_keys(argv, message):
 @pytest.mark.parametrize("argv", [
     ["trainer.max_steps=3", "model=tiny", "data=demo"],
     ["+trainer.foo=1"],  # an explicit add is validate's to refuse
-    ["model=nope", "trainer.x=1"],  # a bad group option: Hydra lists the available ones
+    ["experiment=null", "hydra/launcher=submitit_local"],  # no option chosen; Hydra's own groups are Hydra's
     ["hydra.run.dir=/tmp/x", "hydra/launcher=submitit_local", "optim.lr=1"],
     ["data.video_fps=1"],  # a key of the default VL data option
     ["optim.lora.rank=8", "optim.lora.alpha=16", "optim.component_lr.lm=1e-4"],  # nested keys in the dotted form

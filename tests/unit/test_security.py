@@ -82,6 +82,18 @@ def test_pickled_object_in_a_dcp_entry_is_refused(tmp_path):
     assert marker.exists()
 
 
+def test_a_checkpoint_of_another_model_is_refused_in_one_line_naming_keys(tmp_path):
+    """Resuming with the wrong model: one line naming the checkpoint and the keys, not DCP's RuntimeError."""
+    path = tmp_path / "ckpt"
+    dcp.save({"model": torch.nn.Linear(4, 3).state_dict()}, checkpoint_id=path)
+    other = {"model": {"weight": torch.zeros(3, 5), "bias": torch.zeros(3), "visual.proj": torch.zeros(2)}}
+    with pytest.raises(ValueError) as err:
+        dcp_load(other, path)
+    assert str(err.value) == (f"checkpoint {path} was not written by this run's model: 1 of its weights are not in the "
+                              "checkpoint (visual.proj); 1 have other shapes there (weight); resume with the model "
+                              "(model=... and its overrides) that wrote it")
+
+
 class _NoModelStrategy:
     rank = 0
 
