@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from lmms_engine.logging.report import build_report, main, write_report
-from tests.e2e.test_cli import _train
+from tests.cli_runs import train_cli
 
 SWEEP = ["-m", "model=tiny", "data=demo", "optim.lora.rank=4,8", "optim.lora.alpha=16", "optim.lr=1e-2",
          "trainer.max_steps=3", "trainer.export_hf=false", "trainer.save_final=false", "data.packing_length=256",
@@ -26,7 +26,7 @@ PLOTTED = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s", "peak_mem_gb"
 def sweep(tmp_path_factory) -> Path:
     """The multirun directory of two 3-step LoRA runs (one process, ~20 s on 2 cores)."""
     root = tmp_path_factory.mktemp("report_runs")
-    result = _train([*SWEEP, f"output_root={root}"], root)
+    result = train_cli([*SWEEP, f"output_root={root}"], root)
     assert result.returncode == 0, result.stderr[-3000:]
     (multirun,) = (root / "tiny").glob("multirun_*")
     return multirun
