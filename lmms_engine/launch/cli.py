@@ -28,6 +28,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from lmms_engine.dotted import flatten
 from lmms_engine.launch.legacy import Translation, hydra_value, is_legacy, translate
 
 CLI_EXPERIMENT = "_cli_config"
@@ -53,18 +54,8 @@ def experiment_translation(path: Path) -> Translation:
         if isinstance(entry, dict):  # `_self_` and other plain entries choose no option
             options.update({key.removeprefix("override").strip().lstrip("/"): option for key, option in entry.items()})
     overrides = [f"{group}={option}" for group, option in options.items()]
-    overrides += [f"{key}={hydra_value(value)}" for key, value in _leaves(node).items()]
+    overrides += [f"{key}={hydra_value(value)}" for key, value in flatten(node).items()]
     return Translation(overrides, [], options.get("parallel", "single"))
-
-
-def _leaves(node: dict, prefix: str = "") -> dict:
-    leaves = {}
-    for key, value in node.items():
-        if isinstance(value, dict) and value:
-            leaves.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            leaves[f"{prefix}{key}"] = value
-    return leaves
 
 
 def _read(path: Path):

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from lmms_engine.dotted import flatten
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -71,17 +73,6 @@ def read_metrics(path: Path) -> list[dict]:
         if isinstance(row, dict) and isinstance(row.get("step"), int):
             by_step[row["step"]] = row
     return [by_step[step] for step in sorted(by_step)]
-
-
-def flatten(node: Mapping, prefix: str = "") -> dict[str, Any]:
-    """{a: {b: 1}} -> {"a.b": 1}; an empty mapping stays as a value ({})."""
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def is_number(value) -> bool:
