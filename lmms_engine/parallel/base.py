@@ -96,11 +96,15 @@ class Strategy:
     def backward(self, loss: torch.Tensor, module: nn.Module) -> None:
         loss.backward()
 
-    def clip_grad_norm(self, module: nn.Module, max_norm: float) -> float:
+    def clip_grad_norm(self, module: nn.Module, max_norm: float) -> float | None:
+        """Clip the gradients' global norm to max_norm; returns the norm before clipping. (DeepSpeed:
+        its optimizer step computes the norm and clips, so there this sets the threshold, returns
+        None, and its step() reads the norm after the update.)"""
         norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> None:
+        """Update with the (clipped) gradients, then zero them."""
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -121,9 +125,14 @@ class Strategy:
         """The module given to prepare() (strategies that wrap it in another object override this)."""
         return module
 
-    # False (LoRA): checkpoints hold the trainable weights (and their optimizer state) only; the
-    # frozen ones are rebuilt identically by the model build on resume.
+    # False (LoRA, exclude_frozen_from_checkpoints): checkpoints hold the trainable weights (and their
+    # optimizer state) only; the frozen ones are rebuilt identically by the model build on resume.
     checkpoint_frozen = True
+
+    def exclude_frozen_from_checkpoints(self) -> None:
+        """Checkpoints of this run hold the trainable weights and their optimizer state only (LoRA:
+        the adapters); frozen weights come back from the model build on resume."""
+        self.checkpoint_frozen = False
 
     def checkpoint_options(self) -> StateDictOptions:
         # Not strict without the frozen weights: set_state_dict would miss them; DCP's load still

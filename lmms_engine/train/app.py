@@ -136,7 +136,7 @@ def _apply_lora(rc: RunConfig, bundle, strategy):
     """optim.lora: peft adapters in the model, only they trained and checkpointed; None without."""
     if rc.optim.lora is None:
         return None
-    strategy.checkpoint_frozen = False
+    strategy.exclude_frozen_from_checkpoints()
     return apply_lora(bundle.model, rc.optim.lora, bundle.components(), seed=rc.trainer.seed,
                       frozen_dtype=strategy.frozen_dtype())
 
