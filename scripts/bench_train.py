@@ -45,7 +45,7 @@ from lmms_engine.models.qwen2 import build_qwen2
 from lmms_engine.models.qwen3 import build_qwen3
 from lmms_engine.parallel.base import Strategy
 from lmms_engine.parallel.common import apply_activation_checkpointing
-from lmms_engine.parallel.single import SingleDevice
+from lmms_engine.parallel.single import single_device
 from lmms_engine.train.loop import StepContext, train_step
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw
@@ -225,7 +225,7 @@ def make_strategy(cfg: BenchConfig, parallel: str, sp_degree: int = 1):
     if cfg.offload_activations:  # single / fsdp2 only (DeepSpeed refuses it)
         common["offload_activations"] = True
     if parallel == "single":
-        return SingleDevice(compile=cfg.compile, **common)
+        return single_device(compile=cfg.compile, **common)
     if parallel == "fsdp2":
         from lmms_engine.parallel.fsdp2 import FSDP2
 
