@@ -256,13 +256,15 @@ def build_context(cfg: BenchConfig, model_cfg, samples: list[Sample], parallel: 
     patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing, compiled=cfg.compile,
                   sequence_parallel=strategy.sequence_parallel)
     loss_fn = liger_fused_cross_entropy_sum() if cfg.liger_loss_only else patcher.loss_fn()
-    module = strategy.prepare(CausalLMWithLoss(bundle.model, loss_fn), bundle.shard_units)
+    module = CausalLMWithLoss(bundle.model, loss_fn)
+    strategy.shard_sequence(module, bundle.decoder_path)  # --sp-degree: this rank's slice of each pack
+    module = strategy.prepare(module, bundle.shard_units)
     optimizer = strategy.build_optimizer(module, lambda m: build_adamw(m, lr=lr, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8))
     return StepContext(
         module=module, optimizer=optimizer, strategy=strategy,
         collate=StepData(samples, cfg.packing, bundle.tokenizer.pad_token_id).collate,
         attention_kwargs=patcher.attention_kwargs, flops_fn=bundle.step_flops, max_grad_norm=1.0,
-        pack_multiple=patcher.token_multiple(),
+        pack_multiple=strategy.sequence_shards * patcher.token_multiple(),
     ), patcher
 
 

@@ -60,6 +60,18 @@ class Strategy:
         """Data-parallel replicas: micro-batches of a step are dealt out over this many."""
         return self.world_size if self.sequence_parallel is None else self.sequence_parallel.data_world_size
 
+    @property
+    def sequence_shards(self) -> int:
+        """Ranks sharing one pack (1 without SP): packs are padded to a multiple of this many tokens."""
+        return 1 if self.sequence_parallel is None else self.sequence_parallel.degree
+
+    def shard_sequence(self, module: nn.Module, decoder_path: str) -> None:
+        """Under sequence parallelism, train `module` (a CausalLMWithLoss, before prepare()) on this
+        rank's slice of each pack: the inputs and positions of its decoder body (`decoder_path` in
+        `module.lm`) and the loss's labels (parallel/sequence.py). Nothing without SP."""
+        if self.sequence_parallel is not None:
+            self.sequence_parallel.shard_module(module, decoder_path)
+
     # True where this rank should build the model on the meta device (rank 0 holds the weights).
     build_on_meta = False
     # True where prepare() torch.compiles the shard units (parallel.compile): the kernel patcher then

@@ -97,8 +97,9 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     freeze_components(bundle.model, rc.optim.freeze, bundle.components())
     lora = _apply_lora(rc, bundle, strategy)
     summary = run_summary(dataset.stats, bundle.model)  # before wrapping: whole-model counts
-    module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units,
-                              bundle.encoder_units)
+    module = CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states)
+    strategy.shard_sequence(module, bundle.decoder_path)  # parallel.sp_degree > 1: this rank's slice of each pack
+    module = strategy.prepare(module, bundle.shard_units, bundle.encoder_units)
     optimizer = strategy.build_optimizer(
         module, functools.partial(_make_optimizer, optim=rc.optim, components=bundle.components()))
     start_step, position, bad_steps = _maybe_resume(rc, run_dir, module, optimizer, strategy)
@@ -111,7 +112,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
             bundle.step_flops, bundle.model.config.get_text_config(), adapter_params(bundle.decoder())),
         max_grad_norm=rc.trainer.max_grad_norm if rc.trainer.max_grad_norm > 0 else float("inf"),
         unpad=patcher.use_rmpad and not dataset.packing,
-        pack_multiple=patcher.token_multiple(),
+        pack_multiple=strategy.sequence_shards * patcher.token_multiple(),
     )
     policy = LoopPolicy(
         step_source=step_source, lr_at=functools.partial(_lr, rc=rc),

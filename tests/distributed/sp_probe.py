@@ -95,8 +95,9 @@ def sp_step(rc, dataset, strategy, micro_batches: list) -> tuple[dict, dict]:
     patcher = KernelPatcher(attn_backend="sdpa")
     patcher.apply(bundle.model, strategy.device, padding_free=True, encoders=bundle.encoders,
                   decoder_path=bundle.decoder_path, sequence_parallel=strategy.sequence_parallel)
-    module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states),
-                              bundle.shard_units, bundle.encoder_units)
+    module = CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states)
+    strategy.shard_sequence(module, bundle.decoder_path)
+    module = strategy.prepare(module, bundle.shard_units, bundle.encoder_units)
     optimizer = torch.optim.SGD(module.parameters(), lr=1.0)
     ctx = StepContext(module=module, optimizer=optimizer, strategy=strategy, collate=dataset.collate,
                       attention_kwargs=patcher.attention_kwargs, flops_fn=lambda batch: 0.0,
