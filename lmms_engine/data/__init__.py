@@ -1,7 +1,8 @@
 """Data pipeline: sources -> chat messages -> tokens + label masks (+ images / video for
 vision-language models, audio for audio-language models) -> packed / padded batches.
 
-The Hydra `_target_` is `lmms_engine.data.build_sft_dataset` (see docs/data_prep.md).
+The data config group's Hydra `_target_` is `lmms_engine.data.settings.DataSettings`, which the entry point
+passes to `lmms_engine.data.build_sft_dataset` (see docs/data_prep.md).
 """
 
 from .batch import Batch
@@ -11,6 +12,7 @@ from .errors import DataError, DataSourceError, TemplateError
 from .media import MediaSettings
 from .media_audio import AudioSettings
 from .modalities import MediaSupport
+from .settings import DataSettings
 from .steps import StepSource, TrainData
 from .types import MediaItem, Sample
 
@@ -18,6 +20,7 @@ __all__ = [
     "AudioSettings",
     "Batch",
     "DataError",
+    "DataSettings",
     "DataSourceError",
     "MediaItem",
     "MediaSettings",

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmms_engine.checkpoint.export import export_adapter, export_hf
 from lmms_engine.checkpoint.manager import check_writable, latest_checkpoint, load_checkpoint
 from lmms_engine.config import RunConfig, validate
+from lmms_engine.data.dataset import build_sft_dataset
 from lmms_engine.logging.data_notes import warn_about_data
 from lmms_engine.logging.report import write_run_report
 from lmms_engine.logging.summary import run_summary
@@ -86,7 +87,8 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path) -> None:
     patcher = instantiate(rc.groups["kernels"])
     patcher.check(strategy.device)  # a kernel this machine cannot run: one line, before the model is built
     bundle = _build_model(rc, strategy)
-    dataset = instantiate(rc.groups["data"], tokenizer=bundle.tokenizer, seed=rc.trainer.seed, **bundle.data_inputs())
+    dataset = build_sft_dataset(bundle.tokenizer, instantiate(rc.groups["data"]), seed=rc.trainer.seed,
+                                **bundle.data_inputs())
     if strategy.is_main:
         _write_json(run_dir / "data_stats.json", dataset.stats)
         warn_about_data(dataset.stats, rc.groups["data"].get("packing_length"))

@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from lmms_engine.compat import CHECKPOINT_WRAPPER_PREFIX  # noqa: E402
 from lmms_engine.config import validate  # noqa: E402
+from lmms_engine.data.dataset import build_sft_dataset  # noqa: E402
 from lmms_engine.kernels.patcher import KernelPatcher  # noqa: E402
 from lmms_engine.parallel.fsdp2 import FSDP2  # noqa: E402
 from lmms_engine.train.app import instantiate  # noqa: E402
@@ -116,7 +117,8 @@ def sp_degree(strategy) -> int:
 
 def probe(rc, strategy, vl: bool) -> dict | None:
     bundle = build(rc)
-    dataset = instantiate(rc.groups["data"], tokenizer=bundle.tokenizer, seed=rc.trainer.seed, **bundle.data_inputs())
+    dataset = build_sft_dataset(bundle.tokenizer, instantiate(rc.groups["data"]), seed=rc.trainer.seed,
+                                **bundle.data_inputs())
     micro_batches = step_micro_batches(dataset, GRAD_ACCUM * strategy.data_world_size, vl)
     stats, after = sp_step(rc, dataset, strategy, micro_batches)
     if not strategy.is_main:
