@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
