@@ -85,7 +85,8 @@ class DeepSpeedZero(Strategy):
 
     def __init__(self, stage: int, device: str = "auto", precision: str = "auto", offload_optimizer: bool = False,
                  offload_params: bool = False, activation_checkpointing: bool | int = False,
-                 encoder_checkpointing: bool | None = None, param_persistence_threshold: int = 100_000):
+                 encoder_checkpointing: bool | None = None,
+                 param_persistence_threshold: int = 100_000):
         super().__init__(device)
         if stage not in ZERO_STAGES:
             raise ValueError(f"parallel.stage={stage!r}; DeepSpeed ZeRO stages are {ZERO_STAGES} (use parallel=zero1|zero2|zero3)")
@@ -113,7 +114,9 @@ class DeepSpeedZero(Strategy):
                                 offload_params=self.offload_params, pin_memory=self.device.type == "cuda",
                                 param_persistence_threshold=self.param_persistence_threshold)
 
-    def frozen_dtype(self) -> None:  # build_optimizer casts all; only trainable weights get fp32 masters
+    def frozen_dtype(self) -> None:
+        """None: build_optimizer casts the whole model to the compute dtype (cast_keeping_fp32) and
+        only the optimizer's (trainable) parameters get fp32 masters; frozen ones stay bf16 only."""
         return None
 
     def model_init_context(self):
@@ -190,7 +193,8 @@ class DeepSpeedZero(Strategy):
 
     def save_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
         """Write model + optimizer state into the existing directory `path`. Every rank calls this."""
-        self.engine.save_checkpoint(str(path), tag=CHECKPOINT_TAG, save_latest=False,  # LoRA: trainable only
+        # LoRA (exclude_frozen_from_checkpoints): the trainable weights and their optimizer state only.
+        self.engine.save_checkpoint(str(path), tag=CHECKPOINT_TAG, save_latest=False,
                                     exclude_frozen_parameters=not self.checkpoint_frozen)
 
     def load_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
@@ -200,7 +204,8 @@ class DeepSpeedZero(Strategy):
                              "resume a parallel=zero* run with the same parallel option")
         with deepspeed_weights_only(self.engine):  # DeepSpeed itself would unpickle anything
             loaded, _ = self.engine.load_checkpoint(str(path), tag=CHECKPOINT_TAG, load_optimizer_states=True,
-                                                    load_lr_scheduler_states=False, load_module_strict=self.checkpoint_frozen)
+                                                    load_lr_scheduler_states=False,
+                                                    load_module_strict=self.checkpoint_frozen)
         if loaded is None:
             raise ValueError(f"DeepSpeed could not load the checkpoint in {path}")
 
@@ -210,7 +215,8 @@ class DeepSpeedZero(Strategy):
         return gather_full_state_dict(self.unwrap(module), keep=self.is_main)
 
     def teardown(self) -> None:
-        """Release the engine and DeepSpeed's group references (deepspeed_release.py), then the groups."""
+        """Release the engine (deepspeed_release.py says what held it), DeepSpeed's own group
+        references, then the groups (pdist.destroy), so no process group outlives the run."""
         try:
             engine, self.engine = self.engine, None  # no reference left: pdist.destroy's collection frees it
             if engine is not None:
