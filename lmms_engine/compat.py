@@ -180,10 +180,12 @@ def qwen2_audio_process_audio():
     return Qwen2AudioProcessor._process_audio
 
 
-def submodule_from_config(module_class: type[nn.Module], config) -> nn.Module:
-    """`PreTrainedModel._from_config`: a sub-model built from its config the way transformers builds
-    its own composite models (attention implementation and dtype handling included)."""
-    return module_class._from_config(config)
+def submodule_from_config(module_class: type[nn.Module], config, dtype: torch.dtype | None = None) -> nn.Module:
+    """`PreTrainedModel._from_config`: a (sub-)model built from its config the way transformers builds
+    its own composite models (attention implementation and dtype handling included; `dtype` None:
+    transformers' default). Under transformers' ZeRO-3 config it builds inside zero.Init and
+    initialises the weights one gathered module at a time."""
+    return module_class._from_config(config) if dtype is None else module_class._from_config(config, dtype=dtype)
 
 
 def config_attn_implementation(config) -> str | None:

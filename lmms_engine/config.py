@@ -19,7 +19,6 @@ TARGET_GROUPS = ("model", "data", "kernels", "parallel", "logger")
 # Arguments the entry point passes itself (objects built from other groups), not config keys.
 INJECTED = {
     "model": {"structure_only"},
-    "data": {"tokenizer", "seed", "processor", "mrope_spec"},
     "logger": {"run_dir", "run_config", "max_steps", "start_step", "is_main"},
 }
 

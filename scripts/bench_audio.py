@@ -262,7 +262,7 @@ def rank_steps(packs: list[list[int]], cfg, micro_batch: int, rank: int, world: 
 
 def bench_strategy(cfg, args):
     if args.device == "cpu":  # fp32, plain module; the baseline differs by its path, not its precision
-        return SingleDevice(device="cpu", precision="fp32", activation_checkpointing=cfg.activation_checkpointing,
+        return SingleDevice(device="cpu", activation_checkpointing=cfg.activation_checkpointing,
                             encoder_checkpointing=cfg.encoder_checkpointing)
     if cfg.hf_style and args.parallel != "single":
         # HFStyleAutocast is one process without gradient sync: sharded, the baseline takes FSDP2's

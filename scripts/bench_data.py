@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from lmms_engine.data.dataset import build_sft_dataset
+from lmms_engine.data.settings import DataSettings
 from lmms_engine.data.prepare import default_num_proc
 from lmms_engine.models.tokenizer import build_byte_tokenizer
 
@@ -52,7 +53,7 @@ def write_jsonl(path: Path, records: int, seed: int = 0) -> None:
 def timed_build(tokenizer, data: Path, cache: Path, num_proc: int, packing_length: int):
     started = time.perf_counter()
     dataset = build_sft_dataset(
-        tokenizer, data, packing_length=packing_length, num_proc=num_proc, cache_dir=cache
+        tokenizer, DataSettings(data, packing_length=packing_length, num_proc=num_proc, cache_dir=cache)
     )
     return time.perf_counter() - started, dataset
 

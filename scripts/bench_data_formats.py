@@ -30,6 +30,7 @@ from PIL import Image
 
 from lmms_engine.data.check import load_inputs
 from lmms_engine.data.dataset import build_sft_dataset
+from lmms_engine.data.settings import DataSettings
 from lmms_engine.data.prepare import default_num_proc
 
 ROW_GROUP = 100  # datasets' parquet row group size for image data sets
@@ -103,8 +104,8 @@ def main() -> None:
         reset_peak()
         before = current_mb()
         started = time.perf_counter()
-        dataset = build_sft_dataset(tokenizer, data, processor=processor, mrope_spec=spec, num_proc=args.num_proc,
-                                    cache_dir=cache, packing_length=args.packing_length)
+        settings = DataSettings(data, num_proc=args.num_proc, cache_dir=cache, packing_length=args.packing_length)
+        dataset = build_sft_dataset(tokenizer, settings, processor=processor, mrope_spec=spec)
         prepare_s, prepare_peak = time.perf_counter() - started, peak_mb()
         reset_peak()
         started, pixels = time.perf_counter(), 0

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from lmms_engine.data.dataset import build_sft_dataset
+from lmms_engine.data.settings import DataSettings
 from lmms_engine.models.tokenizer import build_byte_tokenizer
 from lmms_engine.train.data_iter import make_step_batches
 
@@ -124,8 +125,8 @@ def main() -> None:
     args.source.parent.mkdir(parents=True, exist_ok=True)
     generate_s = write_source(args.source, args.records)
     tokenizer = build_byte_tokenizer()
-    dataset = build_sft_dataset(tokenizer, args.source, streaming=True, stream_window=args.window,
-                                packing_length=args.packing_length, overlong="truncate")
+    dataset = build_sft_dataset(tokenizer, DataSettings(args.source, streaming=True, stream_window=args.window,
+                                                        packing_length=args.packing_length, overlong="truncate"))
     rss_before = rss_mb()
     head = read_through(dataset, args.read)
     far = read_through(dataset, args.far_read, rank=7, world=8)

@@ -47,7 +47,7 @@ from lmms_engine.models.qwen2 import build_qwen2
 from lmms_engine.models.qwen3 import build_qwen3
 from lmms_engine.parallel.base import Strategy
 from lmms_engine.parallel.common import apply_activation_checkpointing
-from lmms_engine.parallel.single import SingleDevice
+from lmms_engine.parallel.single import single_device
 from lmms_engine.train.loop import StepContext, train_step
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw
@@ -227,7 +227,7 @@ def make_strategy(cfg: BenchConfig, parallel: str, sp_degree: int = 1):
     if cfg.offload_activations:  # single / fsdp2 only (DeepSpeed refuses it)
         common["offload_activations"] = True
     if parallel == "single":
-        return SingleDevice(compile=cfg.compile, **common)
+        return single_device(compile=cfg.compile, **common)
     if parallel == "fsdp2":
         from lmms_engine.parallel.fsdp2 import FSDP2
 
@@ -258,13 +258,15 @@ def build_context(cfg: BenchConfig, model_cfg, samples: list[Sample], parallel: 
     patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing, compiled=cfg.compile,
                   sequence_parallel=strategy.sequence_parallel)
     loss_fn = liger_fused_cross_entropy_sum() if cfg.liger_loss_only else patcher.loss_fn()
-    module = strategy.prepare(CausalLMWithLoss(bundle.model, loss_fn), bundle.shard_units)
+    module = CausalLMWithLoss(bundle.model, loss_fn)
+    strategy.shard_sequence(module, bundle.decoder_path)  # --sp-degree: this rank's slice of each pack
+    module = strategy.prepare(module, bundle.shard_units)
     optimizer = strategy.build_optimizer(module, lambda m: build_adamw(m, lr=lr, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8))
     return StepContext(
         module=module, optimizer=optimizer, strategy=strategy,
         collate=StepData(samples, cfg.packing, bundle.tokenizer.pad_token_id).collate,
         attention_kwargs=patcher.attention_kwargs, flops_fn=bundle.step_flops, max_grad_norm=1.0,
-        pack_multiple=patcher.token_multiple(),
+        pack_multiple=strategy.sequence_shards * patcher.token_multiple(),
     ), patcher
 
 

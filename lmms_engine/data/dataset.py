@@ -1,6 +1,7 @@
 """The SFT dataset: sources -> tokenized samples -> weighted sample list -> micro-batches.
 
-`build_sft_dataset` is the Hydra `_target_` of the data config group. The result is index based:
+`build_sft_dataset(tokenizer, settings)` builds it from the data config group's `DataSettings`
+(data/settings.py, the group's Hydra `_target_`) and what the model brings. The result is index based:
 `micro_batches(epoch)` lists the epoch's micro-batches as sample indices (the same on every rank,
 from (seed, epoch) only) and `collate(indices)` turns one into model inputs.
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -30,11 +30,12 @@ from .batch import Batch
 from .chat import IGNORE_INDEX, check_tokenizer
 from .common import MediaInputs, collate_samples, cut_flags, media_inputs, pad_token_id, placeholder_id_list
 from .errors import too_few_samples
-from .holdout import check_eval_split, held_out_records
+from .holdout import held_out_records
 from .media_audio import clip_sample_counts
-from .modalities import MediaOptions, MediaSupport
-from .packing import OVERLONG_POLICIES, apply_overlong, pack_best_fit_decreasing
-from .prepare import ON_ERROR_POLICIES, default_num_proc, prepare_file
+from .modalities import MediaSupport
+from .packing import apply_overlong, pack_best_fit_decreasing
+from .prepare import default_num_proc, prepare_file
+from .settings import DataSettings
 from .sources import DatasetEntry, SourceFile, resolve_sources
 from .steps import StepBatches
 from .streaming import StreamingSFTDataset, check_streamable
@@ -44,142 +45,65 @@ from .weighting import weighted_sample_index
 logger = logging.getLogger("lmms_engine.data")
 
 
-def build_sft_dataset(
-    tokenizer: PreTrainedTokenizerBase,
-    dataset_path: str | Path,
-    packing: bool = True,
-    packing_length: int = 2048,
-    micro_batch_size: int = 4,
-    on_error: str = "raise",
-    overlong: str = "drop",
-    num_proc: int | None = None,
-    cache_dir: str | Path | None = None,
-    seed: int = 0,
-    processor=None,
-    mrope_spec: MropeSpec | None = None,
-    image_min_pixels: int | None = None,
-    image_max_pixels: int | None = None,
-    video_fps: float = 2.0,
-    video_min_frames: int = 4,
-    video_max_frames: int = 16,
-    video_max_pixels: int | None = None,
-    audio_max_seconds: float = 30.0,
-    allow_path_escape: bool = False,
-    streaming: bool = False,
-    stream_window: int = 2048,
-    eval_path: str | Path | None = None,
-    eval_fraction: float = 0.0,
-) -> SFTDataset:
-    """Read, validate, tokenize (cached, in parallel) and index the data at `dataset_path`.
-
-    packing_length is the token budget of a pack, and the maximum sample length either way;
-    longer samples are dropped or truncated (`overlong`; visual and audio tokens count, and a
-    sample whose cut would fall inside or before a media item is dropped, not truncated). micro_batch_size
-    only applies without packing (with packing, one pack is one micro-batch).
+def build_sft_dataset(tokenizer: PreTrainedTokenizerBase, settings: DataSettings, seed: int = 0, processor=None,
+                      mrope_spec: MropeSpec | None = None) -> SFTDataset | StreamingSFTDataset:
+    """Read, validate, tokenize (cached, in parallel) and index the data `settings` name (data/settings.py:
+    the data config group, also how packs are made, the media rules, streaming and eval data).
 
     processor: a Qwen2.5-VL style processor (`.image_processor`, `.video_processor`, `.tokenizer`)
       to train on images and video, and / or a Qwen2-Audio style one (`.feature_extractor`) for
       audio; None = text only. mrope_spec (required with images / video): the model's `MropeSpec`,
-      for 3-D position ids. image_min/max_pixels (null = the processor's bounds), video_fps /
-      video_min_frames / video_max_frames (frame sampling) and video_max_pixels (null = the
-      processor's) decide how many visual tokens each item costs; see data/media.py.
-      audio_max_seconds: longer audio is split into clips of this length (at most the feature
-      extractor's 30 s window); see data/media_audio.py.
-    allow_path_escape: let a relative media path climb out of its source's data_folder (`..`);
-      refused by default as a `media_path_escape` record error (follows on_error). Absolute paths
-      and file:// URLs are always allowed.
-    streaming: read the sources lazily and pack online, window by window (`stream_window` records),
-      each rank its own shard, in bounded memory; returns a StreamingSFTDataset (data/streaming.py).
-      No cache and no data_stats totals then: records are tokenized as the run reaches them.
-    eval_path (a file or dataset yaml read with the same options, never streamed) or eval_fraction (that
-      fraction of the training records held out, data/holdout.py) sets the result's `eval_data`.
+      for 3-D position ids. Both come from the model (ModelBundle.data_inputs()); seed: the run's.
+    With settings.streaming it returns a StreamingSFTDataset (data/streaming.py): no cache and no
+    data_stats totals then, records are tokenized as the run reaches them.
     """
-    _check_settings(packing_length, micro_batch_size, on_error, overlong, num_proc)
-    check_eval_split(eval_path, eval_fraction, streaming)
     eval_data = None
-    if eval_path is not None:  # the same options, so eval batches are packed / collated like training's
-        eval_data = build_sft_dataset(tokenizer, eval_path, packing, packing_length, micro_batch_size, on_error,
-                                      overlong, num_proc, cache_dir, seed, processor, mrope_spec, image_min_pixels,
-                                      image_max_pixels, video_fps, video_min_frames, video_max_frames,
-                                      video_max_pixels, audio_max_seconds, allow_path_escape)
+    if settings.eval_path is not None:  # the same settings, so eval batches are packed / collated like training's
+        eval_data = build_sft_dataset(tokenizer, settings.for_eval(), seed, processor, mrope_spec)
     check_tokenizer(tokenizer)
-    options = MediaOptions(image_min_pixels, image_max_pixels, video_fps, video_min_frames, video_max_frames,
-                           video_max_pixels, audio_max_seconds, allow_path_escape)
-    inputs = media_inputs(processor, mrope_spec, tokenizer, options)
-    entries = resolve_sources(dataset_path)
-    if streaming:
-        dataset = _streaming_dataset(tokenizer, entries, dataset_path, packing, packing_length, micro_batch_size,
-                                     on_error, overlong, stream_window, seed, inputs)
+    inputs = media_inputs(processor, mrope_spec, tokenizer, settings.media_options())
+    entries = resolve_sources(settings.dataset_path)
+    if settings.streaming:
+        check_streamable(entries)
+        dataset = StreamingSFTDataset(tokenizer, entries, settings, seed, pad_token_id(tokenizer), inputs)
+        logger.info("dataset %s (streaming): %s", settings.dataset_path, dataset.stats)
         dataset.eval_data = eval_data
         return dataset
     media = inputs.support if inputs else None
-    tokenized = _tokenize_sources(tokenizer, entries, on_error, num_proc, cache_dir, media)
+    tokenized = _tokenize_sources(tokenizer, entries, settings, media)
     store = _SampleStore.from_files(tokenized)
     length_range = (int(store.lengths.min()), int(store.lengths.max())) if len(store.lengths) else None
-    overlong_counts = store.apply_overlong(packing_length, overlong, media)
-    held_out = store.hold_out(eval_fraction)  # before weighting: a held-out record is never trained on
+    overlong_counts = store.apply_overlong(settings.packing_length, settings.overlong, media)
+    held_out = store.hold_out(settings.eval_fraction)  # before weighting: a held-out record is never trained on
     sample_index = weighted_sample_index(store, entries, seed)
-    if len(sample_index) == 0 or (not packing and len(sample_index) < micro_batch_size):
-        raise too_few_samples(str(dataset_path), len(sample_index), packing=packing, micro_batch_size=micro_batch_size,
-                              packing_length=packing_length, overlong=overlong, skipped=_merged_skips(tokenized.values()),
+    if len(sample_index) == 0 or (not settings.packing and len(sample_index) < settings.micro_batch_size):
+        raise too_few_samples(str(settings.dataset_path), len(sample_index), packing=settings.packing,
+                              micro_batch_size=settings.micro_batch_size, packing_length=settings.packing_length,
+                              overlong=settings.overlong, skipped=_merged_skips(tokenized.values()),
                               overlong_counts=overlong_counts, length_range=length_range)
-    dataset = SFTDataset(
-        store, sample_index, packing, packing_length, micro_batch_size, pad_token_id(tokenizer), seed, inputs
-    )
+    dataset = SFTDataset(store, sample_index, settings, pad_token_id(tokenizer), seed, inputs)
     dataset.stats.update(_source_stats(tokenized.values(), overlong_counts))
-    if eval_fraction:
-        eval_data = SFTDataset(store, held_out, packing, packing_length, micro_batch_size, pad_token_id(tokenizer),
-                               seed, inputs)
+    if settings.eval_fraction:
+        eval_data = SFTDataset(store, held_out, settings, pad_token_id(tokenizer), seed, inputs)
     dataset.eval_data = eval_data
     if eval_data is not None:
         dataset.stats["eval"] = eval_data.stats
-    logger.info("dataset %s: %s", dataset_path, dataset.stats)
+    logger.info("dataset %s: %s", settings.dataset_path, dataset.stats)
     return dataset
-
-
-def _streaming_dataset(tokenizer, entries, dataset_path, packing, packing_length, micro_batch_size, on_error,
-                       overlong, window, seed, inputs):
-    check_streamable(entries)
-    dataset = StreamingSFTDataset(tokenizer, entries, str(dataset_path), packing, packing_length, micro_batch_size,
-                                  on_error, overlong, window, seed, pad_token_id(tokenizer), inputs)
-    logger.info("dataset %s (streaming): %s", dataset_path, dataset.stats)
-    return dataset
-
-
-def _check_settings(
-    packing_length: int, micro_batch_size: int, on_error: str, overlong: str, num_proc: int | None
-) -> None:
-    if packing_length <= 0:
-        raise ValueError(f"packing_length must be a positive number of tokens, got {packing_length}")
-    if micro_batch_size <= 0:
-        raise ValueError(f"micro_batch_size must be positive, got {micro_batch_size}")
-    if on_error not in ON_ERROR_POLICIES:
-        raise ValueError(f"on_error must be one of {ON_ERROR_POLICIES}, got {on_error!r}")
-    if overlong not in OVERLONG_POLICIES:
-        raise ValueError(f"overlong must be one of {OVERLONG_POLICIES}, got {overlong!r}")
-    if num_proc is not None and num_proc <= 0:
-        raise ValueError(f"num_proc must be positive (or null for min(8, cpu_count)), got {num_proc}")
 
 
 def _tokenize_sources(
-    tokenizer: PreTrainedTokenizerBase,
-    entries: list[DatasetEntry],
-    on_error: str,
-    num_proc: int | None,
-    cache_dir: str | Path | None,
-    media: MediaSupport | None,
+    tokenizer: PreTrainedTokenizerBase, entries: list[DatasetEntry], settings: DataSettings, media: MediaSupport | None
 ) -> dict[SourceFile, TokenizedFile]:
     """Every distinct file once (an entry listed twice is not tokenized twice)."""
     fingerprint = tokenizer_fingerprint(tokenizer)
-    procs = num_proc if num_proc is not None else default_num_proc()
-    cache = resolve_cache_dir(cache_dir)
+    procs = settings.num_proc if settings.num_proc is not None else default_num_proc()
+    cache = resolve_cache_dir(settings.cache_dir)
     tokenized: dict[SourceFile, TokenizedFile] = {}
     for entry in entries:
         for source in entry.files:
             if source not in tokenized:
-                tokenized[source] = prepare_file(
-                    source, tokenizer, fingerprint, on_error, procs, cache, media
-                )
+                tokenized[source] = prepare_file(source, tokenizer, fingerprint, settings.on_error, procs, cache, media)
     return tokenized
 
 
@@ -316,20 +240,11 @@ class SFTDataset:
     Sample indices refer to the flattened, weight-expanded sample list (`num_samples` long).
     """
 
-    def __init__(
-        self,
-        store: _SampleStore,
-        sample_index: np.ndarray,
-        packing: bool,
-        packing_length: int,
-        micro_batch_size: int,
-        pad_token_id: int,
-        seed: int,
-        media: MediaInputs | None = None,
-    ):
-        self.packing = packing
-        self.packing_length = packing_length
-        self.micro_batch_size = micro_batch_size
+    def __init__(self, store: _SampleStore, sample_index: np.ndarray, settings: DataSettings, pad_token_id: int,
+                 seed: int, media: MediaInputs | None = None):
+        self.packing = settings.packing
+        self.packing_length = settings.packing_length
+        self.micro_batch_size = settings.micro_batch_size
         self.pad_token_id = pad_token_id
         self.seed = seed
         self.num_samples = len(sample_index)
@@ -338,7 +253,7 @@ class SFTDataset:
         self._sample_index = sample_index
         self._lengths = store.lengths[sample_index]
         # Packs are computed once; only their order changes between epochs.
-        self.packs = pack_best_fit_decreasing(self._lengths, packing_length) if packing else None
+        self.packs = pack_best_fit_decreasing(self._lengths, self.packing_length) if self.packing else None
         self.stats = self._sample_stats()
         self.eval_data: SFTDataset | None = None  # set by build_sft_dataset (data.eval_path / eval_fraction)
 

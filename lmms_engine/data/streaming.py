@@ -39,6 +39,7 @@ from .common import MediaInputs, collate_samples, cut_flags, placeholder_id_list
 from .errors import DataError, DataSourceError
 from .packing import apply_overlong, pack_best_fit_decreasing
 from .prepare import tokenize_items
+from .settings import DataSettings
 from .shards import ShardReader
 from .sources import DatasetEntry, SourceFile
 from .types import Sample, format_location
@@ -70,21 +71,18 @@ class StreamingSFTDataset:
 
     eval_data = None  # an SFTDataset of data.eval_path, set by build_sft_dataset
 
-    def __init__(self, tokenizer, entries: list[DatasetEntry], origin: str, packing: bool, packing_length: int,
-                 micro_batch_size: int, on_error: str, overlong: str, window: int, seed: int, pad_token_id: int,
+    def __init__(self, tokenizer, entries: list[DatasetEntry], settings: DataSettings, seed: int, pad_token_id: int,
                  media: MediaInputs | None = None):
-        if window <= 0:
-            raise ValueError(f"data.stream_window must be a positive number of records, got {window}")
-        self.tokenizer, self.entries, self.origin = tokenizer, entries, origin
-        self.packing, self.packing_length, self.micro_batch_size = packing, packing_length, micro_batch_size
-        self.on_error, self.overlong, self.window, self.seed = on_error, overlong, window, seed
-        self.pad_token_id = pad_token_id
+        self.tokenizer, self.entries, self.origin = tokenizer, entries, str(settings.dataset_path)
+        self.packing, self.packing_length = settings.packing, settings.packing_length
+        self.micro_batch_size, self.on_error, self.overlong = settings.micro_batch_size, settings.on_error, settings.overlong
+        self.window, self.seed, self.pad_token_id = settings.stream_window, seed, pad_token_id
         self._media = media
         weights = np.asarray([e.weight if e.weight is not None else 1.0 for e in entries], dtype=np.float64)
         self.mix = weights / weights.sum()
         self.stats = {
             "streaming": True,
-            "window": window,
+            "window": self.window,
             "sources": [{"origin": e.origin, "files": len(e.files), "mix": round(float(p), 6)}
                         for e, p in zip(entries, self.mix, strict=True)],
         }

@@ -13,7 +13,7 @@ from lmms_engine.kernels import attention, ulysses
 from lmms_engine.kernels.encoder_mlp import pad_encoder_mlps
 from lmms_engine.kernels.fp8 import ALIGN as FP8_ALIGN, check_fp8_supported, convert_decoder_linears
 from lmms_engine.kernels.loss import cross_entropy_sum, liger_fused_cross_entropy_sum
-from lmms_engine.parallel.sequence import SequenceParallel, check_heads, install_input_sharding, sharded_loss
+from lmms_engine.parallel.sequence import SequenceParallel
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ class KernelPatcher:
         self.pad_encoder_mlps = pad_encoder_mlps
         self.fp8 = fp8
         self.backend: str | None = None  # resolved by apply()
-        self.sequence_parallel: SequenceParallel | None = None  # set by apply()
 
     def check(self, device: torch.device) -> None:
         """ValueError, in one line, for a kernel asked for that `device` cannot run (a named attention
@@ -71,8 +70,9 @@ class KernelPatcher:
         encoders / decoder_path: the model family's (ModelBundle.encoders / .decoder_path); each
         encoder's kernel hook is applied once here. compiled: the strategy will torch.compile the
         decoder layers and encoder blocks (Strategy.compile): Liger's per-op kernels stay out of them.
-        sequence_parallel: the strategy's (None: off): the decoder runs on this rank's sequence shard
-        with Ulysses attention."""
+        sequence_parallel: the strategy's (None: off): the decoder's attention is the Ulysses wrapper of
+        the backend (kernels/ulysses.py); the strategy shards the decoder's inputs, positions and the
+        loss (Strategy.shard_sequence)."""
         if self.fp8:
             check_fp8_supported(device)  # before any patching
         if sequence_parallel is not None and not padding_free:
@@ -90,7 +90,9 @@ class KernelPatcher:
         # The decoder alone gets the (causal) packed backend: it must never reach an encoder.
         decoder = operator.attrgetter(decoder_path)(model) if encoders else model
         if sequence_parallel is not None:
-            text_impl = self._shard_sequence(model, decoder_path, sequence_parallel)
+            text_impl = ulysses.register(self.backend, sequence_parallel.degree)
+            log.info("attention: %s wrapped in Ulysses all-to-alls over %d sequence shards", self.backend,
+                     sequence_parallel.degree)
         decoder.set_attn_implementation(text_impl)
         for encoder in encoders:
             for line in encoder.patch_kernels(model, device):
@@ -104,34 +106,22 @@ class KernelPatcher:
         if self.fp8:  # after Liger (which replaces the MLP modules' forward, not their Linear layers)
             convert_decoder_linears(decoder)
 
-    def _shard_sequence(self, model: torch.nn.Module, decoder_path: str, sp: SequenceParallel) -> str:
-        """The decoder body takes this rank's slice of the pack; its attention is Ulysses-wrapped."""
-        text = model.config.get_text_config()
-        check_heads(sp.degree, text.num_attention_heads, text.num_key_value_heads)
-        self.sequence_parallel = sp
-        install_input_sharding(operator.attrgetter(decoder_path)(model), sp)
-        log.info("attention: Ulysses over %d sequence shards (%d of %d query heads per rank)",
-                 sp.degree, text.num_attention_heads // sp.degree, text.num_attention_heads)
-        return ulysses.register(self.backend, sp.degree)
-
     def loss_fn(self):
-        loss = liger_fused_cross_entropy_sum() if self.use_liger_kernel else cross_entropy_sum
-        return loss if self.sequence_parallel is None else sharded_loss(loss, self.sequence_parallel)
+        """(hidden, lm_head_weight, labels) -> summed token cross-entropy: Liger's fused linear CE, or
+        the chunked one (kernels/loss.py)."""
+        return liger_fused_cross_entropy_sum() if self.use_liger_kernel else cross_entropy_sum
 
     def token_multiple(self) -> int:
-        """Packs are padded to a multiple of this many tokens (after apply): equal sequence-parallel
-        shards, and with fp8 shards of whole 16s (FP8 matmuls of the weight gradient reduce over tokens)."""
-        shards = self.sequence_parallel.degree if self.sequence_parallel is not None else 1
-        return shards * (FP8_ALIGN if self.fp8 else 1)
+        """Each rank's share of a pack is padded to a multiple of this many tokens: 16 with fp8 (FP8
+        matmuls of the weight gradient reduce over tokens), else 1. The pack itself is padded to
+        Strategy.sequence_shards times this."""
+        return FP8_ALIGN if self.fp8 else 1
 
     def attention_kwargs(self, batch: dict) -> dict:
         """Per-batch kwargs for padding-free attention (empty for padded batches)."""
         if "cu_seqlens" not in batch:
             return {}
-        kwargs = attention.varlen_kwargs(batch["cu_seqlens"], batch["max_seqlen"], self.backend)
-        if self.sequence_parallel is not None:
-            kwargs[ulysses.KWARG] = self.sequence_parallel
-        return kwargs
+        return attention.varlen_kwargs(batch["cu_seqlens"], batch["max_seqlen"], self.backend)
 
 
 def _apply_liger_ops(model: torch.nn.Module, compiled: bool) -> None:

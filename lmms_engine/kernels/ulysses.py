@@ -4,9 +4,11 @@ Each SP rank holds q/k/v for its 1/N of the pack and every head. The first all-t
 WHOLE pack for 1/N of the heads, so the packed (varlen) kernel runs unchanged with the full pack's
 cu_seqlens; the second returns the output to sequence shards with every head.
 
-The registered function holds no process group: the SP layout arrives with each batch's attention
-kwargs (KernelPatcher.attention_kwargs), so transformers' global registry does not keep the groups
-alive after the run (parallel/dist.py destroy).
+This module is only the attention wrapper: the kernel patcher registers it (with the padding-free
+backend it chose) for the decoder; sharding the decoder's inputs, positions and loss is the strategy's
+(parallel/sequence.py). The registered function holds no process group: the SP layout arrives in the
+decoder's kwargs (parallel.sequence.ATTENTION_KWARG, set by the decoder's input hook), so transformers'
+global registry does not keep the groups alive after the run (parallel/dist.py destroy).
 """
 
 from __future__ import annotations
@@ -18,14 +20,11 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from lmms_engine.kernels import attention
-from lmms_engine.parallel.sequence import SequenceParallel, all_to_all
+from lmms_engine.parallel.sequence import ATTENTION_KWARG, SequenceParallel, all_to_all
 
 
 def impl_name(backend: str, degree: int) -> str:
     return f"{attention.impl_name(backend)}_ulysses{degree}"
-
-
-KWARG = "lmms_sequence_parallel"  # the attention kwarg carrying the SequenceParallel of the run
 
 
 def register(backend: str, degree: int) -> str:
@@ -39,7 +38,10 @@ def register(backend: str, degree: int) -> str:
 
 def ulysses_attention(module, query, key, value, attention_mask, *args, inner, **kwargs):
     """query (1, Hq, T/N, D), key/value (1, Hkv, T/N, D) -> output (1, T/N, Hq, D), None."""
-    sp: SequenceParallel = kwargs.pop(KWARG)
+    sp: SequenceParallel | None = kwargs.pop(ATTENTION_KWARG, None)
+    if sp is None:
+        raise RuntimeError("Ulysses attention without the sequence layout: the strategy did not shard this "
+                           "decoder (Strategy.shard_sequence(module, decoder_path) before prepare())")
     if key.shape[1] % sp.degree:  # GQA with fewer kv heads than SP ranks: each rank gets whole groups
         key, value = repeat_kv(key, query.shape[1]), repeat_kv(value, query.shape[1])
     # (1, H, T/N, D) -> (1, H/N, T, D): scatter heads, gather sequence.

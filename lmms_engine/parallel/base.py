@@ -60,6 +60,18 @@ class Strategy:
         """Data-parallel replicas: micro-batches of a step are dealt out over this many."""
         return self.world_size if self.sequence_parallel is None else self.sequence_parallel.data_world_size
 
+    @property
+    def sequence_shards(self) -> int:
+        """Ranks sharing one pack (1 without SP): packs are padded to a multiple of this many tokens."""
+        return 1 if self.sequence_parallel is None else self.sequence_parallel.degree
+
+    def shard_sequence(self, module: nn.Module, decoder_path: str) -> None:
+        """Under sequence parallelism, train `module` (a CausalLMWithLoss, before prepare()) on this
+        rank's slice of each pack: the inputs and positions of its decoder body (`decoder_path` in
+        `module.lm`) and the loss's labels (parallel/sequence.py). Nothing without SP."""
+        if self.sequence_parallel is not None:
+            self.sequence_parallel.shard_module(module, decoder_path)
+
     # True where this rank should build the model on the meta device (rank 0 holds the weights).
     build_on_meta = False
     # True where prepare() torch.compiles the shard units (parallel.compile): the kernel patcher then
@@ -96,11 +108,15 @@ class Strategy:
     def backward(self, loss: torch.Tensor, module: nn.Module) -> None:
         loss.backward()
 
-    def clip_grad_norm(self, module: nn.Module, max_norm: float) -> float:
+    def clip_grad_norm(self, module: nn.Module, max_norm: float) -> float | None:
+        """Clip the gradients' global norm to max_norm; returns the norm before clipping. (DeepSpeed:
+        its optimizer step computes the norm and clips, so there this sets the threshold, returns
+        None, and its step() reads the norm after the update.)"""
         norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> None:
+        """Update with the (clipped) gradients, then zero them."""
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -121,9 +137,14 @@ class Strategy:
         """The module given to prepare() (strategies that wrap it in another object override this)."""
         return module
 
-    # False (LoRA): checkpoints hold the trainable weights (and their optimizer state) only; the
-    # frozen ones are rebuilt identically by the model build on resume.
+    # False (LoRA, exclude_frozen_from_checkpoints): checkpoints hold the trainable weights (and their
+    # optimizer state) only; the frozen ones are rebuilt identically by the model build on resume.
     checkpoint_frozen = True
+
+    def exclude_frozen_from_checkpoints(self) -> None:
+        """Checkpoints of this run hold the trainable weights and their optimizer state only (LoRA:
+        the adapters); frozen weights come back from the model build on resume."""
+        self.checkpoint_frozen = False
 
     def checkpoint_options(self) -> StateDictOptions:
         # Not strict without the frozen weights: set_state_dict would miss them; DCP's load still

@@ -1,14 +1,16 @@
 """DeepSpeed ZeRO 1/2/3: optimizer state (1), + gradients (2), + parameters (3) partitioned over the
 data-parallel ranks, optionally offloaded to CPU memory. The DeepSpeed config is generated from our
-few keys; the optimizer is the loop's torch AdamW (no DeepSpeed JIT op builds).
+few keys (parallel/deepspeed_config.py); the optimizer is the loop's torch AdamW (no DeepSpeed JIT
+op builds).
 
 How the loop's calls map onto DeepSpeed:
 - accumulation is ours: DeepSpeed sees gradient_accumulation_steps=1 (so it never divides the loss)
   and gradient_sync() marks the last micro-batch with engine.set_gradient_accumulation_boundary();
   DeepSpeed averages gradients over ranks, as the loop's loss scale (world_size / tokens) expects.
 - norm, clip and update are one call in DeepSpeed (engine.step(): the partitioned gradients' global
-  norm is computed there). clip_grad_norm() sets the threshold, runs engine.step() and returns the
-  pre-clip global norm DeepSpeed computed; optimizer_step() then has nothing left to do.
+  norm is computed there, then they are clipped and applied). So step() is that call:
+  clip_grad_norm() sets the threshold DeepSpeed clips to, optimizer_step() runs engine.step(), and
+  the pre-clip global norm DeepSpeed computed is read back afterwards (grad_norm()).
 - checkpoints use DeepSpeed's own format (read weights-only: checkpoint/safe_load.py); the HF export
   gathers full fp32 weights with deepspeed.utils.safe_get_full_fp32_param (full_state_dict).
 
@@ -20,6 +22,7 @@ ZeRO-3 never holds the whole model on one rank:
   zero.Init model as built) and hands the fp32 values to DeepSpeed's masters (cast_keeping_fp32).
 - prepare() registers the lm_head weight as an external parameter of the trained module: the loss
   reads it in the module's own forward, never calling lm_head.forward, which is what would gather it.
+What is done to the weights for these lives in parallel/deepspeed_weights.py.
 """
 
 from __future__ import annotations
@@ -27,61 +30,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 
 from lmms_engine import compat
 from lmms_engine.checkpoint.safe_load import deepspeed_weights_only
 from lmms_engine.parallel import dist as pdist
 from lmms_engine.parallel.base import Strategy, compute_dtype
+from lmms_engine.options import ZERO_STAGES, checkpoint_every
+from lmms_engine.parallel.common import apply_checkpointing_and_compile
+from lmms_engine.parallel.deepspeed_config import deepspeed_config, import_deepspeed, zero3_init
 from lmms_engine.parallel.deepspeed_release import release_comm, release_engine
-from lmms_engine.names import unwrapped_name
-from lmms_engine.options import ZERO_STAGES
-from lmms_engine.parallel.common import apply_checkpointing_and_compile, checkpoint_every
+from lmms_engine.parallel.deepspeed_weights import (
+    cast_keeping_fp32,
+    gather_full_state_dict,
+    register_loss_head,
+    restore_fp32_masters,
+)
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_TAG = "deepspeed"  # DeepSpeed writes its files under <checkpoint dir>/deepspeed/
-
-
-def import_deepspeed():
-    try:
-        import deepspeed
-    except ImportError:
-        raise ValueError("parallel=zero1/zero2/zero3 needs DeepSpeed: install it with `uv sync --extra deepspeed`") from None
-    return deepspeed
-
-
-def deepspeed_config(stage: int, bf16: bool, offload_optimizer: bool, offload_params: bool, pin_memory: bool,
-                     param_persistence_threshold: int = 100_000) -> dict:
-    """The DeepSpeed config dict for our settings (https://www.deepspeed.ai/docs/config-json/)."""
-    zero = {"stage": stage}
-    if stage == 3:
-        zero["stage3_param_persistence_threshold"] = param_persistence_threshold
-    if offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin_memory}
-    if offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": pin_memory}
-    config = {
-        # One micro-batch is one pack, and accumulation is driven by the loop (see module docstring).
-        "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": 1,
-        # Set per step from the loop's max_norm by clip_grad_norm().
-        "gradient_clipping": 0.0,
-        "zero_optimization": zero,
-        "bf16": {"enabled": bf16},
-        # Offload with the loop's torch AdamW instead of DeepSpeedCPUAdam (which needs a JIT build).
-        "zero_force_ds_cpu_optimizer": False,
-    }
-    if bf16:
-        # bf16 params for compute, but accumulate and reduce gradients in fp32 (as FSDP2 does).
-        config["data_types"] = {"grad_accum_dtype": "fp32"}
-        config["communication_data_type"] = "fp32"
-    return config
 
 
 class DeepSpeedModule(nn.Module):
@@ -114,7 +85,8 @@ class DeepSpeedZero(Strategy):
 
     def __init__(self, stage: int, device: str = "auto", precision: str = "auto", offload_optimizer: bool = False,
                  offload_params: bool = False, activation_checkpointing: bool | int = False,
-                 encoder_checkpointing: bool | None = None, param_persistence_threshold: int = 100_000):
+                 encoder_checkpointing: bool | None = None,
+                 param_persistence_threshold: int = 100_000):
         super().__init__(device)
         if stage not in ZERO_STAGES:
             raise ValueError(f"parallel.stage={stage!r}; DeepSpeed ZeRO stages are {ZERO_STAGES} (use parallel=zero1|zero2|zero3)")
@@ -131,7 +103,6 @@ class DeepSpeedZero(Strategy):
         self.encoder_checkpointing = encoder_checkpointing
         self.name = f"zero{stage}"
         self.engine = None
-        self._stepped = False  # clip_grad_norm() already ran this step's engine.step()
 
     def setup(self) -> None:
         import_deepspeed()  # fail before any work if the extra is missing
@@ -143,7 +114,9 @@ class DeepSpeedZero(Strategy):
                                 offload_params=self.offload_params, pin_memory=self.device.type == "cuda",
                                 param_persistence_threshold=self.param_persistence_threshold)
 
-    def frozen_dtype(self) -> None:  # build_optimizer casts all; only trainable weights get fp32 masters
+    def frozen_dtype(self) -> None:
+        """None: build_optimizer casts the whole model to the compute dtype (cast_keeping_fp32) and
+        only the optimizer's (trainable) parameters get fp32 masters; frozen ones stay bf16 only."""
         return None
 
     def model_init_context(self):
@@ -188,40 +161,40 @@ class DeepSpeedZero(Strategy):
         # scale_wrt_gas=False: the loop's loss is already normalised over all micro-batches.
         self.engine.backward(loss, scale_wrt_gas=False)
 
-    def clip_grad_norm(self, module: nn.Module, max_norm: float) -> float:
-        """Clip to max_norm and update (one DeepSpeed call); return the global norm before clipping."""
-        self._set_clip_threshold(max_norm)
-        self.engine.step()
-        self._stepped = True
-        return float(self.engine.get_global_grad_norm())
-
-    def optimizer_step(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> None:
-        if not self._stepped:  # a caller that did not clip: the update has not happened yet
-            self._set_clip_threshold(float("inf"))
-            self.engine.step()
-        self._stepped = False  # engine.step() has also zeroed the gradients
-
     def step(self, module: nn.Module, optimizer: torch.optim.Optimizer, *, max_norm: float,
              loss: float) -> tuple[float, bool]:
-        """DeepSpeed clips and updates in one call, so only the loss can be checked before the
-        update: a non-finite loss drops the step's gradients (as DeepSpeed's own fp16 overflow
-        path does); a non-finite gradient norm with a finite loss is left to DeepSpeed. The loss is
-        all-reduced, so every rank takes the same branch."""
+        """DeepSpeed computes the global norm, clips and updates in one call, so only the loss can be
+        checked before the update: a non-finite loss drops the step's gradients (as DeepSpeed's own
+        fp16 overflow path does); a non-finite gradient norm with a finite loss is left to DeepSpeed.
+        The loss is all-reduced, so every rank takes the same branch. Returns (the pre-clip global
+        norm DeepSpeed computed, skipped)."""
         if not math.isfinite(loss):
             drop_gradients(self.engine.optimizer)
             return float("nan"), True
-        grad_norm = self.clip_grad_norm(module, max_norm)
+        self.clip_grad_norm(module, max_norm)
         self.optimizer_step(optimizer, module)
-        return grad_norm, False
+        return self.grad_norm(), False
 
-    def _set_clip_threshold(self, max_norm: float) -> None:
-        # DeepSpeed's ZeRO optimizers clip by their `clip_grad` (0 = off), taken from the config at
-        # initialize; the loop only passes max_norm now. inf (clipping off) -> 0.
+    def clip_grad_norm(self, module: nn.Module, max_norm: float) -> None:
+        """Clip the global gradient norm to max_norm in this step's update: DeepSpeed's ZeRO optimizer
+        computes the norm over its gradient partitions and clips inside engine.step(), so this sets
+        the threshold it clips to (optimizer_step() applies it; grad_norm() then returns the norm).
+        DeepSpeed reads `clip_grad` (0 = off) from the config at initialize; inf (no clipping) -> 0."""
         compat.deepspeed_set_clip_threshold(self.engine.optimizer, 0.0 if math.isinf(max_norm) else float(max_norm))
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> None:
+        """engine.step(): the global norm, the clip to clip_grad_norm()'s threshold, the update, and
+        the gradients zeroed."""
+        self.engine.step()
+
+    def grad_norm(self) -> float:
+        """The pre-clip global gradient norm DeepSpeed computed in the last optimizer_step()."""
+        return float(self.engine.get_global_grad_norm())
 
     def save_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
         """Write model + optimizer state into the existing directory `path`. Every rank calls this."""
-        self.engine.save_checkpoint(str(path), tag=CHECKPOINT_TAG, save_latest=False,  # LoRA: trainable only
+        # LoRA (exclude_frozen_from_checkpoints): the trainable weights and their optimizer state only.
+        self.engine.save_checkpoint(str(path), tag=CHECKPOINT_TAG, save_latest=False,
                                     exclude_frozen_parameters=not self.checkpoint_frozen)
 
     def load_model_optimizer(self, path: Path, module: nn.Module, optimizer) -> None:
@@ -231,7 +204,8 @@ class DeepSpeedZero(Strategy):
                              "resume a parallel=zero* run with the same parallel option")
         with deepspeed_weights_only(self.engine):  # DeepSpeed itself would unpickle anything
             loaded, _ = self.engine.load_checkpoint(str(path), tag=CHECKPOINT_TAG, load_optimizer_states=True,
-                                                    load_lr_scheduler_states=False, load_module_strict=self.checkpoint_frozen)
+                                                    load_lr_scheduler_states=False,
+                                                    load_module_strict=self.checkpoint_frozen)
         if loaded is None:
             raise ValueError(f"DeepSpeed could not load the checkpoint in {path}")
 
@@ -241,7 +215,8 @@ class DeepSpeedZero(Strategy):
         return gather_full_state_dict(self.unwrap(module), keep=self.is_main)
 
     def teardown(self) -> None:
-        """Release the engine and DeepSpeed's group references (deepspeed_release.py), then the groups."""
+        """Release the engine (deepspeed_release.py says what held it), DeepSpeed's own group
+        references, then the groups (pdist.destroy), so no process group outlives the run."""
         try:
             engine, self.engine = self.engine, None  # no reference left: pdist.destroy's collection frees it
             if engine is not None:
@@ -258,143 +233,3 @@ def drop_gradients(optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
     compat.deepspeed_release_gradients(optimizer)
 
-
-@contextlib.contextmanager
-def zero3_init(config: dict):
-    """Build the model partitioned: deepspeed.zero.Init, with transformers told about ZeRO-3.
-
-    zero.Init partitions each module's parameters over the ranks as soon as its __init__ returns
-    (no rank ever holds the whole model). They stay fp32: the masters must start from the fp32
-    weights (see restore_fp32_masters), so cast_keeping_fp32 makes the bf16 copies later.
-    transformers' HfDeepSpeedConfig is kept alive meanwhile (transformers holds only a weak
-    reference): `from_pretrained` then reads the checkpoint into the partitions on rank 0, module
-    by module, and `_from_config` initialises random weights per gathered module (random_init.py).
-    Its own nested zero.Init adds nothing: the outermost context does the partitioning.
-    """
-    deepspeed = import_deepspeed()
-    from transformers.integrations import HfDeepSpeedConfig
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    # fp32 through the config, not Init's dtype argument: DeepSpeed 0.19 ignores that one on
-    # accelerators without fp16 support (the CPU one) and builds bf16.
-    config = {**config, "bf16": {"enabled": False}}
-    config.pop("data_types", None)
-    config.pop("communication_data_type", None)
-    hf_config = HfDeepSpeedConfig(config)
-    try:
-        with deepspeed.zero.Init(config_dict_or_path=config):
-            yield
-    finally:
-        unset_hf_deepspeed_config()  # later code (export, a second model) sees plain transformers again
-        del hf_config
-
-
-def register_loss_head(module: nn.Module) -> None:
-    """Let ZeRO-3 gather the output-embedding (lm_head) weight for `module`'s own forward.
-
-    The trained module hands the weight to a fused linear cross-entropy instead of calling
-    lm_head.forward, so DeepSpeed's per-module hooks do not gather it for lm_head: registered as
-    an external parameter of the root module it is gathered for the root's forward and backward.
-    Tied or not: the weight the loss reads. (DeepSpeed 0.19's engine also discovers such a read
-    during an eager forward and registers it then; registering up front does not depend on that
-    discovery, which is off while torch.compile traces.)
-    """
-    deepspeed = import_deepspeed()
-    deepspeed.zero.register_external_parameter(module, output_embedding_weight(module))
-
-
-def output_embedding_weight(module: nn.Module) -> nn.Parameter:
-    """The lm_head weight of the outermost HF model inside `module`."""
-    for sub in module.modules():
-        if isinstance(sub, PreTrainedModel) and sub.get_output_embeddings() is not None:
-            return sub.get_output_embeddings().weight
-    raise AssertionError(f"{type(module).__name__} holds no HF model with output embeddings")
-
-
-@dataclass
-class Fp32Masters:
-    """The trainable parameters' fp32 values before the cast, by name: whole tensors, and the local
-    partitions of ZeRO-3 parameters built under zero.Init."""
-
-    whole: dict[str, torch.Tensor]
-    partitions: dict[str, torch.Tensor]
-
-
-def cast_keeping_fp32(module: nn.Module, dtype: torch.dtype) -> Fp32Masters:
-    """Cast `module`'s floating parameters to `dtype`, keeping the trainable ones' fp32 values.
-
-    Whole parameters: DeepSpeed would cast them the same way (`p.data = p.data.to(dtype)`); the
-    fp32 tensors are kept by reference, no copy. ZeRO-3 parameters built under zero.Init: DeepSpeed
-    takes them as they are, so their local partition (`ds_tensor`) is cast here and its fp32 values
-    kept in CPU memory (off the device while DeepSpeed allocates its own fp32 masters).
-    """
-    whole, partitions = {}, {}
-    for name, param in module.named_parameters():
-        if not param.is_floating_point() or param.dtype == dtype:
-            continue
-        partition = compat.zero3_partition(param)
-        if partition is not None:
-            fp32 = partition.data
-            partition.data = fp32.to(dtype)
-            param.data = torch.empty(0, dtype=dtype, device=param.device)  # the gathered dtype follows ds_tensor
-            if param.requires_grad:
-                partitions[name] = fp32.cpu()  # the old tensor: ds_tensor now holds a new one
-        else:
-            if param.requires_grad:
-                whole[name] = param.data
-            param.data = param.data.to(dtype)
-    return Fp32Masters(whole=whole, partitions=partitions)
-
-
-def restore_fp32_masters(module: nn.Module, masters: Fp32Masters) -> None:
-    """Set DeepSpeed's fp32 master weights to the values before the cast to bf16.
-
-    DeepSpeed copies its fp32 masters from the bf16 parameters, so the masters would start rounded
-    to 8 mantissa bits: small early updates then round away in every bf16 copy, and training drifts
-    from FSDP2's (whose masters are the fp32 model). Local copies only (each rank writes its own
-    partition): no collectives.
-    """
-    deepspeed = import_deepspeed()
-    for name, param in module.named_parameters():
-        if name in masters.partitions:
-            deepspeed.utils.safe_set_local_fp32_param(param, masters.partitions[name])
-        elif name in masters.whole:
-            deepspeed.utils.safe_set_full_fp32_param(param, masters.whole[name].float())
-
-
-def gather_full_state_dict(module: nn.Module, keep: bool) -> dict[str, torch.Tensor]:
-    """Each parameter (and persistent buffer) whole, in fp32 on CPU where `keep`, else dropped.
-
-    Parameters are gathered one at a time, in the same order on every rank, so peak memory is one
-    full parameter beyond the CPU copy. Tied parameters are gathered once and listed under each name.
-    """
-    tensors = _named_tensors(module)
-    names = list(module.state_dict(keep_vars=True).keys())  # checkpoint_wrapper's hook strips its prefix here
-    gathered: dict[int, torch.Tensor] = {}
-    state = {}
-    for name in names:
-        tensor = tensors[name]
-        if id(tensor) not in gathered:
-            full = _full_fp32(tensor) if isinstance(tensor, nn.Parameter) else tensor.detach()
-            gathered[id(tensor)] = full.cpu() if keep else None
-        if keep:
-            state[name] = gathered[id(tensor)]
-    return state
-
-
-def _named_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
-    named = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
-    # Named as the module's state_dict (checkpoint_wrapper's part hidden, the training module's `lm.` kept).
-    return {unwrapped_name(name, prefixes=()): tensor for name, tensor in named}
-
-
-def _full_fp32(param: nn.Parameter) -> torch.Tensor:
-    """The whole fp32 master copy of a trainable parameter; frozen ones from the module itself."""
-    deepspeed = import_deepspeed()
-    full = deepspeed.utils.safe_get_full_fp32_param(param)  # collective; None for frozen params
-    if full is not None:
-        return full
-    if compat.is_zero3_param(param):  # a frozen ZeRO-3 parameter: only partitioned in the module
-        with deepspeed.zero.GatheredParameters([param]):
-            return param.detach().float().clone()
-    return param.detach().float()

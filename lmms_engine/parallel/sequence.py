@@ -1,10 +1,14 @@
-"""Ulysses sequence parallelism: the ranks of one SP group train on the same pack, each on a
-contiguous 1/N slice of it.
+"""Ulysses sequence parallelism, owned here: the ranks of one SP group train on the same pack, each on
+a contiguous 1/N slice of it.
 
-    every SP rank        the full pack (padded to a multiple of N), media, cu_seqlens, positions
+    every SP rank        the full pack (padded to a multiple of N: Strategy.sequence_shards), media,
+                         cu_seqlens, positions
     decoder input        embeddings (text + scattered media features) and positions sliced to the shard
+                         (SequenceParallel.shard_module, called through Strategy.shard_sequence)
     each attention       all-to-all (seq/N, heads) -> (seq, heads/N); the packed varlen kernel over the
-                         FULL pack's cu_seqlens; all-to-all back (kernels/ulysses.py)
+                         FULL pack's cu_seqlens; all-to-all back (kernels/ulysses.py, the attention
+                         wrapper the kernel patcher registers; it gets this layout from the decoder's
+                         kwargs, ATTENTION_KWARG)
     loss                 the shard's labels (shifted per sample at collate time, so before slicing)
 
 Gradients of the (replicated) parameters differ per SP rank; FSDP2 shards over all dp x sp ranks, so
@@ -17,9 +21,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import logging
+import operator
+
 import torch
 import torch.distributed as dist
 from torch import nn
+
+log = logging.getLogger(__name__)
+
+# The decoder's keyword argument that carries the SequenceParallel to every attention call (set by the
+# decoder's input hook, read by kernels/ulysses.py): transformers passes the decoder's extra kwargs on to
+# the attention function, and the registered function itself holds no process group.
+ATTENTION_KWARG = "lmms_sequence_parallel"
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,18 @@ class SequenceParallel:
         assert length % self.degree == 0, f"sequence of {length} tokens is not a multiple of sp_degree {self.degree}"
         size = length // self.degree
         return tensor.narrow(dim, self.rank * size, size)
+
+    def shard_module(self, module: nn.Module, decoder_path: str) -> None:
+        """Train `module` (a CausalLMWithLoss: `.lm`, `.loss_fn`) on this rank's shard of each pack:
+        the decoder body at `decoder_path` of `module.lm` gets its token inputs and positions sliced
+        (and this layout for its Ulysses attention), and the loss this shard's labels."""
+        decoder = operator.attrgetter(decoder_path)(module.lm)
+        text = decoder.config.get_text_config()
+        check_heads(self.degree, text.num_attention_heads, text.num_key_value_heads)
+        decoder.register_forward_pre_hook(shard_decoder_inputs(self), with_kwargs=True)
+        module.loss_fn = sharded_loss(module.loss_fn, self)
+        log.info("sequence parallelism: %d shards per pack (%d of %d query heads per rank in Ulysses attention)",
+                 self.degree, text.num_attention_heads // self.degree, text.num_attention_heads)
 
 
 def build_sequence_parallel(rank: int, world_size: int, degree: int) -> SequenceParallel | None:
@@ -106,22 +132,19 @@ def _all_to_all(x: torch.Tensor, scatter_dim: int, gather_dim: int, group) -> to
 
 def shard_decoder_inputs(sp: SequenceParallel):
     """A forward pre-hook for the decoder body: its token inputs (input_ids or inputs_embeds, B=1 packed
-    row) and position ids (1-D or mrope, sequence last) sliced to this rank's shard. Everything before
-    the decoder (embedding, media features, mrope positions) saw the whole pack."""
+    row) and position ids (1-D or mrope, sequence last) sliced to this rank's shard, and `sp` passed on to
+    the attention (ATTENTION_KWARG). Everything before the decoder (embedding, media features, mrope
+    positions) saw the whole pack."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict):
         assert not args, "the decoder is called with keyword inputs (models/encoders.py)"
         for key, dim in (("input_ids", 1), ("inputs_embeds", 1), ("position_ids", -1)):
             if kwargs.get(key) is not None:
                 kwargs[key] = sp.shard(kwargs[key], dim)
+        kwargs[ATTENTION_KWARG] = sp
         return args, kwargs
 
     return hook
-
-
-def install_input_sharding(decoder: nn.Module, sp: SequenceParallel):
-    """Slice the decoder's inputs to this rank's shard on every forward (returns the hook handle)."""
-    return decoder.register_forward_pre_hook(shard_decoder_inputs(sp), with_kwargs=True)
 
 
 def sharded_loss(loss_fn, sp: SequenceParallel):

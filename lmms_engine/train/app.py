@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmms_engine.checkpoint.export import export_adapter, export_hf
 from lmms_engine.checkpoint.manager import check_writable, latest_checkpoint, load_checkpoint
 from lmms_engine.config import RunConfig, validate
+from lmms_engine.data.dataset import build_sft_dataset
 from lmms_engine.logging.data_notes import warn_about_data
 from lmms_engine.logging.report import write_run_report
 from lmms_engine.logging.summary import run_summary
@@ -89,7 +90,8 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path, overrides: lis
     patcher = instantiate(rc.groups["kernels"])
     patcher.check(strategy.device)  # a kernel this machine cannot run: one line, before the model is built
     bundle = _build_model(rc, strategy)
-    dataset = instantiate(rc.groups["data"], tokenizer=bundle.tokenizer, seed=rc.trainer.seed, **bundle.data_inputs())
+    dataset = build_sft_dataset(bundle.tokenizer, instantiate(rc.groups["data"]), seed=rc.trainer.seed,
+                                **bundle.data_inputs())
     if strategy.is_main:
         warn_about_data(dataset.stats, rc.groups["data"].get("packing_length"))
     rc = resolve_run_length(rc, dataset, strategy.data_world_size)  # trainer.epochs / optim.warmup_ratio as steps
@@ -99,8 +101,9 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path, overrides: lis
     freeze_components(bundle.model, rc.optim.freeze, bundle.components())
     lora = _apply_lora(rc, bundle, strategy)
     summary = run_summary(dataset.stats, bundle.model)  # before wrapping: whole-model counts
-    module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states), bundle.shard_units,
-                              bundle.encoder_units)
+    module = CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states)
+    strategy.shard_sequence(module, bundle.decoder_path)  # parallel.sp_degree > 1: this rank's slice of each pack
+    module = strategy.prepare(module, bundle.shard_units, bundle.encoder_units)
     optimizer = strategy.build_optimizer(
         module, functools.partial(_make_optimizer, optim=rc.optim, components=bundle.components()))
     start_step, position, bad_steps = _maybe_resume(rc, run_dir, module, optimizer, strategy, overrides)
@@ -115,7 +118,7 @@ def _run(cfg: DictConfig, rc: RunConfig, strategy, run_dir: Path, overrides: lis
             bundle.step_flops, bundle.model.config.get_text_config(), adapter_params(bundle.decoder())),
         max_grad_norm=rc.trainer.max_grad_norm if rc.trainer.max_grad_norm > 0 else float("inf"),
         unpad=patcher.use_rmpad and not dataset.packing,
-        pack_multiple=patcher.token_multiple(),
+        pack_multiple=strategy.sequence_shards * patcher.token_multiple(),
     )
     policy = LoopPolicy(
         step_source=step_source, lr_at=functools.partial(_lr, rc=rc),
@@ -140,7 +143,7 @@ def _apply_lora(rc: RunConfig, bundle, strategy):
     """optim.lora: peft adapters in the model, only they trained and checkpointed; None without."""
     if rc.optim.lora is None:
         return None
-    strategy.checkpoint_frozen = False
+    strategy.exclude_frozen_from_checkpoints()
     return apply_lora(bundle.model, rc.optim.lora, bundle.components(), seed=rc.trainer.seed,
                       frozen_dtype=strategy.frozen_dtype())
 

@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from lmms_engine.compat import CHECKPOINT_WRAPPER_PREFIX  # noqa: E402
 from lmms_engine.config import validate  # noqa: E402
+from lmms_engine.data.dataset import build_sft_dataset  # noqa: E402
 from lmms_engine.kernels.patcher import KernelPatcher  # noqa: E402
 from lmms_engine.parallel.fsdp2 import FSDP2  # noqa: E402
 from lmms_engine.train.app import instantiate  # noqa: E402
@@ -95,8 +96,9 @@ def sp_step(rc, dataset, strategy, micro_batches: list) -> tuple[dict, dict]:
     patcher = KernelPatcher(attn_backend="sdpa")
     patcher.apply(bundle.model, strategy.device, padding_free=True, encoders=bundle.encoders,
                   decoder_path=bundle.decoder_path, sequence_parallel=strategy.sequence_parallel)
-    module = strategy.prepare(CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states),
-                              bundle.shard_units, bundle.encoder_units)
+    module = CausalLMWithLoss(bundle.model, patcher.loss_fn(), bundle.hidden_states)
+    strategy.shard_sequence(module, bundle.decoder_path)
+    module = strategy.prepare(module, bundle.shard_units, bundle.encoder_units)
     optimizer = torch.optim.SGD(module.parameters(), lr=1.0)
     ctx = StepContext(module=module, optimizer=optimizer, strategy=strategy, collate=dataset.collate,
                       attention_kwargs=patcher.attention_kwargs, flops_fn=lambda batch: 0.0,
@@ -115,7 +117,8 @@ def sp_degree(strategy) -> int:
 
 def probe(rc, strategy, vl: bool) -> dict | None:
     bundle = build(rc)
-    dataset = instantiate(rc.groups["data"], tokenizer=bundle.tokenizer, seed=rc.trainer.seed, **bundle.data_inputs())
+    dataset = build_sft_dataset(bundle.tokenizer, instantiate(rc.groups["data"]), seed=rc.trainer.seed,
+                                **bundle.data_inputs())
     micro_batches = step_micro_batches(dataset, GRAD_ACCUM * strategy.data_world_size, vl)
     stats, after = sp_step(rc, dataset, strategy, micro_batches)
     if not strategy.is_main:

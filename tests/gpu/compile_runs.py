@@ -13,7 +13,7 @@ from lmms_engine.data.collate import collate_packed
 from lmms_engine.data.types import Sample
 from lmms_engine.kernels.patcher import KernelPatcher
 from lmms_engine.models.qwen2 import build_qwen2
-from lmms_engine.parallel.single import SingleDevice
+from lmms_engine.parallel.single import single_device
 from lmms_engine.train.loop import StepContext, train_step
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw
@@ -44,7 +44,7 @@ def train_steps(*, liger: bool, compile: bool, fp8: bool = False, backend: str =
     counters = compat.dynamo_counters()
     counters.clear()
     torch.manual_seed(0)
-    strategy = SingleDevice(device="cuda", precision="bf16", compile=compile)
+    strategy = single_device(device="cuda", precision="bf16", compile=compile)
     strategy.setup()
     try:
         with torch.device("cuda"):

@@ -11,7 +11,7 @@ import torch
 
 from lmms_engine.config import LoraSettings
 from lmms_engine.models.qwen2 import build_qwen2
-from lmms_engine.parallel.single import SingleDevice
+from lmms_engine.parallel.single import single_device
 from lmms_engine.train.lora import apply_lora, is_adapter
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw
@@ -20,7 +20,7 @@ from tests.unit.test_packed_parity import TINY
 
 
 def test_single_gpu_lora_keeps_a_bf16_base_and_fp32_adapters():
-    strategy = SingleDevice(device="cuda", precision="bf16")
+    strategy = single_device(device="cuda", precision="bf16")
     strategy.setup()
     try:
         torch.manual_seed(0)

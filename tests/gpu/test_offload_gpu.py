@@ -12,7 +12,7 @@ import torch
 
 from lmms_engine.compat import CHECKPOINT_WRAPPER_PREFIX
 from lmms_engine.models.qwen2 import build_qwen2
-from lmms_engine.parallel.single import SingleDevice
+from lmms_engine.parallel.single import single_device
 from lmms_engine.train.module import CausalLMWithLoss
 from tests.unit.test_lora_strategies import _summed_ce
 
@@ -24,7 +24,7 @@ BOUNDARY_BYTES = TOKENS * HIDDEN * 2  # one layer's bf16 input
 
 def _step(offload: bool) -> tuple[float, dict[str, torch.Tensor], float, int]:
     """(loss, gradients, peak GB over forward + backward, tensors offloaded) of one step on one document."""
-    strategy = SingleDevice(device="cuda", precision="bf16", activation_checkpointing=True, offload_activations=offload)
+    strategy = single_device(device="cuda", precision="bf16", activation_checkpointing=True, offload_activations=offload)
     strategy.setup()
     try:
         torch.manual_seed(0)

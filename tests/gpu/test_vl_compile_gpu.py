@@ -12,7 +12,7 @@ import torch
 
 from lmms_engine.kernels.fp8 import MIN_CAPABILITY
 from lmms_engine.kernels.patcher import KernelPatcher
-from lmms_engine.parallel.single import SingleDevice
+from lmms_engine.parallel.single import single_device
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw
 from tests.gpu.test_vl_gpu import _batch, _bundle
@@ -23,8 +23,8 @@ STEPS = 3
 
 def _vl_steps(compile: bool, fp8: bool) -> list[float]:
     torch.compiler.reset()
-    strategy = SingleDevice(device="cuda", precision="bf16", activation_checkpointing=False,
-                            encoder_checkpointing=True, compile=compile)
+    strategy = single_device(device="cuda", precision="bf16", activation_checkpointing=False,
+                             encoder_checkpointing=True, compile=compile)
     strategy.setup()
     try:
         bundle = _bundle()

@@ -118,6 +118,8 @@ def test_submodule_from_config_builds_a_sub_model_with_its_attention_implementat
     assert isinstance(encoder, Qwen2AudioEncoder), "transformers: PreTrainedModel._from_config changed"
     assert encoder.config._attn_implementation in ("sdpa", "eager")
     assert encoder.conv1.in_channels == 16
+    as_fp32 = compat.submodule_from_config(Qwen2AudioEncoder, config, dtype=torch.float32)
+    assert {p.dtype for p in as_fp32.parameters()} == {torch.float32}
 
 
 def test_config_attn_implementation_is_what_the_model_runs():

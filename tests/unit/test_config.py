@@ -69,7 +69,7 @@ def test_unknown_trainer_key_lists_valid_keys():
 
 
 def test_unknown_target_group_key_names_the_builder():
-    with pytest.raises(ValueError, match=r"data\.packing_len .*build_sft_dataset.*packing_length"):
+    with pytest.raises(ValueError, match=r"data\.packing_len .*DataSettings.*packing_length"):
         validate(compose_config("+data.packing_len=3"))
 
 

@@ -15,6 +15,7 @@ import torch
 from lmms_engine.data import prepare
 from lmms_engine.data.chat import IGNORE_INDEX
 from lmms_engine.data.dataset import build_sft_dataset
+from lmms_engine.data.settings import DataSettings
 from lmms_engine.data.errors import DataError
 from lmms_engine.data.media_audio import AudioSettings, decode_audio, mel_frames
 from lmms_engine.models.audio_encoder import feat_extract_output_lengths
@@ -90,9 +91,10 @@ def write_data(tmp_path: Path, records: list[list[dict]], media_folder: Path) ->
     return path
 
 
-def build(processor, dataset_path, tmp_path, tokenizer=None, **kwargs):
+def build(processor, dataset_path, tmp_path, tokenizer=None, mrope_spec=None, **kwargs):
     kwargs = {"packing_length": 4096, "num_proc": 1, "cache_dir": tmp_path / "cache", **kwargs}
-    return build_sft_dataset(tokenizer or processor.tokenizer, dataset_path, processor=processor, **kwargs)
+    return build_sft_dataset(tokenizer or processor.tokenizer, DataSettings(dataset_path, **kwargs), processor=processor,
+                             mrope_spec=mrope_spec)
 
 
 def by_line(dataset) -> dict:

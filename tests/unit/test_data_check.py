@@ -12,6 +12,7 @@ from PIL import Image
 from lmms_engine.data.check import main
 from lmms_engine.data.dataset import build_sft_dataset
 from lmms_engine.data.errors import DataError
+from lmms_engine.data.settings import DataSettings
 from lmms_engine.data.media import resolve_media_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,15 +98,13 @@ def write_dataset(root: Path, records: list[dict]) -> Path:
 def test_dataset_escape_follows_on_error_and_flag(folders, vl, tmp_path):
     records = [chat("a.png"), chat("../../outside.png"), chat(str(folders / "outside.png"))]
     yaml_path = write_dataset(folders, records)
-    common = dict(
-        dataset_path=yaml_path, packing=False, micro_batch_size=1, num_proc=1, cache_dir=tmp_path / "c", **vl
-    )
+    common = dict(dataset_path=yaml_path, packing=False, micro_batch_size=1, num_proc=1, cache_dir=tmp_path / "c")
     with pytest.raises(DataError) as raised:
-        build_sft_dataset(**common)
+        build_sft_dataset(settings=DataSettings(**common), **vl)
     assert raised.value.reason == "media_path_escape" and raised.value.where.endswith("chat.jsonl:2")
-    skipped = build_sft_dataset(on_error="skip", **common)
+    skipped = build_sft_dataset(settings=DataSettings(on_error="skip", **common), **vl)
     assert skipped.stats["skipped_by_reason"] == {"media_path_escape": 1} and len(skipped) == 2
-    allowed = build_sft_dataset(allow_path_escape=True, **common)  # a new cache entry, not the skip one
+    allowed = build_sft_dataset(settings=DataSettings(allow_path_escape=True, **common), **vl)  # a new cache entry, not the skip one
     assert allowed.stats["skipped"] == 0 and len(allowed) == 3
 
 
@@ -148,13 +147,12 @@ def test_check_demo_data_is_clean(capsys):
 
 
 def test_media_option_defaults_are_the_data_config_defaults():
-    """lmms-data check measures media with MediaOptions(); training with build_sft_dataset's keys."""
+    """lmms-data check measures media with MediaOptions(); training with the data config's keys (DataSettings)."""
     import dataclasses
     import inspect
 
-    from lmms_engine.data.dataset import build_sft_dataset
     from lmms_engine.data.modalities import MediaOptions
 
-    parameters = inspect.signature(build_sft_dataset).parameters
+    parameters = inspect.signature(DataSettings).parameters
     for option in dataclasses.fields(MediaOptions):
         assert parameters[option.name].default == option.default, option.name

@@ -10,6 +10,7 @@ import pytest
 
 import lmms_engine.data.prepare as prepare
 from lmms_engine.data.dataset import build_sft_dataset
+from lmms_engine.data.settings import DataSettings
 from lmms_engine.models.tokenizer import build_byte_tokenizer
 
 DEMO_YAML = Path(__file__).resolve().parents[2] / "lmms_engine" / "data" / "demo" / "demo.yaml"
@@ -34,9 +35,9 @@ def data_file(tmp_path):
     return path
 
 
-def build(tokenizer, path, tmp_path, **kwargs):
+def build(tokenizer, path, tmp_path, seed=0, **kwargs):
     kwargs = {"packing_length": 256, "num_proc": 1, "cache_dir": tmp_path / "cache", **kwargs}
-    return build_sft_dataset(tokenizer, path, **kwargs)
+    return build_sft_dataset(tokenizer, DataSettings(path, **kwargs), seed=seed)
 
 
 def all_samples(dataset):

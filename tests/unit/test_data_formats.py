@@ -20,6 +20,7 @@ from PIL import Image
 
 from lmms_engine.data.check import check_dataset, print_report
 from lmms_engine.data.dataset import build_sft_dataset
+from lmms_engine.data.settings import DataSettings
 from lmms_engine.data.errors import DataError, DataSourceError
 from lmms_engine.data.sources import resolve_sources
 from lmms_engine.kernels.attention import varlen_kwargs
@@ -240,8 +241,8 @@ def vl_fixtures(tmp_path_factory, media):
 
 def build_vl(vl, path, tmp_path, **kwargs):
     bundle, spec = vl
-    return build_sft_dataset(bundle.tokenizer, path, processor=bundle.processor, mrope_spec=spec, packing_length=1024,
-                             num_proc=1, cache_dir=tmp_path / "cache", **kwargs)
+    return build_sft_dataset(bundle.tokenizer, DataSettings(path, packing_length=1024, num_proc=1, cache_dir=tmp_path / "cache",
+                                                            **kwargs), processor=bundle.processor, mrope_spec=spec)
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "arrow", "hub_folder", "json_string", "sharegpt", "sharegpt_auto"])
@@ -294,8 +295,8 @@ def test_audio_formats_give_the_reference_jsonls_tokens_features_and_loss(audio_
     reference_path, fixtures = audio_fixtures
 
     def build(path):
-        return build_sft_dataset(audio_bundle.tokenizer, path, packing_length=4096, num_proc=1,
-                                 cache_dir=tmp_path / "cache", **audio_bundle.data_inputs())
+        return build_sft_dataset(audio_bundle.tokenizer, DataSettings(path, packing_length=4096, num_proc=1,
+                                                                      cache_dir=tmp_path / "cache"), **audio_bundle.data_inputs())
 
     reference, dataset = build(reference_path), build(fixtures[fmt])
     assert dataset.stats["audios"] == reference.stats["audios"] == 3

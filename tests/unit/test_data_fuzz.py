@@ -42,6 +42,7 @@ from lmms_engine.data import prepare
 from lmms_engine.data.chat import IGNORE_INDEX
 from lmms_engine.data.check import main
 from lmms_engine.data.dataset import build_sft_dataset
+from lmms_engine.data.settings import DataSettings
 from lmms_engine.data.errors import DataError
 from lmms_engine.data.types import ROLES
 from lmms_engine.models.mrope import MropeSpec
@@ -710,13 +711,15 @@ def outcomes_of(lines: list[bytes], mode: Mode, table: dict) -> dict[int, Outcom
 def build(mode: Mode, yaml_path: Path, cache: Path, on_error: str, **kwargs):
     return build_sft_dataset(
         mode.tokenizer,
-        yaml_path,
-        packing_length=PACKING_LENGTH,
-        on_error=on_error,
-        num_proc=kwargs.pop("num_proc", 1),
-        cache_dir=cache,
+        DataSettings(
+            yaml_path,
+            packing_length=PACKING_LENGTH,
+            on_error=on_error,
+            num_proc=kwargs.pop("num_proc", 1),
+            cache_dir=cache,
+            **kwargs,
+        ),
         **mode.inputs,
-        **kwargs,
     )
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lmms_engine.data.dataset import build_sft_dataset
+from lmms_engine.data.settings import DataSettings
 from lmms_engine.data.packing import apply_overlong, pack_best_fit_decreasing
 from lmms_engine.models.tokenizer import build_byte_tokenizer
 
@@ -77,13 +78,13 @@ def test_dataset_overlong_policies(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in [short, long_answer, long_prompt, short]) + "\n")
     common = {"packing_length": 100, "num_proc": 1, "cache_dir": tmp_path / "cache"}
-    dropped = build_sft_dataset(tokenizer, path, overlong="drop", **common)
+    dropped = build_sft_dataset(tokenizer, DataSettings(path, overlong="drop", **common))
     assert (
         dropped.num_samples == 2
         and dropped.stats["dropped_overlong"] == 2
         and dropped.stats["truncated"] == 0
     )
-    cut = build_sft_dataset(tokenizer, path, overlong="truncate", **common)
+    cut = build_sft_dataset(tokenizer, DataSettings(path, overlong="truncate", **common))
     # The long answer is cut to 100 tokens (still trained); the long prompt would train nothing: dropped.
     assert cut.num_samples == 3 and cut.stats["truncated"] == 1 and cut.stats["dropped_overlong"] == 1
     truncated = [cut[i] for i in range(3) if len(cut[i]) == 100]

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lmms_engine.data.dataset import build_sft_dataset
+from lmms_engine.data.settings import DataSettings
 from lmms_engine.data.errors import DataError, DataSourceError
 from lmms_engine.data.sources import resolve_sources
 from lmms_engine.models.tokenizer import build_byte_tokenizer
@@ -34,9 +35,9 @@ def write_jsonl(path, lines):
     return path
 
 
-def build(tokenizer, path, tmp_path, **kwargs):
+def build(tokenizer, path, tmp_path, seed=0, **kwargs):
     kwargs = {"packing_length": 512, "num_proc": 1, "cache_dir": tmp_path / "cache", **kwargs}
-    return build_sft_dataset(tokenizer, path, **kwargs)
+    return build_sft_dataset(tokenizer, DataSettings(path, **kwargs), seed=seed)
 
 
 def sample_texts(tokenizer, dataset):

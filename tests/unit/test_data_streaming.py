@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lmms_engine.data.dataset import build_sft_dataset
+from lmms_engine.data.settings import DataSettings
 from lmms_engine.data.errors import DataError, DataSourceError
 from lmms_engine.data.sources import resolve_sources
 from lmms_engine.data.shards import ShardReader
@@ -41,9 +42,9 @@ def write_jsonl(path, n: int, blank_every: int = 0, bad: dict | None = None, see
     return path
 
 
-def stream(tokenizer, path, **kwargs):
+def stream(tokenizer, path, seed=0, **kwargs):
     settings = {"packing_length": 256, "stream_window": 32, "streaming": True, **kwargs}
-    return build_sft_dataset(tokenizer, path, **settings)
+    return build_sft_dataset(tokenizer, DataSettings(path, **settings), seed=seed)
 
 
 def ids_of(micro_batches) -> list[list[str]]:
@@ -136,7 +137,7 @@ def test_stream_packs_within_the_budget_and_keeps_labels(tokenizer, tmp_path):
 
 def test_indexed_and_streamed_samples_are_the_same_tokens(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", 50)
-    indexed = build_sft_dataset(tokenizer, path, packing_length=256, num_proc=1, cache_dir=tmp_path / "cache")
+    indexed = build_sft_dataset(tokenizer, DataSettings(path, packing_length=256, num_proc=1, cache_dir=tmp_path / "cache"))
     by_id = {indexed[i].sample_id: indexed[i] for i in range(len(indexed))}
     steps = make_step_batches(stream(tokenizer, path, stream_window=50), 1, 0, 1)
     streamed = [s for _ in range(4) for mb in steps.next_step() for s in mb]

@@ -16,6 +16,7 @@ from PIL import Image
 from lmms_engine.data import prepare
 from lmms_engine.data.chat import IGNORE_INDEX
 from lmms_engine.data.dataset import build_sft_dataset
+from lmms_engine.data.settings import DataSettings
 from lmms_engine.data.errors import DataError
 from lmms_engine.models.mrope import MropeSpec, mm_token_type_ids
 from lmms_engine.models.qwen2_5_vl import build_qwen2_5_vl
@@ -99,7 +100,7 @@ def write_yaml(tmp_path: Path, data: Path, media_folder: Path) -> Path:
 def build(bundle, spec, dataset_path, tmp_path, **kwargs):
     kwargs = {"packing_length": 1024, "num_proc": 1, "cache_dir": tmp_path / "cache", **kwargs}
     return build_sft_dataset(
-        bundle.tokenizer, dataset_path, processor=bundle.processor, mrope_spec=spec, **kwargs
+        bundle.tokenizer, DataSettings(dataset_path, **kwargs), processor=bundle.processor, mrope_spec=spec
     )
 
 
@@ -408,7 +409,7 @@ def test_media_without_a_processor_is_still_rejected(bundle, media, tmp_path):
     data = write_records(tmp_path / "d.jsonl", [[user(image("a.png"), "What?"), assistant("A.")]])
     with pytest.raises(DataError, match="takes text only") as caught:
         build_sft_dataset(
-            bundle.tokenizer, write_yaml(tmp_path, data, media), num_proc=1, cache_dir=tmp_path / "c"
+            bundle.tokenizer, DataSettings(write_yaml(tmp_path, data, media), num_proc=1, cache_dir=tmp_path / "c")
         )
     assert caught.value.reason == "media_on_text_model"
 
@@ -416,7 +417,7 @@ def test_media_without_a_processor_is_still_rejected(bundle, media, tmp_path):
 def test_processor_needs_the_mrope_spec(bundle, media, tmp_path):
     data = write_records(tmp_path / "d.jsonl", [[user("Hi"), assistant("Hello.")]])
     with pytest.raises(ValueError, match="mrope_spec"):
-        build_sft_dataset(bundle.tokenizer, data, processor=bundle.processor, cache_dir=tmp_path / "c")
+        build_sft_dataset(bundle.tokenizer, DataSettings(data, cache_dir=tmp_path / "c"), processor=bundle.processor)
 
 
 # ---------------------------------------------------------------- cache, workers, overlong

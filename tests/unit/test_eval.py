@@ -10,6 +10,7 @@ import torch
 from lmms_engine.config import validate
 from lmms_engine.data.collate import collate_packed, collate_padded
 from lmms_engine.data.dataset import build_sft_dataset
+from lmms_engine.data.settings import DataSettings
 from lmms_engine.data.holdout import held_out_records
 from lmms_engine.models.tokenizer import build_byte_tokenizer
 from lmms_engine.parallel.single import SingleDevice
@@ -34,14 +35,14 @@ def test_held_out_records_are_a_stable_ceil_fraction_of_the_records():
 
 def test_eval_fraction_records_are_never_trained_on(data_cache):
     cfg, tokenizer = compose_config(), build_byte_tokenizer()
-    dataset = build_sft_dataset(tokenizer, cfg.data.dataset_path, packing_length=512, eval_fraction=0.05)
+    dataset = build_sft_dataset(tokenizer, DataSettings(cfg.data.dataset_path, packing_length=512, eval_fraction=0.05))
     eval_data = dataset.eval_data
     trained = {dataset[i].sample_id for epoch in range(2) for mb in dataset.micro_batches(epoch) for i in mb}
     held = {eval_data[i].sample_id for mb in eval_data.eval_micro_batches() for i in mb}
     assert len(held) == eval_data.num_samples == 20  # ceil(0.05 * 400), each once
     assert trained.isdisjoint(held)
     assert len(trained) + len(held) == 400
-    again = build_sft_dataset(tokenizer, cfg.data.dataset_path, packing_length=512, eval_fraction=0.05, seed=7)
+    again = build_sft_dataset(tokenizer, DataSettings(cfg.data.dataset_path, packing_length=512, eval_fraction=0.05), seed=7)
     assert {again.eval_data[i].sample_id for i in range(again.eval_data.num_samples)} == held  # seed-independent
 
 
@@ -60,7 +61,7 @@ def test_eval_config_mistakes_are_one_clear_error(overrides, match):
 
 def test_eval_fraction_with_streaming_is_refused(data_cache):
     with pytest.raises(ValueError, match="data.eval_path"):
-        build_sft_dataset(None, "unused.jsonl", streaming=True, eval_fraction=0.1)
+        build_sft_dataset(None, DataSettings("unused.jsonl", streaming=True, eval_fraction=0.1))
 
 
 # ---- evaluate() ----

@@ -88,11 +88,13 @@ def test_processor_renders_and_expands_image_and_audio_placeholders(bundle):
 
 def _demo_datasets(bundle, cache_dir) -> dict:
     from lmms_engine.data.dataset import build_sft_dataset
+    from lmms_engine.data.settings import DataSettings
     from lmms_engine.train.resolvers import demo_data
 
     return {
-        packing: build_sft_dataset(bundle.tokenizer, demo_data("demo_omni.yaml"), packing=packing, packing_length=2048,
-                                   cache_dir=cache_dir, num_proc=1, **bundle.data_inputs())
+        packing: build_sft_dataset(bundle.tokenizer, DataSettings(demo_data("demo_omni.yaml"), packing=packing,
+                                                              packing_length=2048, cache_dir=cache_dir, num_proc=1),
+                                   **bundle.data_inputs())
         for packing in (True, False)
     }
 

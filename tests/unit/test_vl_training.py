@@ -159,12 +159,13 @@ def test_packed_and_padded_vl_batches_give_the_same_loss(bundle, tmp_path):
     """The demo's image / video / text samples, one pack: packed (sdpa per document, mrope ids
     restarting per sample) vs the same samples padded (attention mask): fp32, 1e-5."""
     from lmms_engine.data.dataset import build_sft_dataset
+    from lmms_engine.data.settings import DataSettings
     from lmms_engine.kernels.attention import varlen_kwargs
     from lmms_engine.train.resolvers import demo_data
 
     datasets = {
-        packing: build_sft_dataset(bundle.tokenizer, demo_data("demo_vl.yaml"), packing=packing, packing_length=1024,
-                                   cache_dir=tmp_path, num_proc=1, **bundle.data_inputs())
+        packing: build_sft_dataset(bundle.tokenizer, DataSettings(demo_data("demo_vl.yaml"), packing=packing, packing_length=1024,
+                                                              cache_dir=tmp_path, num_proc=1), **bundle.data_inputs())
         for packing in (True, False)
     }
     pack = next(p for p in datasets[True].micro_batches(0) if datasets[True].collate(p).pixel_values_videos is not None)
@@ -202,12 +203,13 @@ def test_varlen_vision_attention_matches_transformers_per_window_attention(bundl
 def test_prefetched_batches_equal_direct_collation_and_follow_the_plan(bundle, tmp_path):
     """Two worker processes collate the demo's VL micro-batches ahead, in the loop's order."""
     from lmms_engine.data.dataset import build_sft_dataset
+    from lmms_engine.data.settings import DataSettings
     from lmms_engine.train.data_iter import StepBatches
     from lmms_engine.train.prefetch import PrefetchCollator
     from lmms_engine.train.resolvers import demo_data
 
-    dataset = build_sft_dataset(bundle.tokenizer, demo_data("demo_vl.yaml"), packing_length=1024, cache_dir=tmp_path,
-                                num_proc=1, **bundle.data_inputs())
+    dataset = build_sft_dataset(bundle.tokenizer, DataSettings(demo_data("demo_vl.yaml"), packing_length=1024, cache_dir=tmp_path,
+                                                           num_proc=1), **bundle.data_inputs())
     steps = StepBatches(dataset, grad_accum=2, rank=0, world_size=1)
     collator = PrefetchCollator(dataset.collate, steps.plan(), num_workers=2)
     for _ in range(3):

@@ -16,7 +16,6 @@ from transformers import (
     Qwen2AudioEncoderConfig,
     Qwen2AudioForConditionalGeneration,
 )
-from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLDecoderLayer
 
 from lmms_engine.models import qwen2_5_vl as vl
@@ -33,6 +32,7 @@ from lmms_engine.models.omni.modeling import (
 )
 from lmms_engine.models.omni.processing import LmmsOmniProcessor, build_builtin_omni_processor, omni_processor_from_parts
 from lmms_engine.models.random_init import build_random
+from lmms_engine.parallel.model_init import building_partitioned
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def _load_parts(model: LmmsOmniForConditionalGeneration, vision_lm: str, audio_e
                 trust_remote_code: bool, name: str) -> None:
     """Copy a Qwen2.5-VL checkpoint's weights (same names) and a Qwen2-Audio checkpoint's
     `model.audio_tower.*` into the randomly initialised model; only the projector stays random."""
-    if is_deepspeed_zero3_enabled():
+    if building_partitioned():
         raise ValueError(f"model {name!r}: building from parts under ZeRO-3 is not supported; build it once without "
                          "ZeRO-3, save it (save_pretrained) and set model.pretrained to that folder")
     vl_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(vision_lm, dtype="auto", trust_remote_code=trust_remote_code)
