@@ -17,7 +17,7 @@ from lmms_engine.data.packing import OVERLONG_POLICIES
 from lmms_engine.data.prepare import ON_ERROR_POLICIES
 from lmms_engine.kernels.attention import BACKENDS
 from lmms_engine.kernels.fp8 import check_fp8_supported
-from lmms_engine.models.registry import MEDIA_KINDS
+from lmms_engine.models.registry import family_of
 from lmms_engine.parallel.base import PRECISIONS
 from lmms_engine.parallel.common import activation_offloader, checkpoint_every, encoder_checkpointing
 from lmms_engine.parallel.deepspeed import ZERO_STAGES
@@ -75,6 +75,7 @@ def check_values(trainer, optim, groups: dict[str, DictConfig]) -> None:
         _check_target_group(group, node)
     _check_frame_bounds(groups["data"])
     _check_fp8(groups["kernels"], groups["parallel"])
+    _check_family_supports(groups)
     _check_sequence_parallel(groups)
     _check_offload(groups["parallel"])
     _check_demo_data_fits_model(groups["model"], groups["data"])
@@ -158,7 +159,8 @@ DEMO_MEDIA = {"demo": frozenset(), "demo_vl": frozenset({"image", "video"}), "de
 def _check_demo_data_fits_model(model: DictConfig, data: DictConfig) -> None:
     """Bundled demo data with media the model does not take (`model=tiny` with the default demo_vl):
     one line naming the demo option that fits, before the data is built and a record refuses."""
-    takes = MEDIA_KINDS.get(str(model.get("_target_")))
+    family = family_of(str(model.get("_target_")))
+    takes = family.media_kinds if family is not None else None
     option = _demo_option(data)
     if takes is None or option is None or DEMO_MEDIA[option] <= takes:
         return
@@ -180,9 +182,23 @@ def _media_words(kinds: frozenset[str]) -> str:
     return "/".join(word for kind, word in (("image", "images/video"), ("audio", "audio")) if kind in kinds)
 
 
-# Families whose decoder takes per-position extras beside the embeddings (Qwen3-VL's DeepStack):
-# the SP input hook slices embeddings and positions only.
-SP_UNSUPPORTED_MODELS = ("lmms_engine.models.qwen3_vl.build_qwen3_vl",)
+# Run features a model family's entry may refuse (models/family.py, Supports): the key that turns
+# each on, and its value that turns it off.
+FAMILY_FEATURES = {"sequence_parallel": ("parallel", "sp_degree", 1), "fp8": ("kernels", "fp8", False),
+                   "compile": ("parallel", "compile", False)}
+
+
+def _check_family_supports(groups: dict[str, DictConfig]) -> None:
+    """A feature turned on that the model's family does not support: one line naming both."""
+    model = groups["model"]
+    family = family_of(str(model.get("_target_")))
+    if family is None:  # model=auto (the family is known once its checkpoint is read) or a builder without an entry
+        return
+    for feature, (group, key, off) in FAMILY_FEATURES.items():
+        value = groups[group].get(key, off)
+        if value not in (off, None) and not getattr(family.supports, feature):
+            raise ValueError(f"{group}.{key}={value} is not supported for model._target_={model._target_} yet "
+                             f"({family.supports.note}); use {group}.{key}={str(off).lower()}")
 
 
 def _check_sequence_parallel(groups: dict[str, DictConfig]) -> None:
@@ -192,9 +208,6 @@ def _check_sequence_parallel(groups: dict[str, DictConfig]) -> None:
     if degree == 1:
         return
     data, kernels = groups["data"], groups["kernels"]
-    if str(groups["model"].get("_target_")) in SP_UNSUPPORTED_MODELS:
-        raise ValueError(f"parallel.sp_degree={degree} is not supported for model._target_={groups['model']._target_} "
-                         "yet (its DeepStack features enter decoder layers at full-pack positions); use parallel.sp_degree=1")
     if not data.get("packing") and not kernels.get("use_rmpad"):
         raise ValueError(f"parallel.sp_degree={degree} needs padding-free batches: set data.packing=true "
                          "or kernels=rmpad (kernels.use_rmpad=true)")

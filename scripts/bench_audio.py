@@ -65,7 +65,7 @@ from lmms_engine.data.collate import collate_packed, collate_padded  # noqa: E40
 from lmms_engine.data.media_audio import AudioSettings, audio_settings, audio_token_count, clip_mel_lengths  # noqa: E402
 from lmms_engine.data.types import MediaItem, Sample  # noqa: E402
 from lmms_engine.kernels.patcher import KernelPatcher  # noqa: E402
-from lmms_engine.models.audio_encoder import CONV_CONTEXT_FRAMES  # noqa: E402
+from lmms_engine.models.qwen2_audio.encoder import CONV_CONTEXT_FRAMES  # noqa: E402
 from lmms_engine.models.base import lm_hidden_states  # noqa: E402
 from lmms_engine.models.flops import PEAK_BF16_FLOPS, peak_flops  # noqa: E402
 from lmms_engine.models.qwen2_audio import (  # noqa: E402

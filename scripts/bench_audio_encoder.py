@@ -25,7 +25,7 @@ from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncod
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import synchronize  # noqa: E402
 
-from lmms_engine.models.audio_encoder import (  # noqa: E402
+from lmms_engine.models.qwen2_audio.encoder import (  # noqa: E402
     CONV_CONTEXT_FRAMES,
     audio_features_varlen,
     max_mel_frames,

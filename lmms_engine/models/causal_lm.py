@@ -14,6 +14,12 @@ from lmms_engine.models.builder_utils import check_model_type, check_text_vocab_
 from lmms_engine.models.tokenizer import build_byte_tokenizer
 
 
+def builtin_tokenizer(config: Mapping[str, Any] | None = None):
+    """A text family's download-free tokenizer (the byte-level ChatML one; a preset's config does
+    not change it)."""
+    return build_byte_tokenizer()
+
+
 def load_tokenizer(path: str | None, trust_remote_code: bool):
     """A hub id's or local path's tokenizer; None = the built-in byte-level ChatML tokenizer."""
     if path is None:

@@ -13,6 +13,10 @@ per-component learning rates), its placeholder token ids, the batch keys it cons
 micro-batch has none of its media so every sharded rank runs the same blocks), `flops` and the
 kernel hook the patcher applies once (`patch_kernels`). Modules are looked up on the model given to
 each call, never captured, so the same encoder serves a wrapped (FSDP2 / DeepSpeed) model.
+
+Kernel facts the patcher reads from an encoder (it names no family class): `patch_kernels` binds the
+encoder's own attention modules to a varlen kernel, `padded_mlps` names the MLP classes that run on
+tensor-core friendly padded weights on CUDA (kernels/encoder_mlp.py).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lmms_engine.kernels.encoder_mlp import PaddableMlp
 
 @dataclass(frozen=True)
 class ModalityEncoder:
@@ -35,6 +40,7 @@ class ModalityEncoder:
     placeholder_ids: tuple[int, ...]  # token ids its features replace
     batch_keys: tuple[str, ...]  # batch keys it consumes (absent when a micro-batch has none of its media)
     unit_classes: tuple[type[nn.Module], ...] = field(default=())  # its blocks: FSDP2 units, encoder checkpointing
+    padded_mlps: tuple[PaddableMlp, ...] = field(default=())  # its MLPs padded to a multiple of 128 on CUDA
 
     def module(self, model: nn.Module) -> nn.Module:
         return operator.attrgetter(self.module_path)(model)

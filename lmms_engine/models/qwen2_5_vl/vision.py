@@ -9,12 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionBlock
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionBlock, apply_rotary_pos_emb_vision
 
-from lmms_engine.kernels.encoder_attention import encoder_varlen_backend, patch_vision_attention
+from lmms_engine.kernels.encoder_attention import Rotary, encoder_varlen_backend, patch_vision_attention
 from lmms_engine.models.encoders import ModalityEncoder, scatter_features
-from lmms_engine.models.vision_flops import vision_train_flops
+from lmms_engine.models.qwen2_5_vl.flops import vision_train_flops
+from lmms_engine.models.qwen2_5_vl.kernels import VISION_ATTENTION, VISION_MLPS
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,11 @@ VISION_BATCH_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "v
 
 @dataclass(frozen=True)
 class QwenVisionEncoder(ModalityEncoder):
-    """placeholder_ids = (image token id, video token id)."""
+    """placeholder_ids = (image token id, video token id); attention_classes / rotary: the tower's
+    attention modules and rotary function, bound to one varlen kernel call (patch_kernels)."""
+
+    attention_classes: tuple[type, ...] = VISION_ATTENTION
+    rotary: Rotary = apply_rotary_pos_emb_vision
 
     def has_inputs(self, inputs) -> bool:
         return inputs.get("pixel_values") is not None or inputs.get("pixel_values_videos") is not None
@@ -60,7 +64,7 @@ class QwenVisionEncoder(ModalityEncoder):
         tower = self.module(model)
         tower.set_attn_implementation("sdpa")
         backend = encoder_varlen_backend(device, head_dim=tower.config.hidden_size // tower.config.num_heads)
-        if backend and patch_vision_attention(tower, backend):
+        if backend and patch_vision_attention(tower, backend, self.attention_classes, self.rotary):
             return [f"{self.name}: {backend} varlen attention (bidirectional)"]
         return [f"{self.name}: sdpa attention"]
 
@@ -70,14 +74,14 @@ class QwenVisionEncoder(ModalityEncoder):
         return tower(pixels.to(tower.patch_embed.proj.weight.dtype), grid_thw=grid_thw).pooler_output
 
 
-def qwen_vision_encoder(module_path: str, image_token_id: int, video_token_id: int,
-                        block_classes: tuple[type[nn.Module], ...] = (Qwen2_5_VLVisionBlock,)) -> QwenVisionEncoder:
-    """The vision encoder of a model whose tower sits at `module_path` (its merger at `.merger`)."""
+def qwen_vision_encoder(module_path: str, image_token_id: int, video_token_id: int) -> QwenVisionEncoder:
+    """The Qwen2.5-VL vision encoder of a model whose tower sits at `module_path` (its merger at `.merger`)."""
     return QwenVisionEncoder(
         name="vision",
         module_path=module_path,
         components={"vision": f"{module_path}.", "merger": f"{module_path}.merger."},
         placeholder_ids=(image_token_id, video_token_id),
         batch_keys=VISION_BATCH_KEYS,
-        unit_classes=block_classes,
+        unit_classes=(Qwen2_5_VLVisionBlock,),
+        padded_mlps=VISION_MLPS,
     )

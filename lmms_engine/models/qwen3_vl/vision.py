@@ -18,12 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionAttention, Qwen3VLVisionBlock
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionBlock, apply_rotary_pos_emb_vision
 
-from lmms_engine.kernels.encoder_attention import encoder_varlen_backend, patch_vision_attention
 from lmms_engine.models.encoders import scatter_features
-from lmms_engine.models.qwen3_vl_flops import qwen3_vision_train_flops
-from lmms_engine.models.vision_encoder import VISION_BATCH_KEYS, QwenVisionEncoder
+from lmms_engine.models.qwen2_5_vl.vision import VISION_BATCH_KEYS, QwenVisionEncoder
+from lmms_engine.models.qwen3_vl.flops import qwen3_vision_train_flops
+from lmms_engine.models.qwen3_vl.kernels import VISION_ATTENTION, VISION_MLPS
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,6 @@ class Qwen3VisionEncoder(QwenVisionEncoder):
         grids = [grid for key in ("image_grid_thw", "video_grid_thw") if batch.get(key) is not None
                  for grid in batch[key].tolist()]
         return qwen3_vision_train_flops(self.module(model).config, grids, trainable) if grids else 0.0
-
-    def patch_kernels(self, model, device) -> list[str]:
-        tower = self.module(model)
-        tower.set_attn_implementation("sdpa")
-        backend = encoder_varlen_backend(device, head_dim=tower.config.hidden_size // tower.config.num_heads)
-        if backend and patch_vision_attention(tower, backend, attention_classes=(Qwen3VLVisionAttention,)):
-            return [f"{self.name}: {backend} varlen attention (bidirectional)"]
-        return [f"{self.name}: sdpa attention"]
 
     def _media(self, inputs) -> list[tuple]:
         image_id, video_id = self.placeholder_ids
@@ -105,4 +97,7 @@ def qwen3_vision_encoder(module_path: str, image_token_id: int, video_token_id: 
         placeholder_ids=(image_token_id, video_token_id),
         batch_keys=VISION_BATCH_KEYS,
         unit_classes=(Qwen3VLVisionBlock,),
+        padded_mlps=VISION_MLPS,
+        attention_classes=VISION_ATTENTION,
+        rotary=apply_rotary_pos_emb_vision,
     )

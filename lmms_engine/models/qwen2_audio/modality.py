@@ -1,5 +1,5 @@
 """Qwen2-Audio's Whisper-style encoder plus its linear projector as a ModalityEncoder: all clips of a
-micro-batch through the rmpad encoder (models/audio_encoder.py) in one call, projected, and
+micro-batch through the rmpad encoder (models/qwen2_audio/encoder.py) in one call, projected, and
 scattered at the `<|AUDIO|>` placeholders. Used by the Qwen2-Audio family and the omni model.
 
 Batch contract (data/collate.py makes these keys; absent when a micro-batch has no audio):
@@ -18,12 +18,11 @@ from dataclasses import dataclass
 import torch
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoderLayer
 
-from lmms_engine.models.audio_encoder import audio_features_varlen, patch_audio_attention
-from lmms_engine.models.audio_flops import audio_train_flops
 from lmms_engine.models.encoders import ModalityEncoder, scatter_features
+from lmms_engine.models.qwen2_audio.encoder import audio_features_varlen, patch_audio_attention
+from lmms_engine.models.qwen2_audio.flops import audio_train_flops
 
 AUDIO_BATCH_KEYS = ("audio_features", "audio_frames", "audio_lengths")
-AUDIO_PAD = "<|AUDIO|>"
 # The smallest clip with one output feature (L = 3 -> M = 2 -> P = 1): the encoder's dummy input.
 DUMMY_MEL_FRAMES = 3
 

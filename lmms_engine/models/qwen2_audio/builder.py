@@ -9,7 +9,7 @@ output feature, as the real Qwen2-Audio processor does.
 
 Training forward (`audio_hidden_states`): the clips of a micro-batch arrive packed, each cut to its
 valid frames plus conv context (the batch contract below), and run through the rmpad encoder
-(models/audio_encoder.py) in one call: a 3 s clip costs 3 s, not the 30 s the stock processor pads
+(models/qwen2_audio/encoder.py) in one call: a 3 s clip costs 3 s, not the 30 s the stock processor pads
 it to. The projected features replace the `<|AUDIO|>` embeddings, then the decoder runs with the
 batch's attention kwargs (packed `cu_seq_lens_*` or a padding mask), which never reach the encoder.
 
@@ -39,8 +39,6 @@ from transformers import (
 )
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
-from lmms_engine.models.audio_encoder import feat_extract_output_lengths
-from lmms_engine.models.audio_modality import QwenAudioEncoder, qwen_audio_encoder
 from lmms_engine.models.base import ModelBundle
 from lmms_engine.models.builder_utils import (
     FamilyParts,
@@ -51,13 +49,14 @@ from lmms_engine.models.builder_utils import (
     with_tokenizer_ids,
 )
 from lmms_engine.models.encoders import family_hidden_states
+from lmms_engine.models.qwen2_audio.media import AUDIO_BOS, AUDIO_EOS, AUDIO_PAD, QwenAudioRules
+from lmms_engine.models.qwen2_audio.modality import QwenAudioEncoder, qwen_audio_encoder
 from lmms_engine.models.tokenizer import build_byte_tokenizer
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("qwen2_audio",)
 
-AUDIO_BOS, AUDIO_PAD, AUDIO_EOS = "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"
 AUDIO_SPECIALS = (AUDIO_BOS, AUDIO_PAD, AUDIO_EOS)
 
 # How each media part type is rendered; an omni model's template adds the vision ones
@@ -147,10 +146,15 @@ def build_audio_tokenizer() -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def builtin_processor(config: Mapping[str, Any] | None) -> Qwen2AudioProcessor:
+    """The built-in processor of a preset's `config` (its encoder's mel bins)."""
+    audio_config = plain(config or {}).get("audio_config") or {}
+    return build_builtin_audio_processor(int(audio_config.get("num_mel_bins", 128)))
+
+
 def load_audio_processor(path: str | None, trust_remote_code: bool, config: Mapping[str, Any] | None):
     if path is None:
-        audio_config = plain(config or {}).get("audio_config") or {}
-        return build_builtin_audio_processor(int(audio_config.get("num_mel_bins", 128)))
+        return builtin_processor(config)
     loaded = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     if not hasattr(loaded, "feature_extractor") or not hasattr(loaded, "tokenizer"):
         raise ValueError(
@@ -237,5 +241,5 @@ def audio_hidden_states(model: Qwen2AudioForConditionalGeneration, **inputs) -> 
 
 def placeholder_count(mel_length: int) -> int:
     """`<|AUDIO|>` tokens for a clip of `mel_length` valid frames (the processor's expansion)."""
-    return int(feat_extract_output_lengths(mel_length)[1])
+    return QwenAudioRules().placeholder_count(mel_length)
 

@@ -4,12 +4,13 @@ local path, or randomly initialised from a preset's config (conf/model/*qwen3_vl
 Random init builds its processor in code (no download): the byte-level ChatML tokenizer with Qwen's
 vision specials (models/qwen2_5_vl.py's), Qwen3-VL's geometry (patch 16, temporal 2, merge 2) with
 small pixel bounds, and transformers' own `Qwen3VLProcessor`, so placeholder expansion (per-frame
-`<t seconds>` timestamps for videos) is the real one.
+`<t seconds>` timestamps for videos, which the data side writes by the family's video rules:
+models/qwen3_vl/video.py) is the real one.
 
 Packed training goes through the generic family forward (models/encoders.py): the vision tower runs
 once per micro-batch with its own per-image / per-frame varlen attention; its merged features
 replace the placeholders and its DeepStack features reach the decoder as `visual_pos_masks` /
-`deepstack_visual_embeds` (models/qwen3_vl_encoder.py); the decoder gets the packed attention
+`deepstack_visual_embeds` (models/qwen3_vl/vision.py); the decoder gets the packed attention
 backend and per-sample 3-D mrope positions.
 """
 
@@ -41,7 +42,7 @@ from lmms_engine.models.qwen2_5_vl import (
     build_vl_tokenizer,
     check_vl_config,
 )
-from lmms_engine.models.qwen3_vl_encoder import Qwen3VisionEncoder, qwen3_vision_encoder
+from lmms_engine.models.qwen3_vl.vision import Qwen3VisionEncoder, qwen3_vision_encoder
 
 SUPPORTED_MODEL_TYPES = ("qwen3_vl",)
 
@@ -96,6 +97,11 @@ def build_builtin_qwen3_vl_processor():
         video_processor=Qwen3VLVideoProcessor(size=size, **geometry, **normalise),
         chat_template=tokenizer.chat_template,
     )
+
+
+def builtin_processor(config: Mapping[str, Any] | None = None):
+    """The built-in processor (Qwen3-VL's geometry is fixed; a preset's config does not change it)."""
+    return build_builtin_qwen3_vl_processor()
 
 
 def load_qwen3_vl_processor(path: str | None, trust_remote_code: bool):

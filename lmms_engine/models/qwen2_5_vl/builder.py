@@ -43,8 +43,8 @@ from lmms_engine.models.builder_utils import (
 )
 from lmms_engine.models.encoders import family_hidden_states
 from lmms_engine.models.mrope import MropeSpec
+from lmms_engine.models.qwen2_5_vl.vision import QwenVisionEncoder, qwen_vision_encoder
 from lmms_engine.models.tokenizer import build_byte_tokenizer
-from lmms_engine.models.vision_encoder import QwenVisionEncoder, qwen_vision_encoder
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +153,14 @@ def _patch_geometry(vision_config: Mapping[str, Any]) -> dict[str, int]:
     }
 
 
+def builtin_processor(config: Mapping[str, Any] | None) -> Qwen2_5_VLProcessor:
+    """The built-in processor of a preset's `config` (its vision tower's patch geometry)."""
+    return build_builtin_processor(plain(config or {}).get("vision_config"))
+
+
 def load_vl_processor(path: str | None, trust_remote_code: bool, config: Mapping[str, Any] | None):
     if path is None:
-        return build_builtin_processor(plain(config or {}).get("vision_config"))
+        return builtin_processor(config)
     _require_torchvision()
     loaded = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     if not hasattr(loaded, "image_processor") or not hasattr(loaded, "tokenizer"):
