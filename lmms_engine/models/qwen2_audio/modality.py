@@ -21,6 +21,7 @@ from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncod
 from lmms_engine.models.encoders import ModalityEncoder, scatter_features
 from lmms_engine.models.qwen2_audio.encoder import audio_features_varlen, patch_audio_attention
 from lmms_engine.models.qwen2_audio.flops import audio_train_flops
+from lmms_engine.models.qwen2_audio.media import AUDIO_PAD
 
 AUDIO_BATCH_KEYS = ("audio_features", "audio_frames", "audio_lengths")
 # The smallest clip with one output feature (L = 3 -> M = 2 -> P = 1): the encoder's dummy input.
