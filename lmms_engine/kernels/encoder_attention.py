@@ -9,7 +9,7 @@ transformers then tries to load it as a Hub kernel. So, like a Liger patch, the 
 bidirectional varlen kernel call over all images (torch's varlen_attn or flash-attn).
 
 Which modules and which rotary function are the family's (its encoder passes them: e.g.
-models/qwen2_5_vl/kernels.py); the modules need a fused `qkv` projection, `num_heads`, `scaling`
+models/<family>/kernels.py); the modules need a fused `qkv` projection, `num_heads`, `scaling`
 and an output `proj`, and take (hidden_states, cu_seqlens, position_embeddings=(cos, sin)).
 """
 

@@ -19,7 +19,7 @@ import torch
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoderLayer
 
 from lmms_engine.models.encoders import ModalityEncoder, scatter_features
-from lmms_engine.models.qwen2_audio.encoder import audio_features_varlen, patch_audio_attention
+from lmms_engine.models.qwen2_audio.encoder import audio_features_varlen, max_mel_frames, patch_audio_attention
 from lmms_engine.models.qwen2_audio.flops import audio_train_flops
 from lmms_engine.models.qwen2_audio.media import AUDIO_PAD
 
@@ -77,10 +77,17 @@ class QwenAudioEncoder(ModalityEncoder):
         encoder.set_attn_implementation("sdpa")
         return [f"{self.name}: {patch_audio_attention(encoder)} attention modules on the varlen forward"]
 
+    def encode(self, model, clips, lengths) -> torch.Tensor:
+        """The encoder alone (rmpad) on the clips -> (sum P, d_model), clip after clip."""
+        return audio_features_varlen(self.module(model), clips, lengths).features
+
+    def max_frames(self, model) -> int:
+        """The longest clip the encoder takes, in mel frames (its 30 s window)."""
+        return max_mel_frames(self.module(model))
+
     def _project(self, model, clips, lengths) -> torch.Tensor:
         """Encoder (rmpad) + projector -> (sum P, text hidden), clip after clip."""
-        encoded = audio_features_varlen(self.module(model), clips, lengths)
-        return self.projector(model)(encoded.features)
+        return self.projector(model)(self.encode(model, clips, lengths))
 
 
 def qwen_audio_encoder(module_path: str, projector_path: str, audio_token_id: int) -> QwenAudioEncoder:
