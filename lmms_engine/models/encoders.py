@@ -32,7 +32,7 @@ from lmms_engine.kernels.encoder_mlp import PaddableMlp
 
 @dataclass(frozen=True)
 class ModalityEncoder:
-    """Base of every encoder; families subclass it (models/vision_encoder.py, models/audio_modality.py)."""
+    """Base of every encoder; families subclass it (models/qwen2_5_vl/vision.py, models/qwen2_audio/modality.py)."""
 
     name: str  # "vision" | "audio" | ...
     module_path: str  # the encoder's module in the HF model, e.g. "model.visual"

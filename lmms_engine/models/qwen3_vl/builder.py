@@ -2,7 +2,7 @@
 local path, or randomly initialised from a preset's config (conf/model/*qwen3_vl*.yaml).
 
 Random init builds its processor in code (no download): the byte-level ChatML tokenizer with Qwen's
-vision specials (models/qwen2_5_vl.py's), Qwen3-VL's geometry (patch 16, temporal 2, merge 2) with
+vision specials (models/qwen2_5_vl/builder.py's), Qwen3-VL's geometry (patch 16, temporal 2, merge 2) with
 small pixel bounds, and transformers' own `Qwen3VLProcessor`, so placeholder expansion (per-frame
 `<t seconds>` timestamps for videos, which the data side writes by the family's video rules:
 models/qwen3_vl/video.py) is the real one.
