@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from tokenizers import AddedToken
 from transformers import (
-    AutoConfig,
     AutoProcessor,
     PreTrainedTokenizerBase,
     Qwen2AudioConfig,
@@ -43,8 +42,9 @@ from lmms_engine.models.base import ModelBundle
 from lmms_engine.models.builder_utils import (
     FamilyParts,
     build_family_bundle,
-    check_model_type,
+    checkpoint_config,
     plain,
+    preset_token_id,
     require_weights_or_config,
     with_tokenizer_ids,
 )
@@ -175,11 +175,10 @@ def _hf_config(
     name: str,
 ) -> Qwen2AudioConfig:
     if pretrained:
-        hf_config = AutoConfig.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-        check_model_type(hf_config.model_type, pretrained, SUPPORTED_MODEL_TYPES)
-        return hf_config
+        return checkpoint_config(pretrained, trust_remote_code, SUPPORTED_MODEL_TYPES)
     values = plain(config)
-    values["audio_token_index"] = _audio_token_id_from_preset(values, tokenizer, name)
+    values["audio_token_index"] = preset_token_id(values, "audio_token_index", AUDIO_PAD, tokenizer, name,
+                                                  "Qwen2-Audio")
     values["text_config"] = with_tokenizer_ids(values.get("text_config") or {}, tokenizer)
     if values["text_config"].get("tie_word_embeddings"):
         raise ValueError(
@@ -187,20 +186,6 @@ def _hf_config(
             "(transformers never ties it to the embedding); set it to false"
         )
     return Qwen2AudioConfig(**values)
-
-
-def _audio_token_id_from_preset(values: dict, tokenizer: PreTrainedTokenizerBase, name: str) -> int:
-    """The tokenizer's id of <|AUDIO|>; a preset may name it too, but then it must agree."""
-    token_id = tokenizer.convert_tokens_to_ids(AUDIO_PAD)
-    if token_id is None or token_id == tokenizer.unk_token_id:
-        raise ValueError(f"model {name!r}: the tokenizer has no {AUDIO_PAD} token, which Qwen2-Audio needs")
-    if "audio_token_index" in values and values["audio_token_index"] != token_id:
-        raise ValueError(
-            f"model {name!r}: config.audio_token_index={values['audio_token_index']} but the tokenizer's "
-            f"{AUDIO_PAD} is id {token_id}; drop audio_token_index from the preset (it is taken from the "
-            "tokenizer) or use the matching tokenizer"
-        )
-    return token_id
 
 
 # ---------------------------------------------------------------- consistency checks
