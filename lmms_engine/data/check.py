@@ -12,9 +12,9 @@ counts. Exit status 1 if any record or source is bad, else 0.
 
 Tokenizer / processor: by default the built-in processor of the first registered vision-language
 family (Qwen2.5-VL's: byte-level tokenizer, so token counts are indicative; images and video are
-checked). `--tokenizer <hub id or path>` loads
-that processor or tokenizer; `--model <preset>` builds conf/model/<preset>.yaml (structure only,
-on the meta device: no weights) and takes its `data_inputs()`, as training does.
+checked). `--tokenizer <hub id or path>` loads that processor or tokenizer; `--model <preset>`
+builds conf/model/<preset>.yaml (structure only, on the meta device: no weights) and takes its
+`data_inputs()`, as training does.
 """
 
 from __future__ import annotations
