@@ -18,9 +18,34 @@ from lmms_engine.models.qwen2_5_vl.kernels import VISION_ATTENTION, VISION_MLPS
 
 log = logging.getLogger(__name__)
 
-# Batch keys of the visual inputs (data/collate.py makes them; absent when a batch has none).
-# second_per_grid_ts only shapes the mrope positions, which the data side computes.
-VISION_BATCH_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+@dataclass(frozen=True)
+class VisionInputs:
+    """A micro-batch's images and videos as the vision encoder takes them (its batch fields, which
+    data/collate.py makes; None for a kind the micro-batch has none of)."""
+
+    pixel_values: torch.Tensor | None = None  # (image patches, C x temporal x patch x patch)
+    image_grid_thw: torch.Tensor | None = None  # (images, 3)
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None
+    second_per_grid_ts: torch.Tensor | None = None  # only shapes the mrope positions (the data side's)
+
+    @property
+    def present(self) -> bool:
+        return self.pixel_values is not None or self.pixel_values_videos is not None
+
+    def items(self, image_id: int, video_id: int) -> list[tuple[torch.Tensor, torch.Tensor, int, str]]:
+        """(pixels, grids, placeholder id, label) of each kind present: images, then videos (the
+        tower's input order)."""
+        kinds = [(self.pixel_values, self.image_grid_thw, image_id, "image"),
+                 (self.pixel_values_videos, self.video_grid_thw, video_id, "video")]
+        return [kind for kind in kinds if kind[0] is not None]
+
+    @staticmethod
+    def grids(batch: Mapping) -> list[list[int]]:
+        """Every image and video grid of a micro-batch (a Batch, or a mapping of its fields)."""
+        return [grid for key in ("image_grid_thw", "video_grid_thw") if batch.get(key) is not None
+                for grid in batch[key].tolist()]
 
 
 @dataclass(frozen=True)
@@ -31,32 +56,28 @@ class QwenVisionEncoder(ModalityEncoder):
     attention_classes: tuple[type, ...] = VISION_ATTENTION
     rotary: Rotary = apply_rotary_pos_emb_vision
 
-    def has_inputs(self, inputs) -> bool:
-        return inputs.get("pixel_values") is not None or inputs.get("pixel_values_videos") is not None
-
-    def embed(self, model, input_ids, embeds, inputs) -> torch.Tensor:
-        image_id, video_id = self.placeholder_ids
-        media = [(inputs.get("pixel_values"), inputs.get("image_grid_thw"), image_id, "image"),
-                 (inputs.get("pixel_values_videos"), inputs.get("video_grid_thw"), video_id, "video")]
-        media = [item for item in media if item[0] is not None]
+    def embed(self, model, input_ids, embeds, inputs: VisionInputs) -> torch.Tensor:
+        media = inputs.items(*self.placeholder_ids)
         features = self._run(model, torch.cat([m[0] for m in media]), torch.cat([m[1] for m in media]))
         return scatter_features(embeds, input_ids, [(m[2], m[3]) for m in media], features, "vision tower")
 
     def dummy(self, model) -> torch.Tensor:
-        """The tower on one merged token's worth of zero pixels (grid 1 x m x m)."""
+        return self._run(model, *self.dummy_input(model))
+
+    def dummy_input(self, model) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixels, grid): one merged token's worth of zero pixels (grid 1 x m x m)."""
         config = self.module(model).config
         merge = config.spatial_merge_size
         width = config.in_channels * config.temporal_patch_size * config.patch_size**2
         device = self.module(model).patch_embed.proj.weight.device
-        pixels = torch.zeros(merge * merge, width, device=device)
-        return self._run(model, pixels, torch.tensor([[1, merge, merge]], device=device))
+        return torch.zeros(merge * merge, width, device=device), torch.tensor([[1, merge, merge]], device=device)
 
     def trainable(self, model) -> bool:
         # The merger is a component of its own: the tower's cost follows its blocks.
         return any(p.requires_grad for p in self.module(model).blocks.parameters())
 
     def flops(self, model, batch: Mapping, trainable: bool) -> float:
-        grids = [grid for key in ("image_grid_thw", "video_grid_thw") if key in batch for grid in batch[key].tolist()]
+        grids = VisionInputs.grids(batch)
         return vision_train_flops(self.module(model).config, grids, trainable=trainable) if grids else 0.0
 
     def patch_kernels(self, model, device) -> list[str]:
@@ -81,7 +102,7 @@ def qwen_vision_encoder(module_path: str, image_token_id: int, video_token_id: i
         module_path=module_path,
         components={"vision": f"{module_path}.", "merger": f"{module_path}.merger."},
         placeholder_ids=(image_token_id, video_token_id),
-        batch_keys=VISION_BATCH_KEYS,
+        inputs_type=VisionInputs,
         unit_classes=(Qwen2_5_VLVisionBlock,),
         padded_mlps=VISION_MLPS,
     )

@@ -23,7 +23,20 @@ from lmms_engine.models.qwen2_audio.encoder import audio_features_varlen, max_me
 from lmms_engine.models.qwen2_audio.flops import audio_train_flops
 from lmms_engine.models.qwen2_audio.media import AUDIO_PAD
 
-AUDIO_BATCH_KEYS = ("audio_features", "audio_frames", "audio_lengths")
+
+@dataclass(frozen=True)
+class AudioInputs:
+    """A micro-batch's audio clips as the audio encoder takes them (the batch contract above)."""
+
+    audio_features: torch.Tensor | None = None
+    audio_frames: torch.Tensor | None = None
+    audio_lengths: torch.Tensor | None = None
+
+    @property
+    def present(self) -> bool:
+        return self.audio_features is not None
+
+
 # The smallest clip with one output feature (L = 3 -> M = 2 -> P = 1): the encoder's dummy input.
 DUMMY_MEL_FRAMES = 3
 
@@ -37,8 +50,8 @@ class QwenAudioEncoder(ModalityEncoder):
     def projector(self, model):
         return operator.attrgetter(self.projector_path)(model)
 
-    def embed(self, model, input_ids, embeds, inputs) -> torch.Tensor:
-        features, frames, lengths = (inputs.get(key) for key in AUDIO_BATCH_KEYS)
+    def embed(self, model, input_ids, embeds, inputs: AudioInputs) -> torch.Tensor:
+        features, frames, lengths = inputs.audio_features, inputs.audio_frames, inputs.audio_lengths
         if features.dim() != 2:
             raise ValueError(f"audio_features must be packed (n_mels, frames); got shape {tuple(features.shape)}")
         if lengths is None:
@@ -96,7 +109,7 @@ def qwen_audio_encoder(module_path: str, projector_path: str, audio_token_id: in
         module_path=module_path,
         components={"audio": f"{module_path}.", "projector": f"{projector_path}."},
         placeholder_ids=(audio_token_id,),
-        batch_keys=AUDIO_BATCH_KEYS,
+        inputs_type=AudioInputs,
         unit_classes=(Qwen2AudioEncoderLayer,),
         projector_path=projector_path,
     )
