@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
-from lmms_engine.config_checks import check_option, check_values
+from lmms_engine.config_checks import check_family, check_option, check_values
 
 TARGET_GROUPS = ("model", "data", "kernels", "parallel", "logger")
 # Arguments the entry point passes itself (objects built from other groups), not config keys.
@@ -92,6 +92,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     for name, group in rc.groups.items():
         _check_target_keys(name, group)  # imports each builder (torch, transformers)
     _check_values(rc)
+    check_family(rc.groups)  # the family's entry: imports its module, so not in check_config
     return rc
 
 

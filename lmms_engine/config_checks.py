@@ -15,7 +15,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lmms_engine.models.families import MEDIA_KINDS
 from lmms_engine.options import (
     BACKENDS,
     ON_ERROR_POLICIES,
@@ -81,6 +80,12 @@ def check_values(trainer, optim, groups: dict[str, DictConfig]) -> None:
     _check_fp8(groups["kernels"], groups["parallel"])
     _check_sequence_parallel(groups)
     _check_offload(groups["parallel"])
+
+
+def check_family(groups: dict[str, DictConfig]) -> None:
+    """What the model family's entry says about this run (features it does not support, bundled demo
+    data with media it does not take). Imports the family's module: run after the torch-free checks."""
+    _check_family_supports(groups)
     _check_demo_data_fits_model(groups["model"], groups["data"])
 
 
@@ -164,7 +169,10 @@ DEMO_MEDIA = {"demo": frozenset(), "demo_vl": frozenset({"image", "video"}), "de
 def _check_demo_data_fits_model(model: DictConfig, data: DictConfig) -> None:
     """Bundled demo data with media the model does not take (`model=tiny` with the default demo_vl):
     one line naming the demo option that fits, before the data is built and a record refuses."""
-    takes = MEDIA_KINDS.get(str(model.get("_target_")))
+    from lmms_engine.models.registry import family_of  # the family's module: torch, transformers
+
+    family = family_of(str(model.get("_target_")))
+    takes = family.media_kinds if family is not None else None
     option = _demo_option(data)
     if takes is None or option is None or DEMO_MEDIA[option] <= takes:
         return
@@ -186,9 +194,25 @@ def _media_words(kinds: frozenset[str]) -> str:
     return "/".join(word for kind, word in (("image", "images/video"), ("audio", "audio")) if kind in kinds)
 
 
-# Families whose decoder takes per-position extras beside the embeddings (Qwen3-VL's DeepStack):
-# the SP input hook slices embeddings and positions only.
-SP_UNSUPPORTED_MODELS = ("lmms_engine.models.qwen3_vl.build_qwen3_vl",)
+# Run features a model family's entry may refuse (models/family.py, Supports): the key that turns
+# each on, and its value that turns it off.
+FAMILY_FEATURES = {"sequence_parallel": ("parallel", "sp_degree", 1), "fp8": ("kernels", "fp8", False),
+                   "compile": ("parallel", "compile", False)}
+
+
+def _check_family_supports(groups: dict[str, DictConfig]) -> None:
+    """A feature turned on that the model's family does not support: one line naming both."""
+    model = groups["model"]
+    from lmms_engine.models.registry import family_of  # the family's module: torch, transformers
+
+    family = family_of(str(model.get("_target_")))
+    if family is None:  # model=auto (the family is known once its checkpoint is read) or a builder without an entry
+        return
+    for feature, (group, key, off) in FAMILY_FEATURES.items():
+        value = groups[group].get(key, off)
+        if value not in (off, None) and not getattr(family.supports, feature):
+            raise ValueError(f"{group}.{key}={value} is not supported for model._target_={model._target_} yet "
+                             f"({family.supports.note}); use {group}.{key}={str(off).lower()}")
 
 
 def _check_sequence_parallel(groups: dict[str, DictConfig]) -> None:
@@ -198,9 +222,6 @@ def _check_sequence_parallel(groups: dict[str, DictConfig]) -> None:
     if degree == 1:
         return
     data, kernels = groups["data"], groups["kernels"]
-    if str(groups["model"].get("_target_")) in SP_UNSUPPORTED_MODELS:
-        raise ValueError(f"parallel.sp_degree={degree} is not supported for model._target_={groups['model']._target_} "
-                         "yet (its DeepStack features enter decoder layers at full-pack positions); use parallel.sp_degree=1")
     if not data.get("packing") and not kernels.get("use_rmpad"):
         raise ValueError(f"parallel.sp_degree={degree} needs padding-free batches: set data.packing=true "
                          "or kernels=rmpad (kernels.use_rmpad=true)")

@@ -1,5 +1,5 @@
-"""Qwen2-Audio training throughput: an HF-style padded baseline against the framework's
-configurations, on the same audio-chat samples with the same token budget, in one run.
+"""Audio-language training throughput (Qwen2-Audio): an HF-style padded baseline against the
+framework's configurations, on the same audio-chat samples with the same token budget, in one run.
 
     torchrun --standalone --nproc_per_node=2 scripts/bench_audio.py --out docs/perf/bench_audio_7b_h200x2.json
     python scripts/bench_audio.py --tiny --out /tmp/bench_audio_tiny.json    # CPU smoke test, 1-2 min
@@ -9,7 +9,10 @@ keeps 16 bytes per parameter (fp32 weights, gradients and two moments: 134 GB) b
 or activation, more than one 141 GB H200 holds. Under torchrun every configuration runs with FSDP2
 over the ranks (`--parallel auto`), each rank training on its own packs of `--tokens-per-step`.
 
-The model is the preset's shape, randomly initialised, with the built-in processor (no download).
+The model is the preset's shape (`--model`; default: the bench preset of the first registered audio
+family, Qwen2-Audio-7B, or with `--tiny` its CPU-sized preset), randomly initialised, with the
+family's built-in processor (no download); the family is the preset's `_target_`'s, asked of the
+registry (models/registry.py).
 Samples are synthetic but shaped like audio chat SFT data (seeded, documented in docs/performance.md):
   - clips: durations log-uniform on 2..30 s (median 7.7 s, mean 10.3 s), from short commands through
     speech utterances (LibriSpeech's average ~12 s) to 10-30 s sound-event / music clips; 30 s is the
@@ -22,15 +25,15 @@ Samples are synthetic but shaped like audio chat SFT data (seeded, documented in
     (question median 20, answer median 80). Assistant answers and their `<|im_end|>` are trained.
 Mel features are random (the cost does not depend on their values). Batches come from the data
 pipeline's collate_packed / collate_padded; the framework gets each clip's L + 2 frames (the batch
-contract of models/qwen2_audio.py), the baseline the stock processor's layout: every clip padded to
-30 s = 3000 frames, with its feature_attention_mask.
+contract of the family's audio encoder, data/media_audio.py), the baseline the stock processor's
+layout: every clip padded to 30 s = 3000 frames, with its feature_attention_mask.
 
-Baseline (`hf_padded_sdpa`): transformers' own Qwen2AudioModel forward (the stock encoder over the
+Baseline (`hf_padded_sdpa`): transformers' own model forward (the stock encoder over the
 full 30 s of every clip, sdpa in the encoder and the decoder), padded micro-batches of
 `--baseline-micro-batch`, no Liger, no packing, logits materialised; fp32 weights + bf16 autocast on
 one GPU, and under FSDP2 the framework's bf16 mixed precision (one process per GPU, as accelerate's
 FSDP2 plugin runs it). MFU counts useful work only: the decoder on real tokens and the audio
-encoder + projector on each clip's real frames (models/audio_flops.py), so the baseline's 30 s
+encoder + projector on each clip's real frames (the audio encoder's `flops`), so the baseline's 30 s
 padding is not credited. Peak 989 TFLOP/s (H100 / H200 bf16 dense, models/flops.py); on a device
 not in that table (CPU) MFU is still taken against that figure and the report says so.
 
@@ -56,7 +59,17 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_audio_encoder import build_encoder, encoder_costs  # noqa: E402
-from bench_common import device_name, environment, markdown_table, throughput, timed_steps, with_ratios  # noqa: E402
+from bench_common import (  # noqa: E402
+    default_preset,
+    device_name,
+    environment,
+    load_preset,
+    markdown_table,
+    stock_attention,
+    throughput,
+    timed_steps,
+    with_ratios,
+)
 from bench_train import config_for, make_strategy  # noqa: E402
 from bench_vl import make_packs, profile_steps  # noqa: E402
 
@@ -65,23 +78,19 @@ from lmms_engine.data.collate import collate_packed, collate_padded  # noqa: E40
 from lmms_engine.data.media_audio import AudioSettings, audio_settings, audio_token_count, clip_mel_lengths  # noqa: E402
 from lmms_engine.data.types import MediaItem, Sample  # noqa: E402
 from lmms_engine.kernels.patcher import KernelPatcher  # noqa: E402
-from lmms_engine.models.audio_encoder import CONV_CONTEXT_FRAMES  # noqa: E402
 from lmms_engine.models.base import lm_hidden_states  # noqa: E402
+from lmms_engine.models.family import AUDIO  # noqa: E402
 from lmms_engine.models.flops import PEAK_BF16_FLOPS, peak_flops  # noqa: E402
-from lmms_engine.models.qwen2_audio import (  # noqa: E402
-    AUDIO_BOS,
-    AUDIO_EOS,
-    AUDIO_PAD,
-    build_builtin_audio_processor,
-    build_qwen2_audio,
-)
+from lmms_engine.models.registry import default_family  # noqa: E402
 from lmms_engine.parallel.single import SingleDevice  # noqa: E402
 from lmms_engine.train.loop import StepContext  # noqa: E402
 from lmms_engine.train.module import CausalLMWithLoss  # noqa: E402
 from lmms_engine.train.optim import build_adamw  # noqa: E402
 from lmms_engine.train.prefetch import make_collator  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+# The audio family measured by default, and the placeholder / begin / end tokens of its processor.
+AUDIO_FAMILY = default_family(AUDIO)
+AUDIO_PAD, AUDIO_BOS, AUDIO_EOS = AUDIO_FAMILY.media.audio.tokens
 
 # The data (see the docstring). Token counts are (median, log-normal sigma, min, max).
 CLIP_SECONDS = (2.0, 30.0)  # log-uniform
@@ -94,7 +103,7 @@ DATA = {"clip_seconds_log_uniform": CLIP_SECONDS, "clips_per_sample": CLIPS_PER_
         "follow_up_question_tokens": FOLLOW_UP_QUESTION, "follow_up_answer_tokens": FOLLOW_UP_ANSWER,
         "token_spec": "(median, lognormal sigma, min, max)"}
 
-# The baseline's model inputs: transformers' Qwen2AudioModel.forward arguments (the processor's layout).
+# The baseline's model inputs: transformers' own model forward's arguments (the processor's layout).
 STOCK_INPUT_KEYS = ("input_ids", "position_ids", "attention_mask", "input_features", "feature_attention_mask")
 # MFU's denominator on a device models/flops.py does not list (CPU smoke runs): the H100 / H200 figure.
 REFERENCE_PEAK_FLOPS = PEAK_BF16_FLOPS["H200"]
@@ -106,6 +115,11 @@ TINY_CONFIGS = ("hf_padded_sdpa", "packed_sdpa")
 
 
 # ---------------------------------------------------------------- synthetic samples
+
+
+def build_builtin_audio_processor(num_mel_bins: int):
+    """The default audio family's built-in processor (no download) for an encoder of `num_mel_bins` bins."""
+    return AUDIO_FAMILY.builtin_processor({"audio_config": {"num_mel_bins": num_mel_bins}})
 
 
 @dataclass(frozen=True)
@@ -222,7 +236,7 @@ class AudioStepData:
         return batch.with_fields(**self.padded_audio(lengths)) if lengths else batch
 
     def packed_audio(self, lengths: list[int]) -> dict:
-        frames = [min(n + CONV_CONTEXT_FRAMES, self.settings.max_frames) for n in lengths]
+        frames = [min(n + self.settings.rules.context_frames, self.settings.max_frames) for n in lengths]
         return {"audio_features": torch.randn(self.settings.n_mels, sum(frames)),
                 "audio_frames": torch.tensor(frames, dtype=torch.long),
                 "audio_lengths": torch.tensor(lengths, dtype=torch.long)}
@@ -271,19 +285,18 @@ def bench_strategy(cfg, args):
     return make_strategy(cfg, args.parallel)
 
 
-def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int]], settings: AudioSettings, peak: float,
-               args) -> dict:
+def run_config(name: str, model_cfg, family, samples: list[Sample], packs: list[list[int]], settings: AudioSettings,
+               peak: float, args) -> dict:
     cfg = config_for(name)
     torch.manual_seed(0)
     strategy = bench_strategy(cfg, args)
     strategy.setup()
     with strategy.model_init_context(), torch.device(strategy.device):
-        bundle = build_qwen2_audio(name=args.model, config=OmegaConf.to_container(model_cfg.config))
+        bundle = family.build(name=args.model, config=OmegaConf.to_container(model_cfg.config))
     patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend, use_liger_kernel=cfg.liger,
                             pad_encoder_mlps=cfg.pad_encoder_mlps)
     if cfg.hf_style:  # transformers' defaults: its own forward, sdpa in the decoder and the encoder
-        bundle.model.model.language_model.set_attn_implementation("sdpa")
-        bundle.model.model.audio_tower.set_attn_implementation("sdpa")
+        stock_attention(bundle)
         hidden_fn, input_keys = lm_hidden_states, STOCK_INPUT_KEYS
     else:
         patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing, encoders=bundle.encoders,
@@ -321,14 +334,15 @@ def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int
     return result
 
 
-def measure_encoder(model_cfg, samples: list[Sample], settings: AudioSettings, args) -> dict:
+def measure_encoder(model_cfg, family, samples: list[Sample], settings: AudioSettings, args) -> dict:
     """ms per second of audio of the encoder alone, stock (30 s windows) vs rmpad, on the first
     `--encoder-clips` clips of the benchmark's samples."""
     lengths = [n for s in samples for item in s.media for n in clip_mel_lengths(item, settings)][: args.encoder_clips]
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    encoder = build_encoder(OmegaConf.to_container(model_cfg.config.audio_config), args.device, dtype)
-    costs = encoder_costs(encoder, lengths, args.encoder_iters, warmup=1 if args.tiny else 2)
-    del encoder
+    model, audio = build_encoder(family, OmegaConf.to_container(model_cfg.config), args.device, dtype)
+    costs = encoder_costs(model, audio, lengths, args.encoder_iters, settings.rules.context_frames,
+                          warmup=1 if args.tiny else 2)
+    del model, audio
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -341,9 +355,11 @@ def measure_encoder(model_cfg, samples: list[Sample], settings: AudioSettings, a
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true",
-                        help="CPU smoke test: tiny_qwen2_audio, fp32, 2 steps (1 timed) of 2048 tokens, "
+                        help="CPU smoke test: the audio family's CPU-sized preset, fp32, 2 steps (1 timed) of 2048 "
+                             "tokens, "
                              f"configs {','.join(TINY_CONFIGS)}; flags given explicitly still win")
-    parser.add_argument("--model", default=None, help="a Qwen2-Audio preset under conf/model/ (qwen2_audio_7b)")
+    parser.add_argument("--model", default=None, help="an audio preset under conf/model/ (default: the bench preset "
+                        "of the first registered audio family)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default=None, help="cuda (cpu with --tiny)")
     parser.add_argument("--parallel", choices=("auto", "single", "fsdp2"), default="auto",
                         help="auto: fsdp2 under torchrun with more than one rank, else single")
@@ -363,9 +379,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile-out", default="profile_audio.txt")
     parser.add_argument("--out", default=None, help="JSON output path (rewritten after every configuration)")
     args = parser.parse_args(argv)
-    defaults = dict(model="tiny_qwen2_audio", device="cpu", tokens_per_step=2048, steps=2, warmup=1,
+    defaults = dict(model=default_preset(AUDIO, tiny=True), device="cpu", tokens_per_step=2048, steps=2, warmup=1,
                     configs=",".join(TINY_CONFIGS), data_workers=0, encoder_clips=2, encoder_iters=1) if args.tiny else \
-        dict(model="qwen2_audio_7b", device="cuda", tokens_per_step=16384, steps=8, warmup=2,
+        dict(model=default_preset(AUDIO), device="cuda", tokens_per_step=16384, steps=8, warmup=2,
              configs=",".join(AUDIO_CONFIGS), data_workers=4, encoder_clips=16, encoder_iters=5)
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -384,10 +400,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
-    model_cfg = OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml")
+    model_cfg, family = load_preset(args.model, AUDIO)
     if args.decoder_layers is not None:
         model_cfg.config.text_config.num_hidden_layers = args.decoder_layers
-    processor = build_builtin_audio_processor(int(model_cfg.config.audio_config.num_mel_bins))
+    processor = family.builtin_processor(OmegaConf.to_container(model_cfg.config))
     settings = audio_settings(processor, processor.tokenizer, 30.0, AUDIO_PAD, None)
     text = model_cfg.config.text_config
     chat = ChatTokens.from_tokenizer(processor.tokenizer, int(text.vocab_size))
@@ -409,7 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
               "results": [], "encoder": None}
     for name in args.configs.split(","):
         try:
-            report["results"].append(run_config(name, model_cfg, samples, packs, settings, peak, args))
+            report["results"].append(run_config(name, model_cfg, family, samples, packs, settings, peak, args))
         except Exception as err:  # one failing configuration must not hide the others' figures
             report["results"].append({"config": name, "error": f"{type(err).__name__}: {str(err)[:300]}"})
             gc.collect()
@@ -419,7 +435,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(json.dumps(report["results"][-1]), flush=True)
             write_report(report, args.out)
     try:
-        report["encoder"] = measure_encoder(model_cfg, samples, settings, args)
+        report["encoder"] = measure_encoder(model_cfg, family, samples, settings, args)
     except Exception as err:
         report["encoder"] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
     report["results"] = with_ratios(report["results"])

@@ -1,4 +1,5 @@
-"""What the training benchmarks share (bench_train.py, bench_vl.py, bench_audio.py): the timed loop
+"""What the training benchmarks share (bench_train.py, bench_vl.py, bench_audio.py): the model
+preset and its family's entry (asked of the registry, by the preset's `_target_`), the timed loop
 over the framework's own training step, the throughput figures made from it, and the facts about
 the device and the software a report records.
 
@@ -13,11 +14,43 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from omegaconf import DictConfig, OmegaConf
+
 from lmms_engine import compat
+from lmms_engine.models.family import ModelFamily
+from lmms_engine.models.registry import default_family, family_of
 from lmms_engine.train.loop import StepContext, peak_memory_gb, reset_peak_memory, train_step
+
+PRESETS = Path(__file__).resolve().parents[1] / "conf" / "model"
+
+
+def load_preset(name: str, media_kinds: frozenset[str]) -> tuple[DictConfig, ModelFamily]:
+    """conf/model/<name>.yaml and its family's entry, which must take `media_kinds` besides text."""
+    model_cfg = OmegaConf.load(PRESETS / f"{name}.yaml")
+    family = family_of(model_cfg._target_)
+    if family is None or family.media_kinds != media_kinds:
+        takes = ", ".join(sorted(media_kinds)) or "text only"
+        raise ValueError(f"--model {name}: its _target_ {model_cfg._target_} is not a registered model family "
+                         f"that takes {takes} (models/registry.py)")
+    return model_cfg, family
+
+
+def default_preset(media_kinds: frozenset[str], tiny: bool = False) -> str:
+    """The preset a benchmark measures when none is named: the bench preset (tiny: the CPU-sized
+    one) of the first registered family that takes `media_kinds`."""
+    family = default_family(media_kinds)
+    return family.presets[0] if tiny else family.bench_preset
+
+
+def stock_attention(bundle) -> None:
+    """transformers' defaults, as a plain Hugging Face loop runs: sdpa in the decoder and in every encoder."""
+    bundle.decoder().set_attn_implementation("sdpa")
+    for encoder in bundle.encoders:
+        encoder.module(bundle.model).set_attn_implementation("sdpa")
 
 
 @dataclass

@@ -32,6 +32,8 @@ from lmms_engine.data.check import load_inputs
 from lmms_engine.data.dataset import build_sft_dataset
 from lmms_engine.data.settings import DataSettings
 from lmms_engine.data.prepare import default_num_proc
+from lmms_engine.models.family import VISION
+from lmms_engine.models.registry import default_family
 
 ROW_GROUP = 100  # datasets' parquet row group size for image data sets
 SCHEMA = pa.schema({
@@ -95,7 +97,8 @@ def main() -> None:
     parser.add_argument("--num-proc", type=int, default=default_num_proc())
     parser.add_argument("--packing-length", type=int, default=4096)
     args = parser.parse_args()
-    tokenizer, processor, spec = load_inputs(None, "tiny_qwen2_5_vl")
+    tiny_vl = default_family(VISION).presets[0]  # the first vision-language family's CPU-sized preset
+    tokenizer, processor, spec = load_inputs(None, tiny_vl)
     with tempfile.TemporaryDirectory() as tmp:
         data, cache = Path(tmp) / "embedded.parquet", Path(tmp) / "cache"
         started = time.perf_counter()

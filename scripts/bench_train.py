@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import environment, markdown_table, throughput, timed_steps, with_ratios
+from bench_common import environment, load_preset, markdown_table, throughput, timed_steps, with_ratios
 from omegaconf import OmegaConf
 
 from lmms_engine.data.batch import Batch
@@ -43,16 +43,13 @@ from lmms_engine.data.types import Sample
 from lmms_engine.kernels.loss import liger_fused_cross_entropy_sum
 from lmms_engine.kernels.patcher import KernelPatcher
 from lmms_engine.models.flops import peak_flops
-from lmms_engine.models.qwen2 import build_qwen2
-from lmms_engine.models.qwen3 import build_qwen3
+from lmms_engine.models.registry import family_of
 from lmms_engine.parallel.base import Strategy
 from lmms_engine.parallel.common import apply_activation_checkpointing
 from lmms_engine.parallel.single import single_device
 from lmms_engine.train.loop import StepContext, train_step
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -240,10 +237,6 @@ def make_strategy(cfg: BenchConfig, parallel: str, sp_degree: int = 1):
     raise ValueError(f"--parallel {parallel!r}: choose single, fsdp2 or zero3")
 
 
-# Text families the benchmark builds, by the preset's _target_ (qwen2_5_*, qwen3_* presets).
-TEXT_BUILDERS = {"lmms_engine.models.qwen2.build_qwen2": build_qwen2, "lmms_engine.models.qwen3.build_qwen3": build_qwen3}
-
-
 def build_context(cfg: BenchConfig, model_cfg, samples: list[Sample], parallel: str, lr: float = 1e-5,
                   sp_degree: int = 1):
     """The strategy-prepared model, optimizer and StepContext of one configuration (random init, seed 0)."""
@@ -252,7 +245,7 @@ def build_context(cfg: BenchConfig, model_cfg, samples: list[Sample], parallel: 
     strategy.setup()
     # zero3: built inside deepspeed.zero.Init (partitioned layer by layer), as the trainer does.
     with strategy.model_init_context(), torch.device("cuda"):
-        bundle = TEXT_BUILDERS[model_cfg._target_](name=model_cfg.name, config=OmegaConf.to_container(model_cfg.config))
+        bundle = family_of(model_cfg._target_).build(name=model_cfg.name, config=OmegaConf.to_container(model_cfg.config))
     patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend,
                             use_liger_kernel=cfg.liger and not cfg.liger_loss_only, fp8=cfg.fp8)
     patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing, compiled=cfg.compile,
@@ -308,11 +301,10 @@ def profile_steps(ctx, data: SyntheticSteps, cfg: BenchConfig, args) -> None:
 
 
 def load_text_model(preset: str, layers: int | None = None):
-    """The preset's config (conf/model/<preset>.yaml), checked to be a text family this script builds;
-    `layers`: cut to that many decoder layers (a 7B shape whose full fine-tuning state fits one GPU)."""
-    model_cfg = OmegaConf.load(REPO / "conf" / "model" / f"{preset}.yaml")
-    if model_cfg._target_ not in TEXT_BUILDERS:
-        raise ValueError(f"--model {preset}: its _target_ {model_cfg._target_} is not one of {sorted(TEXT_BUILDERS)}")
+    """The preset's config (conf/model/<preset>.yaml), checked to be of a registered text family (the
+    registry finds its entry by the preset's _target_); `layers`: cut to that many decoder layers (a 7B
+    shape whose full fine-tuning state fits one GPU)."""
+    model_cfg, _ = load_preset(preset, frozenset())
     model_cfg.name = preset if layers is None else f"{preset}_{layers}l"
     if layers is not None:
         model_cfg.config.num_hidden_layers = layers
@@ -336,7 +328,7 @@ def main() -> None:
                         help="long sequences: every pack is ONE document of this many tokens (--tokens-per-step ignored)")
     parser.add_argument("--sp-degree", type=int, default=1, help="Ulysses sequence parallelism (with --parallel fsdp2)")
     parser.add_argument("--decoder-layers", type=int, default=None,
-                        help="cut the preset to this many decoder layers (e.g. qwen2_5_7b with 14: fits one H200)")
+                        help="cut the preset to this many decoder layers (e.g. qwen2_5_7b with 12: fits one H200)")
     parser.add_argument("--no-process-warmup", dest="process_warmup", action="store_false",
                         help="skip the untimed run of the first configuration (see warm_up_process)")
     args = parser.parse_args()

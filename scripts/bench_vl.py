@@ -1,12 +1,15 @@
-"""Qwen2.5-VL / Qwen3-VL training throughput on one GPU: an HF-style padded baseline against the
-framework's configurations, on the same image-text samples with the same token budget, in one process.
+"""Vision-language training throughput on one GPU (Qwen2.5-VL, Qwen3-VL): an HF-style padded baseline
+against the framework's configurations, on the same image-text samples with the same token budget, in
+one process.
 
-    python scripts/bench_vl.py --model qwen2_5_vl_3b --tokens-per-step 16384 --out docs/perf/bench_vl_3b.json
-    python scripts/bench_vl.py --model qwen3_vl_4b --tokens-per-step 16384 --out docs/perf/bench_qwen3_vl_4b.json
+    python scripts/bench_vl.py --tokens-per-step 16384 --out docs/perf/bench_vl_3b.json
+    python scripts/bench_vl.py --model PRESET --tokens-per-step 16384 --out docs/perf/bench_PRESET.json
 
-The family follows the preset's `_target_` (build_qwen2_5_vl or build_qwen3_vl); Qwen3-VL images are
-resized with its factor 32 (patch 16, merge 2) under the same pixel cap, and its FLOPs count the
-DeepStack mergers (models/qwen3_vl_flops.py).
+--model: any vision-language preset under conf/model/ (default: the bench preset of the first
+registered vision-language family, Qwen2.5-VL-3B). The family is the preset's `_target_`'s, asked of
+the registry (models/registry.py): its builder, its encoders' FLOPs (Qwen3-VL's count the DeepStack
+mergers), its token ids and positions; images are resized with the tower's factor (patch x merge:
+28, or 32 for Qwen3-VL) under the same pixel cap.
 
 The model is the preset's shape, randomly initialised, with the built-in processor's special tokens.
 Samples are synthetic but shaped like image SFT data (seeded, documented in docs/performance.md):
@@ -16,7 +19,7 @@ Samples are synthetic but shaped like image SFT data (seeded, documented in docs
   - samples: 80% one image, 10% two images, 10% text only; a prompt (log-normal, median 60 tokens)
     around the images and an answer (median 150 tokens; text-only samples median 600), answer trained.
 Pixels are random (the tower's cost does not depend on them); mrope positions are computed per sample.
-The vision tower's FLOPs count in MFU (models/vision_flops.py): it runs ~4 patches per visual token.
+The vision tower's FLOPs count in MFU (its encoder's `flops`): it runs ~4 patches per visual token.
 The baseline is what a plain Hugging Face loop does: fp32 weights with bf16 autocast, padded
 micro-batches, sdpa in the decoder AND the vision tower (transformers' per-image loop), no Liger.
 """
@@ -37,7 +40,16 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment, markdown_table, throughput, timed_steps, with_ratios  # noqa: E402
+from bench_common import (  # noqa: E402
+    default_preset,
+    environment,
+    load_preset,
+    markdown_table,
+    stock_attention,
+    throughput,
+    timed_steps,
+    with_ratios,
+)
 from bench_train import config_for, make_strategy  # noqa: E402
 
 from lmms_engine.data.batch import Batch  # noqa: E402
@@ -50,15 +62,9 @@ from lmms_engine.data.collate import (  # noqa: E402
 from lmms_engine.data.packing import pack_best_fit_decreasing  # noqa: E402
 from lmms_engine.data.types import MediaItem, Sample  # noqa: E402
 from lmms_engine.kernels.patcher import KernelPatcher  # noqa: E402
+from lmms_engine.models.family import VISION  # noqa: E402
 from lmms_engine.models.flops import peak_flops  # noqa: E402
 from lmms_engine.models.mrope import MropeSpec  # noqa: E402
-from lmms_engine.models.qwen2_5_vl import (  # noqa: E402
-    TOKEN_ID_FIELDS,
-    build_qwen2_5_vl,
-    build_vl_tokenizer,
-    set_text_attention,
-)
-from lmms_engine.models.qwen3_vl import build_qwen3_vl  # noqa: E402
 from lmms_engine.train.loop import StepContext, train_step  # noqa: E402
 from lmms_engine.train.module import CausalLMWithLoss  # noqa: E402
 from lmms_engine.train.optim import build_adamw  # noqa: E402
@@ -66,15 +72,10 @@ from lmms_engine.config import LoraSettings  # noqa: E402
 from lmms_engine.train.lora import adapter_params, apply_lora, lora_step_flops  # noqa: E402
 from lmms_engine.train.prefetch import make_collator  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZES = [((480, 640), 0.35), ((768, 1024), 0.15), ((720, 1280), 0.20), ((1024, 1024), 0.10),
                ((1080, 1920), 0.10), ((336, 336), 0.10)]
 MAX_PIXELS = 1280 * 28 * 28
 VL_CONFIGS = ("hf_padded_sdpa", "rmpad_varlen", "liger_rmpad_varlen", "liger_rmpad_varlen_ac2")
-
-
-BUILDERS = {"lmms_engine.models.qwen2_5_vl.build_qwen2_5_vl": build_qwen2_5_vl,
-            "lmms_engine.models.qwen3_vl.build_qwen3_vl": build_qwen3_vl}
 
 
 def image_grid(rng: np.random.Generator, patch: int = 14, merge: int = 2) -> tuple[int, int, int]:
@@ -168,17 +169,17 @@ def profile_steps(ctx, steps, data, args) -> None:
     print(table[:5000])
 
 
-def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int]], args) -> dict:
+def run_config(name: str, model_cfg, family, samples: list[Sample], packs: list[list[int]], args) -> dict:
     cfg = config_for(name)
     torch.manual_seed(0)
     strategy = make_strategy(cfg, "single")
     strategy.setup()
     with strategy.model_init_context(), torch.device("cuda"):
-        bundle = BUILDERS[model_cfg._target_](name=args.model, config=OmegaConf.to_container(model_cfg.config))
+        bundle = family.build(name=args.model, config=OmegaConf.to_container(model_cfg.config))
     patcher = KernelPatcher(use_rmpad=cfg.packing, attn_backend=cfg.attn_backend, use_liger_kernel=cfg.liger,
                             pad_encoder_mlps=cfg.pad_encoder_mlps, fp8=cfg.fp8)
     if cfg.hf_style:  # transformers' defaults: sdpa in the decoder and the vision tower
-        set_text_attention(bundle.model, "sdpa", "sdpa")
+        stock_attention(bundle)
     else:
         patcher.apply(bundle.model, strategy.device, padding_free=cfg.packing, encoders=bundle.encoders,
                       decoder_path=bundle.decoder_path, compiled=cfg.compile)
@@ -206,20 +207,34 @@ def run_config(name: str, model_cfg, samples: list[Sample], packs: list[list[int
     collator.close()
     if args.profile == name:
         profile_steps(ctx, steps[:2], data, args)
+    first_block = bundle.encoders[0].module(bundle.model).blocks[0]
     result = {
         "config": name, **cfg.__dict__, "world_size": 1, "lora_rank": args.lora_rank,
         **throughput(measured, 1, peak_flops(torch.cuda.get_device_name())), "attn_backend_resolved": patcher.backend,
-        "vision_attention": getattr(bundle.model.model.visual.blocks[0].attn, "lmms_varlen_backend", "sdpa"),
+        "vision_attention": getattr(first_block.attn, "lmms_varlen_backend", "sdpa"),
     }
+    del first_block
     del ctx, module, optimizer, bundle
     gc.collect()
     torch.cuda.empty_cache()
     return result
 
 
+def vision_ids(family, model_cfg) -> tuple[MropeSpec, dict[str, int]]:
+    """The preset's mrope spec and vision special-token ids (all below the random text ids), from its
+    module tree on the meta device (no weights) with the built-in processor's tokenizer."""
+    with torch.device("meta"):
+        bundle = family.build(name="ids", config=OmegaConf.to_container(model_cfg.config), structure_only=True)
+    config = bundle.model.config
+    specials = {"start": config.vision_start_token_id, "end": config.vision_end_token_id,
+                "video": config.video_token_id, "image": config.image_token_id}
+    return bundle.data_extras["mrope_spec"], specials
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="qwen2_5_vl_3b", help="a Qwen2.5-VL or Qwen3-VL preset under conf/model/")
+    parser.add_argument("--model", default=None, help="a vision-language preset under conf/model/ (default: the first "
+                        "registered vision-language family's bench preset)")
     parser.add_argument("--tokens-per-step", type=int, default=16384)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -232,24 +247,17 @@ def main() -> None:
     parser.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank on the decoder "
                         "projections in every config (0: full fine-tuning); MFU then counts frozen weights as 4N")
     args = parser.parse_args()
-    model_cfg = OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml")
-    if model_cfg._target_ not in BUILDERS:
-        raise ValueError(f"--model {args.model}: its _target_ {model_cfg._target_} is not one of {sorted(BUILDERS)}")
-    tokenizer = build_vl_tokenizer()
-    ids = {field: tokenizer.convert_tokens_to_ids(token) for field, token in TOKEN_ID_FIELDS.items()}
+    args.model = args.model or default_preset(VISION)
+    model_cfg, family = load_preset(args.model, VISION)
+    spec, specials = vision_ids(family, model_cfg)
     vision = model_cfg.config.vision_config
-    spec = MropeSpec(image_token_id=ids["image_token_id"], video_token_id=ids["video_token_id"],
-                     spatial_merge_size=vision.spatial_merge_size,
-                     tokens_per_second=vision.get("tokens_per_second", 1.0))  # images only: unused by Qwen3-VL
-    specials = {"start": ids["vision_start_token_id"], "end": ids["vision_end_token_id"], "video": ids["video_token_id"],
-                "image": ids["image_token_id"]}  # all below the random text ids
     samples = make_vl_samples(args.steps * args.tokens_per_step // 300, 0, model_cfg.config.text_config.vocab_size, spec,
                               specials, vision.patch_size)
     packs = make_packs(samples, args.tokens_per_step, args.steps)
     results = []
     for name in args.configs.split(","):
         try:
-            results.append(run_config(name, model_cfg, samples, packs, args))
+            results.append(run_config(name, model_cfg, family, samples, packs, args))
         except Exception as err:  # one failing configuration must not hide the others' figures
             traceback.print_exc()
             results.append({"config": name, "error": f"{type(err).__name__}: {str(err)[:300]}"})

@@ -2,7 +2,7 @@
 
     uv run lmms-data check path/to/datasets.yaml                      # built-in VL processor
     uv run lmms-data check data.jsonl --tokenizer Qwen/Qwen2.5-0.5B-Instruct
-    uv run lmms-data check lmms_engine/data/demo/demo_audio.yaml --model tiny_qwen2_audio
+    uv run lmms-data check lmms_engine/data/demo/demo_audio.yaml --model tiny_omni
 
 Every source file is tokenized with `on_error=skip` semantics (no cache, so nothing is hidden by
 an earlier run), media files are measured and decoded exactly as at prepare time, and every
@@ -10,10 +10,11 @@ skipped record is printed as `file:line` (jsonl) or `file#index` (other formats)
 A summary follows: records, valid samples, skips by reason, sample token lengths and media
 counts. Exit status 1 if any record or source is bad, else 0.
 
-Tokenizer / processor: by default the built-in Qwen2.5-VL processor (byte-level tokenizer, so
-token counts are indicative; images and video are checked). `--tokenizer <hub id or path>` loads
-that processor or tokenizer; `--model <preset>` builds conf/model/<preset>.yaml (structure only,
-on the meta device: no weights) and takes its `data_inputs()`, as training does.
+Tokenizer / processor: by default the built-in processor of the first registered vision-language
+family (Qwen2.5-VL's: byte-level tokenizer, so token counts are indicative; images and video are
+checked). `--tokenizer <hub id or path>` loads that processor or tokenizer; `--model <preset>`
+builds conf/model/<preset>.yaml (structure only, on the meta device: no weights) and takes its
+`data_inputs()`, as training does.
 """
 
 from __future__ import annotations
@@ -98,9 +99,10 @@ def load_inputs(tokenizer_arg: str | None, model_arg: str | None) -> tuple[objec
     if model_arg is not None:
         return _from_model_preset(model_arg)
     if tokenizer_arg in (None, "builtin"):
-        from lmms_engine.models.qwen2_5_vl import build_builtin_processor
+        from lmms_engine.models.family import VISION
+        from lmms_engine.models.registry import default_family
 
-        processor = build_builtin_processor()
+        processor = default_family(VISION).builtin_processor({})
         return processor.tokenizer, processor, None
     from transformers import AutoProcessor
 
@@ -187,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     which.add_argument(
         "--tokenizer", help="'builtin' (default: the built-in VL processor) or a hub id / local path"
     )
-    which.add_argument("--model", help="a conf/model preset name (e.g. tiny_qwen2_audio): use its processor")
+    which.add_argument("--model", help="a conf/model preset name (e.g. tiny_omni): use its processor")
     check.add_argument("--num-proc", type=int, default=None, help="tokenizing processes (min(8, cpus))")
     check.add_argument(
         "--allow-path-escape",

@@ -30,21 +30,26 @@ second of video, bounded to [video_min_frames, video_max_frames] and rounded to 
 temporal_patch_size, spread evenly over the whole clip (`frame_indices`; a clip shorter than
 video_min_frames repeats frames). Frames are resized within [the processor's min pixels,
 video_max_pixels]. second_per_grid_t = temporal_patch_size / sampled fps, the seconds of video
-per temporal grid step that mrope's temporal positions follow. Qwen3-VL's processor samples,
-resizes and timestamps videos differently: media_qwen3_video.py (MediaSettings.video_timestamps).
+per temporal grid step that mrope's temporal positions follow. These are the default video rules
+(`DefaultVideoRules`); a model family whose processor samples, resizes or expands videos differently
+names its own in its entry (models/family.py, `MediaRules.video`), found for the processor given
+(models/registry.py, `media_rules`) and kept in `MediaSettings.video_rules`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+from lmms_engine.models.registry import media_rules
 
 from .errors import DataError, shorten
 from .media_source import MediaFile
@@ -68,10 +73,10 @@ class MediaSettings:
     video_fps: float
     video_min_frames: int
     video_max_frames: int
-    # Qwen3-VL's video rules (media_qwen3_video.py: frame count, whole-clip pixel bounds, per-patch
-    # `<t seconds>` timestamps between <|vision_start|> / <|vision_end|>); False: Qwen2.5-VL's.
-    video_timestamps: bool = False
-    vision_start_token_id: int = -1  # used with video_timestamps only
+    # How videos are sampled, resized and expanded: the processor's family's rules (e.g. Qwen3-VL's:
+    # frame count, whole-clip pixel bounds, per-patch `<t seconds>` timestamps), else the defaults.
+    video_rules: Any = field(default_factory=lambda: DefaultVideoRules())
+    vision_start_token_id: int = -1  # set by video rules that write per-patch start / end tokens
     vision_end_token_id: int = -1
 
     @property
@@ -79,7 +84,7 @@ class MediaSettings:
         return self.patch_size * self.merge_size
 
     def cache_key(self) -> dict:
-        return asdict(self)
+        return asdict(self)  # the video rules as their fields (their name)
 
 
 def media_settings(
@@ -116,23 +121,19 @@ def media_settings(
         video_fps=float(video_fps),
         video_min_frames=int(video_min_frames),
         video_max_frames=int(video_max_frames),
-        **_timestamp_settings(processor, tokenizer),
+        **_video_rule_settings(processor, tokenizer),
     )
     _check_settings(settings)
     return settings
 
 
-def _timestamp_settings(processor, tokenizer) -> dict:
-    """Qwen3-VL's video processor samples, resizes and stamps videos its own way."""
-    from transformers import Qwen3VLVideoProcessor
-
-    if not isinstance(processor.video_processor, Qwen3VLVideoProcessor):
-        return {}
-    return {
-        "video_timestamps": True,
-        "vision_start_token_id": _token_id(tokenizer, processor.vision_start_token),
-        "vision_end_token_id": _token_id(tokenizer, processor.vision_end_token),
-    }
+def _video_rule_settings(processor, tokenizer) -> dict:
+    """The video rules of the processor's family (the defaults when it names none), with the ids of
+    the tokens they write."""
+    rules = media_rules(processor)
+    video = rules.video if rules is not None and rules.video is not None else DefaultVideoRules()
+    tokens = {field: _token_id(tokenizer, token) for field, token in video.special_tokens(processor).items()}
+    return {"video_rules": video, **tokens}
 
 
 def _token_id(tokenizer, token: str) -> int:
@@ -257,25 +258,39 @@ def _decoded_image_size(file: MediaFile, where: str) -> tuple[int, int]:
 
 
 def measure_video(file: MediaFile, where: str, settings: MediaSettings) -> MediaItem:
+    """A video's grid and sampling by the settings' video rules (prepare time)."""
     total, fps, height, width = scan_video(file, where)
-    num = sampled_frame_count(total, fps, settings)
-    resized = _resized(height, width, settings.factor, settings.video_min_pixels, settings.video_max_pixels)
-    if resized is None:
-        raise DataError(
-            where, "media_unreadable", f"video {file.label!r} ({width}x{height}) has an aspect ratio over 200"
-        )
-    tp = settings.temporal_patch_size
-    grid = (num // tp, resized[0] // settings.patch_size, resized[1] // settings.patch_size)
-    sampled_fps = num * fps / total  # frames taken per second of video
-    return MediaItem(
-        kind="video",
-        path=file.path,
-        member=file.member,
-        grid_thw=grid,
-        second_per_grid_t=tp / sampled_fps,
-        total_frames=total,
-        num_frames=num,
-    )
+    try:
+        fields = settings.video_rules.measure(total, fps, height, width, settings)
+    except ValueError as error:
+        raise DataError(where, "media_unreadable", f"video {file.label!r} {error}") from None
+    return MediaItem(kind="video", path=file.path, member=file.member, **fields)
+
+
+@dataclass(frozen=True)
+class DefaultVideoRules:
+    """The video rules of Qwen2.5-VL's reference code (this module's docstring), for every processor
+    whose family names none; the interface a family's own rules implement (models/family.py)."""
+
+    name: str = "default"
+
+    def special_tokens(self, processor) -> dict[str, str]:
+        return {}  # no MediaSettings token fields of its own
+
+    def measure(self, total_frames: int, fps: float, height: int, width: int, settings: MediaSettings) -> dict:
+        num = sampled_frame_count(total_frames, fps, settings)
+        resized = _resized(height, width, settings.factor, settings.video_min_pixels, settings.video_max_pixels)
+        if resized is None:
+            raise ValueError(f"({width}x{height}) has an aspect ratio over 200")
+        tp = settings.temporal_patch_size
+        grid = (num // tp, resized[0] // settings.patch_size, resized[1] // settings.patch_size)
+        sampled_fps = num * fps / total_frames  # frames taken per second of video
+        return {"grid_thw": grid, "second_per_grid_t": tp / sampled_fps, "total_frames": total_frames,
+                "num_frames": num}
+
+    def placeholder_run(self, item: MediaItem, settings: MediaSettings, tokenizer, frames: np.ndarray) -> int:
+        """One placeholder becomes the video's visual tokens."""
+        return item.num_tokens(settings.merge_size)
 
 
 def scan_video(file: MediaFile, where: str) -> tuple[int, float, int, int]:

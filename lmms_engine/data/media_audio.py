@@ -1,4 +1,4 @@
-"""Audio of audio-language samples (Qwen2-Audio style): decoding, clips, placeholder counts, log-mel.
+"""Audio of audio-language samples (Whisper-style features): decoding, clips, placeholder counts, log-mel.
 
 Two moments, as for images and video (media.py):
   * prepare time (cached): `measure_audio` decodes the whole file (so a corrupt file is a DataError
@@ -18,13 +18,16 @@ on its own and its tokens follow the previous clip's, all inside the one `<|audi
 <|audio_eos|>` of the part: what the original engine does. A tail clip too short to give one
 encoder output (under 3 mel frames, ~20 ms) is dropped; a whole file that short is unreadable.
 
-Per clip of n samples (Whisper's extractor, hop 160 at 16 kHz = 100 frames/s, 3000-frame window):
+The encoder's side of the arithmetic is the processor's model family's (its entry's audio rules,
+models/family.py `MediaRules.audio`, kept in `AudioSettings.rules`; Qwen2-Audio's for Qwen2-Audio
+and omni processors). Per clip of n samples (Whisper's extractor, hop 160 at 16 kHz = 100 frames/s,
+3000-frame window):
   L = min(ceil(n / hop_length), nb_max_frames)   valid mel frames = the extractor's
                                                  attention_mask.sum() with padding="max_length"
-  P = feat_extract_output_lengths(L)[1]          `<|AUDIO|>` tokens (models/audio_encoder.py)
-  T = min(L + CONV_CONTEXT_FRAMES, nb_max_frames) frames the clip carries in the batch
+  P = rules.placeholder_count(L)                 audio placeholder tokens (the encoder's outputs)
+  T = min(L + rules.context_frames, nb_max_frames) frames the clip carries in the batch
 
-Batch contract (the model side, models/qwen2_audio.py, reads exactly this; keys absent when a
+Batch contract (the model side, the family's audio encoder, reads exactly this; keys absent when a
 micro-batch has no audio):
   audio_features  float32 (n_mels, sum T_i): each clip's log-mel from the extractor run with
                   padding="max_length" (frames past L are the extractor's own silence padding, the
@@ -40,19 +43,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from lmms_engine.models.audio_encoder import CONV_CONTEXT_FRAMES, feat_extract_output_lengths
+from lmms_engine.models.registry import media_rules
 
 from .errors import DataError
 from .media import import_av
 from .media_source import MediaFile
 from .types import MediaItem
-
-AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
-
 
 @dataclass(frozen=True)
 class AudioSettings:
@@ -68,16 +69,19 @@ class AudioSettings:
     max_frames: int  # the extractor's window in mel frames (nb_max_frames, 3000)
     n_mels: int
     chunk_samples: int  # the longest clip: audio_max_seconds * sampling_rate
+    # The encoder's arithmetic: placeholder_count(L), context_frames (the family's audio rules).
+    rules: Any = None
 
     def cache_key(self) -> dict:
-        return asdict(self)
+        return asdict(self)  # the rules as their fields
 
 
 def audio_settings(
     processor, tokenizer, audio_max_seconds: float, audio_token: str, audio_text: str | None
 ) -> AudioSettings:
-    """Settings from the processor's feature extractor, the tokenizer's id of `audio_token` and the
-    data config. The extractor must be Whisper-like: fixed window, hop_length, padding="max_length"."""
+    """Settings from the processor's feature extractor and family, the tokenizer's id of
+    `audio_token` and the data config. The extractor must be Whisper-like: fixed window, hop_length,
+    padding="max_length"."""
     extractor = processor.feature_extractor
     rate, window = int(extractor.sampling_rate), int(extractor.n_samples)
     if not 0 < audio_max_seconds <= window / rate:
@@ -96,7 +100,19 @@ def audio_settings(
         max_frames=int(extractor.nb_max_frames),
         n_mels=int(extractor.feature_size),
         chunk_samples=min(window, round(audio_max_seconds * rate)),
+        rules=audio_rules(processor),
     )
+
+
+def audio_rules(processor):
+    """The audio rules of the processor's model family (models/family.py, MediaRules.audio)."""
+    rules = media_rules(processor)
+    if rules is None or rules.audio is None:
+        raise ValueError(
+            f"the processor ({type(processor).__name__}) has a feature_extractor, but no registered model family "
+            "names its audio rules (models/family.py, MediaRules.audio): pass the model's own processor"
+        )
+    return rules.audio
 
 
 # ---------------------------------------------------------------- clip arithmetic
@@ -108,11 +124,6 @@ def mel_frames(num_samples: int, settings: AudioSettings) -> int:
     return min(math.ceil(num_samples / settings.hop_length), settings.max_frames)
 
 
-def placeholder_count(mel_length: int) -> int:
-    """P: `<|AUDIO|>` tokens of a clip of mel_length valid frames (the encoder's output length)."""
-    return int(feat_extract_output_lengths(mel_length)[1])
-
-
 def clip_sample_counts(item: MediaItem, settings: AudioSettings) -> list[int]:
     """Samples per clip: consecutive chunk_samples-long clips, the last one shorter. A tail clip
     with no encoder output (P = 0) is dropped: it would add no token and no feature."""
@@ -121,7 +132,7 @@ def clip_sample_counts(item: MediaItem, settings: AudioSettings) -> list[int]:
     # engine does.
     full, rest = divmod(item.audio_samples, item.chunk_samples)
     counts = [item.chunk_samples] * full
-    if rest and (not counts or placeholder_count(mel_frames(rest, settings)) > 0):
+    if rest and (not counts or settings.rules.placeholder_count(mel_frames(rest, settings)) > 0):
         counts.append(rest)
     return counts
 
@@ -132,7 +143,7 @@ def clip_mel_lengths(item: MediaItem, settings: AudioSettings) -> list[int]:
 
 def audio_token_count(item: MediaItem, settings: AudioSettings) -> int:
     """The `<|AUDIO|>` tokens of an audio item: the sum over its clips."""
-    return sum(placeholder_count(length) for length in clip_mel_lengths(item, settings))
+    return sum(settings.rules.placeholder_count(length) for length in clip_mel_lengths(item, settings))
 
 
 # ---------------------------------------------------------------- prepare time
@@ -225,7 +236,7 @@ def audio_inputs(items: Sequence[MediaItem], processor, settings: AudioSettings)
     )
     lengths = [mel_frames(len(clip), settings) for clip in clips]
     assert out["attention_mask"].sum(-1).tolist() == lengths, "mel_frames disagrees with the extractor"
-    frames = [min(length + CONV_CONTEXT_FRAMES, settings.max_frames) for length in lengths]
+    frames = [min(length + settings.rules.context_frames, settings.max_frames) for length in lengths]
     features = out["input_features"]
     return {
         "audio_features": torch.cat([features[i, :, :t] for i, t in enumerate(frames)], dim=1).float(),

@@ -14,17 +14,8 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from .chat import MediaRendering, audio_part_text
-from .media import MediaSettings, measure_image, measure_video, media_settings, resolve_media_path
-from .media_audio import (
-    AUDIO_BOS,
-    AUDIO_EOS,
-    AUDIO_TOKEN,
-    AudioSettings,
-    audio_settings,
-    audio_token_count,
-    measure_audio,
-)
-from .media_qwen3_video import measure_qwen3_video, timestamped_video_ids
+from .media import MediaSettings, frame_indices, measure_image, measure_video, media_settings, resolve_media_path
+from .media_audio import AudioSettings, audio_rules, audio_settings, audio_token_count, measure_audio
 from .media_source import EmbeddedMedia, MediaFile
 from .types import MediaItem, Record
 
@@ -65,10 +56,12 @@ class MediaSupport:
         return item.num_tokens(self.vision.merge_size)
 
     def placeholder_run(self, item: MediaItem, tokenizer: PreTrainedTokenizerBase) -> int | np.ndarray:
-        """What the item's one rendered placeholder token becomes: that many copies of it, or (a
-        Qwen3-VL video) the token sequence with its per-patch timestamps and vision start / end."""
-        if item.kind == "video" and self.vision.video_timestamps:
-            return timestamped_video_ids(item, self.vision, tokenizer)
+        """What the item's one rendered placeholder token becomes: that many copies of it, or the
+        token sequence the video rules write (a Qwen3-VL video: per-patch timestamps and vision
+        start / end)."""
+        if item.kind == "video":
+            frames = frame_indices(item.total_frames, item.num_frames)
+            return self.vision.video_rules.placeholder_run(item, self.vision, tokenizer, frames)
         return self.num_tokens(item)
 
     def cache_key(self) -> dict:
@@ -124,9 +117,9 @@ def media_support(processor, tokenizer: PreTrainedTokenizerBase, options: MediaO
 
 def _audio_tokens(processor) -> tuple[str, str, str]:
     """(placeholder, begin, end) tokens: the processor's (Qwen2-Audio / Omni processors name them),
-    else Qwen's."""
-    names = {"audio_token": AUDIO_TOKEN, "audio_bos_token": AUDIO_BOS, "audio_eos_token": AUDIO_EOS}
-    return tuple(getattr(processor, name, default) for name, default in names.items())
+    else its family's audio rules'."""
+    names = ("audio_token", "audio_bos_token", "audio_eos_token")
+    return tuple(getattr(processor, name, default) for name, default in zip(names, audio_rules(processor).tokens))
 
 
 def measure_record_media(record: Record, support: MediaSupport) -> tuple[MediaItem, ...]:
@@ -145,14 +138,9 @@ def measure_record_media(record: Record, support: MediaSupport) -> tuple[MediaIt
             if kind == "audio":
                 items.append(measure_audio(file, where, support.audio))
             else:
-                items.append(_vision_measure(kind, support.vision)(file, where, support.vision))
+                measure = measure_image if kind == "image" else measure_video
+                items.append(measure(file, where, support.vision))
     return tuple(items)
-
-
-def _vision_measure(kind: str, settings: MediaSettings):
-    if kind == "image":
-        return measure_image
-    return measure_qwen3_video if settings.video_timestamps else measure_video
 
 
 def _media_file(value, record: Record, support: MediaSupport) -> MediaFile:

@@ -1,4 +1,4 @@
-"""Tensor-core friendly widths for encoder MLPs (Qwen2.5-VL's and Qwen3-VL's vision towers).
+"""Tensor-core friendly widths for encoder MLPs (e.g. Qwen2.5-VL's and Qwen3-VL's vision towers).
 
 The vision MLP of Qwen2.5-VL is 1280 -> 3420 -> 1280, Qwen3-VL-8B's 1152 -> 4304 -> 1152. Neither
 width is a multiple of 128, and for such shapes cuBLAS falls back to sm80 CUTLASS kernels on
@@ -6,11 +6,12 @@ Hopper: the Qwen2.5-VL vision tower's MLP matmuls ran at ~220 TFLOP/s on an H200
 (docs/performance.md, VL profile), a third of what the decoder's get.
 
 `pad_encoder_mlps` binds a forward that multiplies by zero-padded copies of the weights (width
-rounded up to a multiple of 128: 3456, 4352), made on the fly in each forward:
-  Qwen2.5-VL (gated SiLU, gate / up / down): extra output rows of zeros (and zero bias) -> the extra
-    columns of gate and up are 0, act(0) * 0 = 0, and down's extra input columns are zeros;
-  Qwen3-VL (linear_fc1 -> GELU -> linear_fc2): fc1's extra rows and bias are zeros, act(0) = 0 (checked:
-    other activations are left unpadded), and fc2's extra input columns are zeros.
+rounded up to a multiple of 128: 3456, 4352), made on the fly in each forward, to the MLP classes a
+family's encoder names (`PaddableMlp`), by their layout:
+  gated (SiLU, gate / up / down; Qwen2.5-VL's): extra output rows of zeros (and zero bias) -> the
+    extra columns of gate and up are 0, act(0) * 0 = 0, and down's extra input columns are zeros;
+  plain (linear_fc1 -> act -> linear_fc2; Qwen3-VL's): fc1's extra rows and bias are zeros, act(0) = 0
+    (checked: other activations are left unpadded), and fc2's extra input columns are zeros.
 So outputs are exactly the unpadded ones, gradients reach only the real weights (the pad is not a
 parameter), and checkpoints / exports never see a padded shape. The copies are a few MB per block.
 """
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import types
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +32,22 @@ log = logging.getLogger(__name__)
 ALIGN = 128
 
 
-def pad_encoder_mlps(encoder: nn.Module, fused_act: bool = False, align: int = ALIGN) -> int:
-    """Bind the padded forward to every vision MLP (Qwen2.5-VL's gated SiLU, Qwen3-VL's fc1 / fc2)
-    whose width is not a multiple of `align`; returns how many. fused_act: Liger's fused SiLU-mul
-    for the gated ones (CUDA only)."""
+@dataclass(frozen=True)
+class PaddableMlp:
+    """An encoder MLP class that may run padded, and its layout."""
+
+    module_class: type[nn.Module]
+    gated: bool  # gate_proj / up_proj / down_proj around SiLU-mul; else linear_fc1 -> act_fn -> linear_fc2
+
+
+def pad_encoder_mlps(encoder: nn.Module, mlps: Sequence[PaddableMlp], fused_act: bool = False,
+                     align: int = ALIGN) -> int:
+    """Bind the padded forward to every MLP of the classes `mlps` names whose width is not a
+    multiple of `align`; returns how many. fused_act: Liger's fused SiLU-mul for the gated ones
+    (CUDA only)."""
     patched = 0
     for module in encoder.modules():
-        forward, width = _padded_forward_of(module)
+        forward, width = _padded_forward_of(module, mlps)
         if forward is not None and width % align:
             module.lmms_pad = -width % align
             module.lmms_fused_act = fused_act
@@ -46,15 +58,15 @@ def pad_encoder_mlps(encoder: nn.Module, fused_act: bool = False, align: int = A
     return patched
 
 
-def _padded_forward_of(module: nn.Module):
+def _padded_forward_of(module: nn.Module, mlps: Sequence[PaddableMlp]):
     """(the padded forward for this kind of MLP, its width), or (None, 0) for other modules."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLMLP
-    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionMLP
-
-    if isinstance(module, Qwen2_5_VLMLP):
+    mlp = next((mlp for mlp in mlps if isinstance(module, mlp.module_class)), None)
+    if mlp is None:
+        return None, 0
+    if mlp.gated:
         return _padded_gated_mlp_forward, module.gate_proj.out_features
     # Exact only if the activation maps the zero pad to zero (GELU, SiLU do); otherwise left as is.
-    if isinstance(module, Qwen3VLVisionMLP) and module.act_fn(torch.zeros(1)).item() == 0:
+    if module.act_fn(torch.zeros(1)).item() == 0:
         return _padded_plain_mlp_forward, module.linear_fc1.out_features
     return None, 0
 

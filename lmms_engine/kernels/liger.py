@@ -1,6 +1,8 @@
 """Liger kernel patches, applied to a model instance in the order users of the original engine know:
 
-1. our registry (LIGER_REGISTRY), keyed by model type, for models whose patch we own;
+1. our registry (LIGER_REGISTRY), keyed by model type, for models whose patch we own: each model
+   family's package registers its own (`@register_liger`, in models/<family>/liger.py), named
+   by its entry's `liger` (models/family.py);
 2. otherwise liger-kernel's public `apply_liger_kernel_to_<model_type>`;
 3. otherwise, if the model has a `language_model` component, that component by the same rules.
 
@@ -132,39 +134,14 @@ def _language_model(model: nn.Module) -> nn.Module | None:
     return None
 
 
-# ---------------------------------------------------------------- our patches
+# ---------------------------------------------------------------- pieces of the families' patches
+# A family's own patch (models/<family>/liger.py or its module) is built from these and
+# registered with @register_liger for its model type.
 
 
-@register_liger("qwen2_5_vl")
-def patch_qwen2_5_vl(model: nn.Module) -> list[str]:
-    """Qwen2.5-VL from Liger's ops, not liger-kernel's model-level patch (which imports classes that
-    transformers >= 5.23 removed): RMSNorm on every decoder layer, the final norm and the vision
-    blocks; SwiGLU on the decoder MLPs and the (gated SiLU) vision MLPs; Liger's rotary kernel.
-
-    Rotary embedding is the one module-level swap (the attention calls a module function, as in
-    liger-kernel's own patches): transformers <= 5.22 applies the three mrope sections there
-    (`apply_multimodal_rotary_pos_emb` -> Liger's mrope kernel); later versions merge the sections
-    into cos / sin beforehand and call the plain `apply_rotary_pos_emb` (-> Liger's rope kernel).
-    """
-    return [f"{model.config.model_type} (lmms_engine registry): "
-            + patch_qwen_vl_parts(model.model.language_model, model.model.visual)]
-
-
-def patch_qwen_vl_parts(text: nn.Module, vision: nn.Module) -> str:
-    """A Qwen2.5-VL decoder and vision tower (wherever they sit in a model) patched as above."""
-    norms = _patch_decoder(text)
-    for block in vision.blocks:
-        norms += [block.norm1, block.norm2]
-        if vision.config.hidden_act in ("silu", "swish"):
-            compat.liger_patch_swiglu(block.mlp)
-    for norm in norms[len(text.layers) * 2 + 1:]:
-        compat.liger_patch_rms_norm(norm, eps=norm.variance_epsilon)
-    rope = _patch_qwen2_5_vl_rope()
-    return f"{len(norms)} RMSNorm, {len(text.layers) + len(vision.blocks)} SwiGLU MLPs, {rope}"
-
-
-def _patch_decoder(text: nn.Module) -> list[nn.Module]:
-    """RMSNorm on every decoder layer and the final norm, SwiGLU on the MLPs; returns the norms."""
+def patch_decoder_ops(text: nn.Module) -> list[nn.Module]:
+    """RMSNorm on every decoder layer and the final norm, SwiGLU on the MLPs of a Qwen-style decoder
+    body (`layers`, `norm`); returns the norms."""
     norms = [text.norm]
     for layer in text.layers:
         norms += [layer.input_layernorm, layer.post_attention_layernorm]
@@ -174,78 +151,18 @@ def _patch_decoder(text: nn.Module) -> list[nn.Module]:
     return norms
 
 
-def _patch_qwen2_5_vl_rope() -> str:
-    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as modeling
-
-    if hasattr(modeling, "apply_multimodal_rotary_pos_emb"):
-        from liger_kernel.transformers.qwen2vl_mrope import liger_multimodal_rotary_pos_emb
-
-        swap_module_attr(modeling, "apply_multimodal_rotary_pos_emb", liger_multimodal_rotary_pos_emb)
-        return "mrope (liger_multimodal_rotary_pos_emb)"
-    from liger_kernel.transformers.rope import liger_rotary_pos_emb
-
-    swap_module_attr(modeling, "apply_rotary_pos_emb", liger_rotary_pos_emb)
-    return "rope on merged mrope sections (liger_rotary_pos_emb)"
-
-
-@register_liger("qwen2_audio")
-def patch_qwen2_audio(model: nn.Module) -> list[str]:
-    """Qwen2-Audio's Qwen2 decoder from Liger's ops: RMSNorm on every decoder layer and the final
-    norm, SwiGLU on the decoder MLPs, Liger's rotary kernel for the qwen2 modeling module. The
-    Whisper-style audio encoder (LayerNorm, GELU MLP, no rotary) has nothing Liger replaces and is
-    left as it is."""
-    from liger_kernel.transformers.rope import liger_rotary_pos_emb
-    from transformers.models.qwen2 import modeling_qwen2
-
-    text = model.model.language_model
-    norms = _patch_decoder(text)
-    swap_module_attr(modeling_qwen2, "apply_rotary_pos_emb", liger_rotary_pos_emb)
-    return [f"qwen2_audio (lmms_engine registry): {len(norms)} RMSNorm, {len(text.layers)} SwiGLU MLPs, "
-            "rope (liger_rotary_pos_emb)"]
-
-
-@register_liger("lmms_omni")
-def patch_lmms_omni(model: nn.Module) -> list[str]:
-    """The omni model's Qwen2.5-VL part (decoder and vision tower) as `patch_qwen2_5_vl` does it;
-    its Whisper-style audio encoder has nothing Liger replaces and is left as it is."""
-    return [f"lmms_omni: qwen2_5_vl (lmms_engine registry): "
-            + patch_qwen_vl_parts(model.model.language_model, model.model.visual)]
-
-
-@register_liger("qwen3")
-def patch_qwen3(model: nn.Module) -> list[str]:
-    """Qwen3 dense from Liger's ops, instance-level (liger-kernel's own qwen3 patch also replaces
-    module-level classes for every later model): RMSNorm on every decoder layer, the per-head
-    q / k norms and the final norm, SwiGLU on the MLPs, Liger's rotary kernel."""
-    from liger_kernel.transformers.rope import liger_rotary_pos_emb
-    from transformers.models.qwen3 import modeling_qwen3
-
-    text = model.model
-    norms = _patch_decoder(text) + _patch_qk_norms(text)
-    swap_module_attr(modeling_qwen3, "apply_rotary_pos_emb", liger_rotary_pos_emb)
-    return [f"qwen3 (lmms_engine registry): {len(norms)} RMSNorm (q / k norms included), "
-            f"{len(text.layers)} SwiGLU MLPs, rope (liger_rotary_pos_emb)"]
-
-
-def _patch_qk_norms(text: nn.Module) -> list[nn.Module]:
-    """Qwen3's per-head RMSNorm on queries and keys (over head_dim, before rotary)."""
+def patch_qk_norms(text: nn.Module) -> list[nn.Module]:
+    """Per-head RMSNorm on queries and keys (over head_dim, before rotary: Qwen3's `q_norm` / `k_norm`)."""
     norms = [norm for layer in text.layers for norm in (layer.self_attn.q_norm, layer.self_attn.k_norm)]
     for norm in norms:
         compat.liger_patch_rms_norm(norm, eps=norm.variance_epsilon)
     return norms
 
 
-@register_liger("qwen3_vl")
-def patch_qwen3_vl(model: nn.Module) -> list[str]:
-    """Qwen3-VL's decoder from Liger's ops: RMSNorm on every layer, the q / k norms and the final
-    norm, SwiGLU on the MLPs, Liger's rotary kernel (transformers interleaves the mrope sections into
-    cos / sin before the plain `apply_rotary_pos_emb`). The vision tower (LayerNorm, GELU MLP, 2-D
-    vision rotary) has nothing of Liger's registry-level ops and is left as it is."""
+def patch_rotary(modeling: ModuleType) -> str:
+    """Liger's rotary kernel for the attention of a transformers modeling module that applies the
+    plain `apply_rotary_pos_emb` (module-level: no instance holds it)."""
     from liger_kernel.transformers.rope import liger_rotary_pos_emb
-    from transformers.models.qwen3_vl import modeling_qwen3_vl
 
-    text = model.model.language_model
-    norms = _patch_decoder(text) + _patch_qk_norms(text)
-    swap_module_attr(modeling_qwen3_vl, "apply_rotary_pos_emb", liger_rotary_pos_emb)
-    return [f"qwen3_vl (lmms_engine registry): {len(norms)} RMSNorm (q / k norms included), "
-            f"{len(text.layers)} SwiGLU MLPs, rope (liger_rotary_pos_emb on interleaved mrope)"]
+    swap_module_attr(modeling, "apply_rotary_pos_emb", liger_rotary_pos_emb)
+    return "rope (liger_rotary_pos_emb)"

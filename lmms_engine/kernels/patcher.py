@@ -10,7 +10,7 @@ from typing import Protocol
 import torch
 
 from lmms_engine.kernels import attention, ulysses
-from lmms_engine.kernels.encoder_mlp import pad_encoder_mlps
+from lmms_engine.kernels.encoder_mlp import PaddableMlp, pad_encoder_mlps
 from lmms_engine.kernels.fp8 import ALIGN as FP8_ALIGN, check_fp8_supported, convert_decoder_linears
 from lmms_engine.kernels.loss import cross_entropy_sum, liger_fused_cross_entropy_sum
 from lmms_engine.parallel.sequence import SequenceParallel
@@ -22,6 +22,7 @@ class EncoderKernels(Protocol):
     """What the patcher needs of a model family's modality encoder (models/encoders.py)."""
 
     name: str
+    padded_mlps: Sequence[PaddableMlp]  # its MLP classes that run on padded weights (pad_encoder_mlps)
 
     def module(self, model: torch.nn.Module) -> torch.nn.Module: ...
 
@@ -36,8 +37,8 @@ class KernelPatcher:
     attn_backend: auto | fa4 | flash_attn | torch_varlen | flex | sdpa, used for every padding-free batch
       (auto: the first of attention.AUTO_ORDER_CUDA that runs here; sdpa on CPU).
     use_liger_kernel: Liger RMSNorm / RoPE / SwiGLU on the model and fused linear cross-entropy.
-    pad_encoder_mlps: on CUDA, run encoder MLPs of odd width (Qwen2.5-VL vision: 3420, Qwen3-VL-8B: 4304) on zero-padded
-      weights of a multiple of 128 (exact; kernels/encoder_mlp.py).
+    pad_encoder_mlps: on CUDA, run the encoder MLPs each encoder names (`padded_mlps`) of odd width (Qwen2.5-VL
+      vision: 3420, Qwen3-VL-8B: 4304) on zero-padded weights of a multiple of 128 (exact; kernels/encoder_mlp.py).
     fp8: FP8 training of the decoder layers' linear projections with torchao (kernels/fp8.py; CUDA
       capability >= 8.9).
     """
@@ -101,8 +102,9 @@ class KernelPatcher:
             _require_cuda_for_liger(device)
             _apply_liger_ops(model, compiled)
         if self.pad_encoder_mlps and device.type == "cuda":  # after Liger, which rebinds the MLPs' forward too
+            fused_act = self.use_liger_kernel and not compiled
             for encoder in encoders:
-                pad_encoder_mlps(encoder.module(model), fused_act=self.use_liger_kernel and not compiled)
+                pad_encoder_mlps(encoder.module(model), encoder.padded_mlps, fused_act=fused_act)
         if self.fp8:  # after Liger (which replaces the MLP modules' forward, not their Linear layers)
             convert_decoder_linears(decoder)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from lmms_engine.models.base import ModelBundle
 
@@ -38,9 +38,31 @@ def with_tokenizer_ids(text_config: dict, tokenizer: PreTrainedTokenizerBase) ->
     return {**defaults, **text_config}
 
 
+def preset_token_id(values: Mapping[str, Any], field: str, token: str, tokenizer: PreTrainedTokenizerBase, name: str,
+                    family: str) -> int:
+    """The tokenizer's id of the special `token` that config `field` holds (a random-init preset's
+    config); the preset may name it too, but then it must agree. family: who needs the token."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"model {name!r}: the tokenizer has no {token} token, which {family} needs")
+    if field in values and values[field] != token_id:
+        raise ValueError(
+            f"model {name!r}: config.{field}={values[field]} but the tokenizer's {token} is id {token_id}; "
+            f"drop {field} from the preset (it is taken from the tokenizer) or use the matching tokenizer"
+        )
+    return token_id
+
+
 def check_model_type(model_type: str, path: str, supported: tuple[str, ...]) -> None:
     if model_type not in supported:
         raise ValueError(f"model.pretrained={path!r} is a {model_type!r} model; this builder supports {supported}")
+
+
+def checkpoint_config(path: str, trust_remote_code: bool, supported: tuple[str, ...]):
+    """A hub id's or local path's config, whose model type this builder supports."""
+    hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    check_model_type(hf_config.model_type, path, supported)
+    return hf_config
 
 
 def load_pretrained(model_class: type[PreTrainedModel], path: str, trust_remote_code: bool,

@@ -6,12 +6,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedConfig, PreTrainedModel
 from torch import nn
 
 from lmms_engine.models.base import ModelBundle
-from lmms_engine.models.builder_utils import check_model_type, check_text_vocab_fits, make_model, plain
+from lmms_engine.models.builder_utils import check_text_vocab_fits, checkpoint_config, make_model, plain
 from lmms_engine.models.tokenizer import build_byte_tokenizer
+
+
+def builtin_tokenizer(config: Mapping[str, Any] | None = None):
+    """A text family's download-free tokenizer (the byte-level ChatML one; a preset's config does
+    not change it)."""
+    return build_byte_tokenizer()
 
 
 def load_tokenizer(path: str | None, trust_remote_code: bool):
@@ -25,9 +31,7 @@ def text_config(config_class: type[PreTrainedConfig], supported: tuple[str, ...]
                 config: Mapping[str, Any] | None, trust_remote_code: bool) -> PreTrainedConfig:
     """The checkpoint's config (its model type one of `supported`), or `config_class` from a preset."""
     if pretrained:
-        hf_config = AutoConfig.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-        check_model_type(hf_config.model_type, pretrained, supported)
-        return hf_config
+        return checkpoint_config(pretrained, trust_remote_code, supported)
     return config_class(**plain(config))
 
 

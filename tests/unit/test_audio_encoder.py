@@ -10,7 +10,7 @@ from transformers import Qwen2AudioConfig, Qwen2AudioEncoderConfig
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
-from lmms_engine.models.audio_encoder import (
+from lmms_engine.models.qwen2_audio.encoder import (
     CONV_CONTEXT_FRAMES,
     audio_features_varlen,
     patch_audio_attention,

@@ -185,7 +185,7 @@ def test_compiled_vision_blocks_match_eager_and_stop_recompiling():
     (images, windows, patches) has been seen dynamic, new image counts reuse the graphs."""
     from tests.unit.test_vl_training import _bundle, _inputs
 
-    from lmms_engine.kernels.encoder_attention import patch_vision_attention
+    from lmms_engine.models.qwen2_5_vl.kernels import patch_vision_attention
 
     bundle = _bundle()
     inputs = _inputs(bundle, with_image=True)

@@ -18,7 +18,7 @@ from lmms_engine.data.dataset import build_sft_dataset
 from lmms_engine.data.settings import DataSettings
 from lmms_engine.data.errors import DataError
 from lmms_engine.data.media_audio import AudioSettings, decode_audio, mel_frames
-from lmms_engine.models.audio_encoder import feat_extract_output_lengths
+from lmms_engine.models.qwen2_audio.encoder import feat_extract_output_lengths
 from lmms_engine.models.mrope import MropeSpec
 from lmms_engine.models.qwen2_audio import build_builtin_audio_processor
 from lmms_engine.models.tokenizer import CHATML_TEMPLATE

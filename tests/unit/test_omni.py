@@ -22,11 +22,11 @@ from lmms_engine.kernels import attention
 from lmms_engine.kernels.loss import cross_entropy_sum
 from lmms_engine.kernels.patcher import KernelPatcher
 from lmms_engine.models.base import ModelBundle
-from lmms_engine.models.audio_flops import audio_train_flops
+from lmms_engine.models.qwen2_audio.flops import audio_train_flops
 from lmms_engine.models.omni import LmmsOmniForConditionalGeneration, build_omni
 from lmms_engine.models.qwen2_5_vl import build_qwen2_5_vl
 from lmms_engine.models.qwen2_audio import build_qwen2_audio
-from lmms_engine.models.vision_flops import vision_train_flops
+from lmms_engine.models.qwen2_5_vl.flops import vision_train_flops
 from lmms_engine.models.flops import train_flops
 from lmms_engine.train.module import CausalLMWithLoss
 

@@ -18,8 +18,8 @@ from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncod
 from lmms_engine.kernels import attention
 from lmms_engine.kernels.patcher import KernelPatcher
 from lmms_engine.models.base import ModelBundle
-from lmms_engine.models.audio_encoder import CONV_CONTEXT_FRAMES
-from lmms_engine.models.audio_flops import (
+from lmms_engine.models.qwen2_audio.encoder import CONV_CONTEXT_FRAMES
+from lmms_engine.models.qwen2_audio.flops import (
     audio_encoder_forward_flops,
     audio_projector_forward_flops,
     audio_train_flops,
@@ -310,7 +310,7 @@ def test_rmpad_encoder_costs_the_formula_plus_little_overhead(bundle, valid):
     """The rmpad encoder computes a clip's valid frames plus a few context / gap frames, not 30 s."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lmms_engine.models.audio_encoder import audio_features_varlen
+    from lmms_engine.models.qwen2_audio.encoder import audio_features_varlen
 
     encoder = bundle.model.model.audio_tower
     clip = torch.randn(encoder.num_mel_bins, valid + CONV_CONTEXT_FRAMES)

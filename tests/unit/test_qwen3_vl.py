@@ -171,7 +171,7 @@ def test_padded_vision_mlps_give_the_same_outputs_and_gradients(bundle, encoded)
     """Qwen3-VL-8B's 4304-wide vision MLP runs padded to 4352 on CUDA (kernels/encoder_mlp.py): its
     fc1 / fc2 padded on the fly give the same merged and DeepStack features and gradients, and only
     the real weights exist (the tiny tower's 256 is aligned, so pad to 96 to exercise it)."""
-    from lmms_engine.kernels.encoder_mlp import pad_encoder_mlps
+    from lmms_engine.models.qwen3_vl.kernels import pad_encoder_mlps
 
     visual = copy.deepcopy(bundle.model.model.visual).float()
     record = encoded[0]
@@ -201,7 +201,7 @@ def test_acvision_setup_gives_the_same_loss_and_gradients(bundle, encoded):
     loss and gradients are the plain packed path's."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
-    from lmms_engine.kernels.encoder_mlp import pad_encoder_mlps
+    from lmms_engine.models.qwen3_vl.kernels import pad_encoder_mlps
     from lmms_engine.parallel.common import apply_checkpointing_and_compile
 
     records = encoded[2:]  # the video record: the cheapest with every vision path
@@ -265,7 +265,7 @@ def test_text_only_micro_batch_runs_the_tower_times_zero(bundle):
 
 
 def test_vision_flops_count_blocks_and_all_mergers(bundle):
-    from lmms_engine.models.qwen3_vl_flops import qwen3_vision_forward_flops
+    from lmms_engine.models.qwen3_vl.flops import qwen3_vision_forward_flops
 
     config = bundle.model.config.vision_config
     grid = (2, 4, 6)

@@ -33,7 +33,7 @@ from lmms_engine.models.qwen2_5_vl import (
     vl_hidden_states,
     set_text_attention,
 )
-from lmms_engine.models.vision_flops import vision_forward_flops, vision_train_flops
+from lmms_engine.models.qwen2_5_vl.flops import vision_forward_flops, vision_train_flops
 
 PRESETS = Path(__file__).resolve().parents[2] / "conf" / "model"
 

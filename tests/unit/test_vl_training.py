@@ -19,7 +19,7 @@ from lmms_engine.models.base import ModelBundle
 from lmms_engine.models.flops import train_flops
 from lmms_engine.models.mrope import MropeSample, MropeSpec, mrope_position_ids
 from lmms_engine.models.qwen2_5_vl import build_qwen2_5_vl
-from lmms_engine.models.vision_flops import vision_train_flops
+from lmms_engine.models.qwen2_5_vl.flops import vision_train_flops
 from lmms_engine.train.module import CausalLMWithLoss
 from lmms_engine.train.optim import build_adamw, component_of, freeze_components
 
@@ -187,7 +187,7 @@ def test_packed_and_padded_vl_batches_give_the_same_loss(bundle, tmp_path):
 def test_varlen_vision_attention_matches_transformers_per_window_attention(bundle):
     """The instance-level vision attention (one varlen call over all images and windows; here its
     sdpa reference, as CPUs have no varlen kernel) gives transformers' own tower output."""
-    from lmms_engine.kernels.encoder_attention import patch_vision_attention
+    from lmms_engine.models.qwen2_5_vl.kernels import patch_vision_attention
 
     inputs = _inputs(bundle, with_image=True)
     pixels = torch.cat([inputs["pixel_values"], inputs["pixel_values"].flip(0)])
@@ -242,7 +242,7 @@ def test_encoder_checkpointing_is_chosen_apart_from_the_decoders(bundle, every, 
 def test_padded_vision_mlps_give_the_same_outputs_and_gradients(bundle):
     """Width 3420-style MLPs padded to a multiple of 128 on the fly: exact, and only real weights
     get gradients (the tiny tower's 256 is aligned, so pad to 96 to exercise it)."""
-    from lmms_engine.kernels.encoder_mlp import pad_encoder_mlps
+    from lmms_engine.models.qwen2_5_vl.kernels import pad_encoder_mlps
 
     visual = bundle.model.model.visual
     inputs = _inputs(bundle, with_image=True)

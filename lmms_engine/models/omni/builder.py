@@ -30,7 +30,7 @@ from lmms_engine.models.omni.modeling import (
     LmmsOmniForConditionalGeneration,
     omni_encoders,
 )
-from lmms_engine.models.omni.processing import LmmsOmniProcessor, build_builtin_omni_processor, omni_processor_from_parts
+from lmms_engine.models.omni.processing import LmmsOmniProcessor, builtin_processor, omni_processor_from_parts
 from lmms_engine.models.random_init import build_random
 from lmms_engine.parallel.model_init import building_partitioned
 
@@ -103,10 +103,7 @@ def _load_processor(pretrained, vision_lm, audio_encoder, processor, config, tru
     if vision_lm:
         vl_processor = vl.load_vl_processor(vision_lm, trust_remote_code, None)
         return omni_processor_from_parts(vl_processor, audio.load_audio_processor(audio_encoder, trust_remote_code, None))
-    values = plain(config)
-    audio_config = values.get("audio_config") or {}
-    return build_builtin_omni_processor((values.get("vl_config") or {}).get("vision_config"),
-                                        int(audio_config.get("num_mel_bins", 128)))
+    return builtin_processor(config)
 
 
 def _hf_config(pretrained, vision_lm, audio_encoder, config, trust_remote_code, tokenizer, name) -> LmmsOmniConfig:

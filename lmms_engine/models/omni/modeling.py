@@ -11,7 +11,7 @@ Parameter layout (the Qwen2.5-VL one, with the audio parts beside it):
   lm_head.*                 tied to the embedding when the VL config ties them
 
 The forward is the generic family forward (models/encoders.py) with two encoders: the vision
-encoder (models/vision_encoder.py) and the audio encoder (models/audio_modality.py), each run once
+encoder (models/qwen2_5_vl/vision.py) and the audio encoder (models/qwen2_audio/modality.py), each run once
 per micro-batch (on a dummy input when the micro-batch has none of its media).
 """
 
@@ -30,11 +30,11 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
 from lmms_engine.compat import submodule_from_config
-from lmms_engine.models.audio_encoder import CONV_CONTEXT_FRAMES, patch_audio_attention
-from lmms_engine.models.audio_modality import QwenAudioEncoder, qwen_audio_encoder
 from lmms_engine.models.encoders import family_hidden_states
 from lmms_engine.models.mrope import MropeSample, MropeSpec, mrope_position_ids
-from lmms_engine.models.vision_encoder import QwenVisionEncoder, qwen_vision_encoder
+from lmms_engine.models.qwen2_5_vl.vision import QwenVisionEncoder, qwen_vision_encoder
+from lmms_engine.models.qwen2_audio.encoder import CONV_CONTEXT_FRAMES, patch_audio_attention
+from lmms_engine.models.qwen2_audio.modality import QwenAudioEncoder, qwen_audio_encoder
 
 MODEL_TYPE = "lmms_omni"
 DECODER_PATH = "model.language_model"
@@ -91,7 +91,7 @@ class LmmsOmniModel(LmmsOmniPreTrainedModel):
         self.audio_tower = submodule_from_config(Qwen2AudioEncoder, config.audio_config)
         self.audio_projector = nn.Linear(config.audio_config.d_model, text.hidden_size, bias=True)
         self.post_init()
-        # The forward always runs the audio tower without padding (models/audio_encoder.py); the bound
+        # The forward always runs the audio tower without padding (models/qwen2_audio/encoder.py); the bound
         # attention forward keeps the stock behaviour for stock calls.
         patch_audio_attention(self.audio_tower)
 
@@ -171,7 +171,7 @@ def omni_hidden_states(model: LmmsOmniForConditionalGeneration, **inputs) -> tor
 
 
 def _packed_audio(features: torch.Tensor | None, mask: torch.Tensor | None) -> dict:
-    """The processor's padded clips in the batch contract of models/qwen2_audio.py: each clip cut
+    """The processor's padded clips in the batch contract of models/qwen2_audio/modality.py: each clip cut
     to its valid frames plus conv context, concatenated."""
     if features is None:
         return {}

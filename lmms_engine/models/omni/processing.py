@@ -13,6 +13,7 @@ from transformers.processing_utils import ProcessorMixin
 from lmms_engine import compat
 from lmms_engine.models import qwen2_5_vl as vl
 from lmms_engine.models import qwen2_audio as audio
+from lmms_engine.models.builder_utils import plain
 from lmms_engine.models.tokenizer import build_byte_tokenizer
 
 OMNI_PLACEHOLDERS = {
@@ -82,6 +83,14 @@ def build_builtin_omni_processor(vision_config: Mapping[str, Any] | None = None,
         feature_extractor=audio.build_builtin_audio_processor(num_mel_bins).feature_extractor,
         chat_template=OMNI_CHAT_TEMPLATE,
     )
+
+
+def builtin_processor(config: Mapping[str, Any] | None) -> LmmsOmniProcessor:
+    """The built-in processor of a preset's `config` (its vision tower's geometry, its encoder's mel bins)."""
+    values = plain(config or {})
+    audio_config = values.get("audio_config") or {}
+    return build_builtin_omni_processor((values.get("vl_config") or {}).get("vision_config"),
+                                        int(audio_config.get("num_mel_bins", 128)))
 
 
 def omni_processor_from_parts(vl_processor, audio_processor) -> LmmsOmniProcessor:

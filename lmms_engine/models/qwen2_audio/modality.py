@@ -1,5 +1,5 @@
 """Qwen2-Audio's Whisper-style encoder plus its linear projector as a ModalityEncoder: all clips of a
-micro-batch through the rmpad encoder (models/audio_encoder.py) in one call, projected, and
+micro-batch through the rmpad encoder (models/qwen2_audio/encoder.py) in one call, projected, and
 scattered at the `<|AUDIO|>` placeholders. Used by the Qwen2-Audio family and the omni model.
 
 Batch contract (data/collate.py makes these keys; absent when a micro-batch has no audio):
@@ -18,12 +18,25 @@ from dataclasses import dataclass
 import torch
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoderLayer
 
-from lmms_engine.models.audio_encoder import audio_features_varlen, patch_audio_attention
-from lmms_engine.models.audio_flops import audio_train_flops
 from lmms_engine.models.encoders import ModalityEncoder, scatter_features
+from lmms_engine.models.qwen2_audio.encoder import audio_features_varlen, max_mel_frames, patch_audio_attention
+from lmms_engine.models.qwen2_audio.flops import audio_train_flops
+from lmms_engine.models.qwen2_audio.media import AUDIO_PAD
 
-AUDIO_BATCH_KEYS = ("audio_features", "audio_frames", "audio_lengths")
-AUDIO_PAD = "<|AUDIO|>"
+
+@dataclass(frozen=True)
+class AudioInputs:
+    """A micro-batch's audio clips as the audio encoder takes them (the batch contract above)."""
+
+    audio_features: torch.Tensor | None = None
+    audio_frames: torch.Tensor | None = None
+    audio_lengths: torch.Tensor | None = None
+
+    @property
+    def present(self) -> bool:
+        return self.audio_features is not None
+
+
 # The smallest clip with one output feature (L = 3 -> M = 2 -> P = 1): the encoder's dummy input.
 DUMMY_MEL_FRAMES = 3
 
@@ -37,8 +50,8 @@ class QwenAudioEncoder(ModalityEncoder):
     def projector(self, model):
         return operator.attrgetter(self.projector_path)(model)
 
-    def embed(self, model, input_ids, embeds, inputs) -> torch.Tensor:
-        features, frames, lengths = (inputs.get(key) for key in AUDIO_BATCH_KEYS)
+    def embed(self, model, input_ids, embeds, inputs: AudioInputs) -> torch.Tensor:
+        features, frames, lengths = inputs.audio_features, inputs.audio_frames, inputs.audio_lengths
         if features.dim() != 2:
             raise ValueError(f"audio_features must be packed (n_mels, frames); got shape {tuple(features.shape)}")
         if lengths is None:
@@ -77,10 +90,17 @@ class QwenAudioEncoder(ModalityEncoder):
         encoder.set_attn_implementation("sdpa")
         return [f"{self.name}: {patch_audio_attention(encoder)} attention modules on the varlen forward"]
 
+    def encode(self, model, clips, lengths) -> torch.Tensor:
+        """The encoder alone (rmpad) on the clips -> (sum P, d_model), clip after clip."""
+        return audio_features_varlen(self.module(model), clips, lengths).features
+
+    def max_frames(self, model) -> int:
+        """The longest clip the encoder takes, in mel frames (its 30 s window)."""
+        return max_mel_frames(self.module(model))
+
     def _project(self, model, clips, lengths) -> torch.Tensor:
         """Encoder (rmpad) + projector -> (sum P, text hidden), clip after clip."""
-        encoded = audio_features_varlen(self.module(model), clips, lengths)
-        return self.projector(model)(encoded.features)
+        return self.projector(model)(self.encode(model, clips, lengths))
 
 
 def qwen_audio_encoder(module_path: str, projector_path: str, audio_token_id: int) -> QwenAudioEncoder:
@@ -89,7 +109,7 @@ def qwen_audio_encoder(module_path: str, projector_path: str, audio_token_id: in
         module_path=module_path,
         components={"audio": f"{module_path}.", "projector": f"{projector_path}."},
         placeholder_ids=(audio_token_id,),
-        batch_keys=AUDIO_BATCH_KEYS,
+        inputs_type=AudioInputs,
         unit_classes=(Qwen2AudioEncoderLayer,),
         projector_path=projector_path,
     )

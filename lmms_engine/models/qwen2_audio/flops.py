@@ -2,7 +2,7 @@
 
 A clip of L valid mel frames (`audio_lengths`) becomes M = (L - 1) // 2 + 1 encoder tokens (conv2,
 stride 2) and P = (M - 2) // 2 + 1 features (avg pool), one per `<|AUDIO|>` placeholder
-(models/audio_encoder.py). Counted like models/flops.py (2 FLOPs per multiply-add of a matmul or
+(models/qwen2_audio/encoder.py). Counted like models/flops.py (2 FLOPs per multiply-add of a matmul or
 convolution; norms, activations, positional embedding, softmax and pooling are left out), forward
 pass, with d = d_model, F = encoder_ffn_dim, n = num_mel_bins, h = the decoder's hidden size:
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from lmms_engine.models.audio_encoder import feat_extract_output_lengths
+from lmms_engine.models.qwen2_audio.encoder import feat_extract_output_lengths
 
 
 def audio_encoder_forward_flops(audio_config, mel_length: int) -> float:

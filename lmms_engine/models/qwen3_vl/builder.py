@@ -2,14 +2,15 @@
 local path, or randomly initialised from a preset's config (conf/model/*qwen3_vl*.yaml).
 
 Random init builds its processor in code (no download): the byte-level ChatML tokenizer with Qwen's
-vision specials (models/qwen2_5_vl.py's), Qwen3-VL's geometry (patch 16, temporal 2, merge 2) with
+vision specials (models/qwen2_5_vl/builder.py's), Qwen3-VL's geometry (patch 16, temporal 2, merge 2) with
 small pixel bounds, and transformers' own `Qwen3VLProcessor`, so placeholder expansion (per-frame
-`<t seconds>` timestamps for videos) is the real one.
+`<t seconds>` timestamps for videos, which the data side writes by the family's video rules:
+models/qwen3_vl/video.py) is the real one.
 
 Packed training goes through the generic family forward (models/encoders.py): the vision tower runs
 once per micro-batch with its own per-image / per-frame varlen attention; its merged features
 replace the placeholders and its DeepStack features reach the decoder as `visual_pos_masks` /
-`deepstack_visual_embeds` (models/qwen3_vl_encoder.py); the decoder gets the packed attention
+`deepstack_visual_embeds` (models/qwen3_vl/vision.py); the decoder gets the packed attention
 backend and per-sample 3-D mrope positions.
 """
 
@@ -19,7 +20,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from transformers import (
-    AutoConfig,
     AutoProcessor,
     PreTrainedTokenizerBase,
     Qwen3VLConfig,
@@ -31,8 +31,9 @@ from lmms_engine.models.base import ModelBundle
 from lmms_engine.models.builder_utils import (
     FamilyParts,
     build_family_bundle,
-    check_model_type,
+    checkpoint_config,
     plain,
+    preset_token_id,
     require_weights_or_config,
 )
 from lmms_engine.models.mrope import MropeSpec
@@ -41,7 +42,7 @@ from lmms_engine.models.qwen2_5_vl import (
     build_vl_tokenizer,
     check_vl_config,
 )
-from lmms_engine.models.qwen3_vl_encoder import Qwen3VisionEncoder, qwen3_vision_encoder
+from lmms_engine.models.qwen3_vl.vision import Qwen3VisionEncoder, qwen3_vision_encoder
 
 SUPPORTED_MODEL_TYPES = ("qwen3_vl",)
 
@@ -98,6 +99,11 @@ def build_builtin_qwen3_vl_processor():
     )
 
 
+def builtin_processor(config: Mapping[str, Any] | None = None):
+    """The built-in processor (Qwen3-VL's geometry is fixed; a preset's config does not change it)."""
+    return build_builtin_qwen3_vl_processor()
+
+
 def load_qwen3_vl_processor(path: str | None, trust_remote_code: bool):
     if path is None:
         return build_builtin_qwen3_vl_processor()
@@ -113,24 +119,9 @@ def load_qwen3_vl_processor(path: str | None, trust_remote_code: bool):
 def qwen3_vl_hf_config(pretrained: str | None, config: Mapping[str, Any] | None, trust_remote_code: bool,
                        tokenizer: PreTrainedTokenizerBase, name: str) -> Qwen3VLConfig:
     if pretrained:
-        hf_config = AutoConfig.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-        check_model_type(hf_config.model_type, pretrained, SUPPORTED_MODEL_TYPES)
-        return hf_config
+        return checkpoint_config(pretrained, trust_remote_code, SUPPORTED_MODEL_TYPES)
     values = plain(config)
     for field, token in TOKEN_ID_FIELDS.items():
-        values[field] = _token_id(values, field, token, tokenizer, name)
+        values[field] = preset_token_id(values, field, token, tokenizer, name, "Qwen3-VL")
     values["text_config"] = {"pad_token_id": tokenizer.pad_token_id, **(values.get("text_config") or {})}
     return Qwen3VLConfig(**values)
-
-
-def _token_id(values: dict, field: str, token: str, tokenizer: PreTrainedTokenizerBase, name: str) -> int:
-    """The tokenizer's id of `token`; a preset may name it too, but then it must agree."""
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    if token_id is None or token_id == tokenizer.unk_token_id:
-        raise ValueError(f"model {name!r}: the tokenizer has no {token} token, which Qwen3-VL needs")
-    if field in values and values[field] != token_id:
-        raise ValueError(
-            f"model {name!r}: config.{field}={values[field]} but the tokenizer's {token} is id {token_id}; "
-            f"drop {field} from the preset (it is taken from the tokenizer) or use the matching tokenizer"
-        )
-    return token_id

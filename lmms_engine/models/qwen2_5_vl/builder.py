@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from tokenizers import AddedToken
 from transformers import (
-    AutoConfig,
     AutoProcessor,
     PreTrainedTokenizerBase,
     Qwen2_5_VLConfig,
@@ -36,15 +35,16 @@ from lmms_engine.models.base import ModelBundle
 from lmms_engine.models.builder_utils import (
     FamilyParts,
     build_family_bundle,
-    check_model_type,
+    checkpoint_config,
     plain,
+    preset_token_id,
     require_weights_or_config,
     with_tokenizer_ids,
 )
 from lmms_engine.models.encoders import family_hidden_states
 from lmms_engine.models.mrope import MropeSpec
+from lmms_engine.models.qwen2_5_vl.vision import QwenVisionEncoder, qwen_vision_encoder
 from lmms_engine.models.tokenizer import build_byte_tokenizer
-from lmms_engine.models.vision_encoder import QwenVisionEncoder, qwen_vision_encoder
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +153,14 @@ def _patch_geometry(vision_config: Mapping[str, Any]) -> dict[str, int]:
     }
 
 
+def builtin_processor(config: Mapping[str, Any] | None) -> Qwen2_5_VLProcessor:
+    """The built-in processor of a preset's `config` (its vision tower's patch geometry)."""
+    return build_builtin_processor(plain(config or {}).get("vision_config"))
+
+
 def load_vl_processor(path: str | None, trust_remote_code: bool, config: Mapping[str, Any] | None):
     if path is None:
-        return build_builtin_processor(plain(config or {}).get("vision_config"))
+        return builtin_processor(config)
     _require_torchvision()
     loaded = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     if not hasattr(loaded, "image_processor") or not hasattr(loaded, "tokenizer"):
@@ -186,29 +191,12 @@ def vl_hf_config(
     name: str,
 ) -> Qwen2_5_VLConfig:
     if pretrained:
-        hf_config = AutoConfig.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-        check_model_type(hf_config.model_type, pretrained, SUPPORTED_MODEL_TYPES)
-        return hf_config
+        return checkpoint_config(pretrained, trust_remote_code, SUPPORTED_MODEL_TYPES)
     values = plain(config)
     for field, token in TOKEN_ID_FIELDS.items():
-        values[field] = _token_id_from_preset(values, field, token, tokenizer, name)
+        values[field] = preset_token_id(values, field, token, tokenizer, name, "Qwen2.5-VL")
     values["text_config"] = with_tokenizer_ids(values.get("text_config") or {}, tokenizer)
     return Qwen2_5_VLConfig(**values)
-
-
-def _token_id_from_preset(
-    values: dict, field: str, token: str, tokenizer: PreTrainedTokenizerBase, name: str
-) -> int:
-    """The tokenizer's id of `token`; a preset may name it too, but then it must agree."""
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    if token_id is None or token_id == tokenizer.unk_token_id:
-        raise ValueError(f"model {name!r}: the tokenizer has no {token} token, which Qwen2.5-VL needs")
-    if field in values and values[field] != token_id:
-        raise ValueError(
-            f"model {name!r}: config.{field}={values[field]} but the tokenizer's {token} is id {token_id}; "
-            f"drop {field} from the preset (it is taken from the tokenizer) or use the matching tokenizer"
-        )
-    return token_id
 
 
 # ---------------------------------------------------------------- consistency checks

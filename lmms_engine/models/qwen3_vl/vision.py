@@ -18,12 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionAttention, Qwen3VLVisionBlock
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionBlock, apply_rotary_pos_emb_vision
 
-from lmms_engine.kernels.encoder_attention import encoder_varlen_backend, patch_vision_attention
 from lmms_engine.models.encoders import scatter_features
-from lmms_engine.models.qwen3_vl_flops import qwen3_vision_train_flops
-from lmms_engine.models.vision_encoder import VISION_BATCH_KEYS, QwenVisionEncoder
+from lmms_engine.models.qwen2_5_vl.vision import QwenVisionEncoder, VisionInputs
+from lmms_engine.models.qwen3_vl.flops import qwen3_vision_train_flops
+from lmms_engine.models.qwen3_vl.kernels import VISION_ATTENTION, VISION_MLPS
 
 
 @dataclass(frozen=True)
@@ -31,47 +31,27 @@ class Qwen3VisionEncoder(QwenVisionEncoder):
     """placeholder_ids = (image token id, video token id); the tower at module_path with its merger
     at `.merger` and DeepStack mergers at `.deepstack_merger_list`."""
 
-    def embed_for_decoder(self, model, input_ids, embeds, inputs) -> tuple[torch.Tensor, dict]:
-        if not self.has_inputs(inputs):
+    def embed_for_decoder(self, model, input_ids, embeds, inputs: VisionInputs | None) -> tuple[torch.Tensor, dict]:
+        if inputs is None:
             return self.embed_or_dummy(model, input_ids, embeds, inputs), {}
-        media = self._media(inputs)
+        media = inputs.items(*self.placeholder_ids)
         output = self._tower(model, torch.cat([m[0] for m in media]), torch.cat([m[1] for m in media]))
         placeholders = [(m[2], m[3]) for m in media]
         embeds = scatter_features(embeds, input_ids, placeholders, output.pooler_output, "vision tower")
         return embeds, deepstack_inputs(input_ids, placeholders, output.deepstack_features)
 
-    def embed(self, model, input_ids, embeds, inputs) -> torch.Tensor:
+    def embed(self, model, input_ids, embeds, inputs: VisionInputs) -> torch.Tensor:
         return self.embed_for_decoder(model, input_ids, embeds, inputs)[0]
 
     def dummy(self, model) -> torch.Tensor:
         """Merged and DeepStack features of one merged token's worth of zero pixels, concatenated
         (the caller sums them times zero: every merger gets its zero gradient)."""
-        config = self.module(model).config
-        merge = config.spatial_merge_size
-        width = config.in_channels * config.temporal_patch_size * config.patch_size**2
-        device = self.module(model).patch_embed.proj.weight.device
-        pixels = torch.zeros(merge * merge, width, device=device)
-        output = self._tower(model, pixels, torch.tensor([[1, merge, merge]], device=device))
+        output = self._tower(model, *self.dummy_input(model))
         return torch.cat([output.pooler_output, *output.deepstack_features], dim=-1)
 
     def flops(self, model, batch: Mapping, trainable: bool) -> float:
-        grids = [grid for key in ("image_grid_thw", "video_grid_thw") if batch.get(key) is not None
-                 for grid in batch[key].tolist()]
+        grids = VisionInputs.grids(batch)
         return qwen3_vision_train_flops(self.module(model).config, grids, trainable) if grids else 0.0
-
-    def patch_kernels(self, model, device) -> list[str]:
-        tower = self.module(model)
-        tower.set_attn_implementation("sdpa")
-        backend = encoder_varlen_backend(device, head_dim=tower.config.hidden_size // tower.config.num_heads)
-        if backend and patch_vision_attention(tower, backend, attention_classes=(Qwen3VLVisionAttention,)):
-            return [f"{self.name}: {backend} varlen attention (bidirectional)"]
-        return [f"{self.name}: sdpa attention"]
-
-    def _media(self, inputs) -> list[tuple]:
-        image_id, video_id = self.placeholder_ids
-        media = [(inputs.get("pixel_values"), inputs.get("image_grid_thw"), image_id, "image"),
-                 (inputs.get("pixel_values_videos"), inputs.get("video_grid_thw"), video_id, "video")]
-        return [item for item in media if item[0] is not None]
 
     def _tower(self, model, pixels: torch.Tensor, grid_thw: torch.Tensor):
         tower = self.module(model)
@@ -103,6 +83,9 @@ def qwen3_vision_encoder(module_path: str, image_token_id: int, video_token_id: 
         components={"vision": f"{module_path}.", "merger": f"{module_path}.merger.",
                     "deepstack_merger": f"{module_path}.deepstack_merger_list."},
         placeholder_ids=(image_token_id, video_token_id),
-        batch_keys=VISION_BATCH_KEYS,
+        inputs_type=VisionInputs,
         unit_classes=(Qwen3VLVisionBlock,),
+        padded_mlps=VISION_MLPS,
+        attention_classes=VISION_ATTENTION,
+        rotary=apply_rotary_pos_emb_vision,
     )

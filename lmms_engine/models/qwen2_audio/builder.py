@@ -9,7 +9,7 @@ output feature, as the real Qwen2-Audio processor does.
 
 Training forward (`audio_hidden_states`): the clips of a micro-batch arrive packed, each cut to its
 valid frames plus conv context (the batch contract below), and run through the rmpad encoder
-(models/audio_encoder.py) in one call: a 3 s clip costs 3 s, not the 30 s the stock processor pads
+(models/qwen2_audio/encoder.py) in one call: a 3 s clip costs 3 s, not the 30 s the stock processor pads
 it to. The projected features replace the `<|AUDIO|>` embeddings, then the decoder runs with the
 batch's attention kwargs (packed `cu_seq_lens_*` or a padding mask), which never reach the encoder.
 
@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from tokenizers import AddedToken
 from transformers import (
-    AutoConfig,
     AutoProcessor,
     PreTrainedTokenizerBase,
     Qwen2AudioConfig,
@@ -39,25 +38,25 @@ from transformers import (
 )
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
-from lmms_engine.models.audio_encoder import feat_extract_output_lengths
-from lmms_engine.models.audio_modality import QwenAudioEncoder, qwen_audio_encoder
 from lmms_engine.models.base import ModelBundle
 from lmms_engine.models.builder_utils import (
     FamilyParts,
     build_family_bundle,
-    check_model_type,
+    checkpoint_config,
     plain,
+    preset_token_id,
     require_weights_or_config,
     with_tokenizer_ids,
 )
 from lmms_engine.models.encoders import family_hidden_states
+from lmms_engine.models.qwen2_audio.media import AUDIO_BOS, AUDIO_EOS, AUDIO_PAD, QwenAudioRules
+from lmms_engine.models.qwen2_audio.modality import QwenAudioEncoder, qwen_audio_encoder
 from lmms_engine.models.tokenizer import build_byte_tokenizer
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("qwen2_audio",)
 
-AUDIO_BOS, AUDIO_PAD, AUDIO_EOS = "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"
 AUDIO_SPECIALS = (AUDIO_BOS, AUDIO_PAD, AUDIO_EOS)
 
 # How each media part type is rendered; an omni model's template adds the vision ones
@@ -147,10 +146,15 @@ def build_audio_tokenizer() -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def builtin_processor(config: Mapping[str, Any] | None) -> Qwen2AudioProcessor:
+    """The built-in processor of a preset's `config` (its encoder's mel bins)."""
+    audio_config = plain(config or {}).get("audio_config") or {}
+    return build_builtin_audio_processor(int(audio_config.get("num_mel_bins", 128)))
+
+
 def load_audio_processor(path: str | None, trust_remote_code: bool, config: Mapping[str, Any] | None):
     if path is None:
-        audio_config = plain(config or {}).get("audio_config") or {}
-        return build_builtin_audio_processor(int(audio_config.get("num_mel_bins", 128)))
+        return builtin_processor(config)
     loaded = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     if not hasattr(loaded, "feature_extractor") or not hasattr(loaded, "tokenizer"):
         raise ValueError(
@@ -171,11 +175,10 @@ def _hf_config(
     name: str,
 ) -> Qwen2AudioConfig:
     if pretrained:
-        hf_config = AutoConfig.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-        check_model_type(hf_config.model_type, pretrained, SUPPORTED_MODEL_TYPES)
-        return hf_config
+        return checkpoint_config(pretrained, trust_remote_code, SUPPORTED_MODEL_TYPES)
     values = plain(config)
-    values["audio_token_index"] = _audio_token_id_from_preset(values, tokenizer, name)
+    values["audio_token_index"] = preset_token_id(values, "audio_token_index", AUDIO_PAD, tokenizer, name,
+                                                  "Qwen2-Audio")
     values["text_config"] = with_tokenizer_ids(values.get("text_config") or {}, tokenizer)
     if values["text_config"].get("tie_word_embeddings"):
         raise ValueError(
@@ -183,20 +186,6 @@ def _hf_config(
             "(transformers never ties it to the embedding); set it to false"
         )
     return Qwen2AudioConfig(**values)
-
-
-def _audio_token_id_from_preset(values: dict, tokenizer: PreTrainedTokenizerBase, name: str) -> int:
-    """The tokenizer's id of <|AUDIO|>; a preset may name it too, but then it must agree."""
-    token_id = tokenizer.convert_tokens_to_ids(AUDIO_PAD)
-    if token_id is None or token_id == tokenizer.unk_token_id:
-        raise ValueError(f"model {name!r}: the tokenizer has no {AUDIO_PAD} token, which Qwen2-Audio needs")
-    if "audio_token_index" in values and values["audio_token_index"] != token_id:
-        raise ValueError(
-            f"model {name!r}: config.audio_token_index={values['audio_token_index']} but the tokenizer's "
-            f"{AUDIO_PAD} is id {token_id}; drop audio_token_index from the preset (it is taken from the "
-            "tokenizer) or use the matching tokenizer"
-        )
-    return token_id
 
 
 # ---------------------------------------------------------------- consistency checks
@@ -237,5 +226,5 @@ def audio_hidden_states(model: Qwen2AudioForConditionalGeneration, **inputs) -> 
 
 def placeholder_count(mel_length: int) -> int:
     """`<|AUDIO|>` tokens for a clip of `mel_length` valid frames (the processor's expansion)."""
-    return int(feat_extract_output_lengths(mel_length)[1])
+    return QwenAudioRules().placeholder_count(mel_length)
 
